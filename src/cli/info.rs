@@ -1,0 +1,93 @@
+//! `seamless info`: what a model is and what tiling it needs.
+
+use seamless::error::Result;
+use seamless::graph::Op;
+use seamless::Model;
+
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// A model file (.safetensors) or a preset: unet-64, unet-F[-dD], fcdensenet-56/67/103.
+    model: String,
+    /// Print machine-readable JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// List every layer.
+    #[arg(long)]
+    layers: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Summary<'a> {
+    origin: &'a str,
+    architecture: &'a str,
+    config: serde_json::Value,
+    description: Option<&'a str>,
+    parameters: usize,
+    conv_layers: usize,
+    flop_per_pixel: f64,
+    receptive_field: usize,
+    reach_before: usize,
+    reach_after: usize,
+    downsampling_factor: usize,
+    exact_halo: usize,
+    layers: Vec<Layer>,
+}
+
+#[derive(serde::Serialize)]
+struct Layer {
+    name: String,
+    op: &'static str,
+    out_channels: usize,
+    params: usize,
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let m = Model::open(&a.model)?;
+    let probe = m.align() * 4;
+    let shapes = m.source_graph.shapes(probe, probe)?;
+    let layers: Vec<Layer> = m
+        .source_graph
+        .nodes
+        .iter()
+        .zip(&shapes)
+        .map(|(n, s)| Layer { name: n.name.clone(), op: n.op.kind(), out_channels: s.c, params: n.op.params() })
+        .collect();
+    let s = Summary {
+        origin: &m.origin,
+        architecture: m.config.architecture(),
+        config: serde_json::from_str(&m.config.config_json()).expect("valid json"),
+        description: m.description.as_deref(),
+        parameters: m.params(),
+        conv_layers: m.source_graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d(_) | Op::ConvTranspose2d(_))).count(),
+        flop_per_pixel: m.graph.flops_per_pixel(probe)?,
+        receptive_field: m.rf.receptive_field,
+        reach_before: m.rf.reach_before,
+        reach_after: m.rf.reach_after,
+        downsampling_factor: m.align(),
+        exact_halo: m.exact_halo(),
+        layers,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s).expect("serialisable"));
+        return Ok(());
+    }
+    if a.layers {
+        println!("{:<48} {:<20} {:>8} {:>10}", "layer", "op", "out ch", "params");
+        for l in &s.layers {
+            println!("{:<48} {:<20} {:>8} {:>10}", l.name, l.op, l.out_channels, l.params);
+        }
+        println!();
+    }
+    println!("model               {}", s.origin);
+    if let Some(d) = s.description {
+        println!("description         {d}");
+    }
+    println!("architecture        {} {}", s.architecture, m.config.config_json());
+    println!("parameters          {} ({:.2} M)", s.parameters, s.parameters as f64 / 1e6);
+    println!("conv layers         {}", s.conv_layers);
+    println!("FLOP per pixel      {:.0} ({:.3} M)", s.flop_per_pixel, s.flop_per_pixel / 1e6);
+    println!("receptive field     {} px (reaches {} before, {} after an output pixel)", s.receptive_field, s.reach_before, s.reach_after);
+    println!("down-sampling A     {}", s.downsampling_factor);
+    println!("exact halo          {} px (smallest multiple of A covering the reach)", s.exact_halo);
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Argument parsing (clap) and the subcommands.
+
+mod demo;
+mod info;
+mod infer;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use seamless::error::{Error, Result};
+use seamless::model::file::save_random;
+use seamless::model::ModelConfig;
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success; 1 unexpected failure; 2 bad arguments or tiling parameters;
+3 bad or untileable model; 4 bad input image; 5 output could not be written; 6 backend unavailable.";
+
+#[derive(Parser)]
+#[command(
+    name = "seamless",
+    version,
+    about = "Exact tile-based segmentation inference for images larger than device memory",
+    long_about = "Runs fully convolutional segmentation networks (U-Net, FC-DenseNet) on images of any \
+size by tiling, with a halo derived from the network's receptive field, so that the stitched output \
+is bit-identical to running the network on the whole image at once.",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment the shipped synthetic slide with the shipped U-Net: the quickest way to see it work.
+    Demo(demo::DemoArgs),
+    /// Segment an image (exact tiled inference, or --whole for the reference run).
+    Infer(infer::InferArgs),
+    /// Describe a model: layers, parameters, FLOP per pixel, receptive field, alignment, exact halo.
+    Info(info::InfoArgs),
+    /// Generate a synthetic cell image and its ground-truth mask (.npy or .png).
+    Synth(SynthArgs),
+    /// Write a model file with seeded random weights for an architecture (testing, benchmarking).
+    RandomModel(RandomModelArgs),
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    #[arg(long, default_value_t = 1024)]
+    width: usize,
+    #[arg(long, default_value_t = 1024)]
+    height: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the image (uint8, .npy or .png).
+    #[arg(long)]
+    image: PathBuf,
+    /// Where to write the mask (uint8, 0 background / 1 cell).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RandomModelArgs {
+    /// A preset: unet-64, unet-F[-dD], fcdensenet-56, fcdensenet-67, fcdensenet-103.
+    #[arg(long, conflicts_with_all = ["arch", "config"])]
+    preset: Option<String>,
+    /// Architecture (with --config): unet or fcdensenet.
+    #[arg(long, requires = "config")]
+    arch: Option<String>,
+    /// Configuration as JSON (see docs/model-format.md).
+    #[arg(long, requires = "arch")]
+    config: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Store weights as float16.
+    #[arg(long)]
+    f16: bool,
+    /// Output .safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if let Some(n) = cli.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+    }
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Infer(a) => infer::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Synth(a) => synth(a),
+        Command::RandomModel(a) => random_model(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    if a.width == 0 || a.height == 0 {
+        return Err(Error::Usage("--width and --height must be at least 1".into()));
+    }
+    let (img, lab) = seamless::synth::generate(a.seed, 0, 0, a.width, a.height);
+    write_u8_image(&a.image, a.width, a.height, &img)?;
+    if let Some(p) = &a.labels {
+        write_u8_image(p, a.width, a.height, &lab)?;
+    }
+    Ok(())
+}
+
+/// A single-channel u8 image as .npy (H, W) or greyscale .png.
+pub(crate) fn write_u8_image(path: &std::path::Path, w: usize, h: usize, data: &[u8]) -> Result<()> {
+    use seamless::image_io::{format_of, save_npy, Format, Sink};
+    match format_of(path) {
+        Some(Format::Npy) => save_npy(path, &[h as u64, w as u64], data.iter().copied()),
+        Some(Format::Png) => {
+            let t = seamless::Tensor::from_vec(1, h, w, data.iter().map(|&v| v as f32).collect());
+            Sink::create(path, false)?.write_labels(&t, 256)
+        }
+        None => Err(Error::Output { path: path.to_path_buf(), msg: "unknown format (use .npy or .png)".into() }),
+    }
+}
+
+fn random_model(a: RandomModelArgs) -> Result<()> {
+    let config = match (&a.preset, &a.arch, &a.config) {
+        (Some(p), _, _) => ModelConfig::preset(p).ok_or_else(|| {
+            Error::Usage(format!("unknown preset '{p}' (unet-64, unet-F[-dD], fcdensenet-56/67/103)"))
+        })?,
+        (None, Some(arch), Some(cfg)) => ModelConfig::parse(arch, cfg)?,
+        _ => return Err(Error::Usage("give --preset, or --arch with --config".into())),
+    };
+    save_random(&config, a.seed, a.f16, &a.out, &format!("random weights, seed {}", a.seed))?;
+    eprintln!("wrote {} ({} {})", a.out.display(), config.architecture(), config.config_json());
+    Ok(())
+}

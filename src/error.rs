@@ -1,0 +1,41 @@
+//! One error type for the library, with an exit code per kind so scripts can tell a bad model from
+//! a bad image from an output that could not be written.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model {path}: {msg}")]
+    Model { path: String, msg: String },
+    #[error("model configuration: {0}")]
+    Config(String),
+    #[error("this model cannot be tiled exactly: {0}")]
+    NotTileable(String),
+    #[error("input image {path}: {msg}")]
+    Input { path: PathBuf, msg: String },
+    #[error("output {path}: {msg}")]
+    Output { path: PathBuf, msg: String },
+    #[error("tiling: {0}")]
+    Tiling(String),
+    #[error("shape: {0}")]
+    Shape(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+impl Error {
+    /// Process exit code for this error (documented in `seamless --help`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Tiling(_) => 2,
+            Error::Model { .. } | Error::Config(_) | Error::NotTileable(_) => 3,
+            Error::Input { .. } | Error::Shape(_) => 4,
+            Error::Output { .. } => 5,
+            Error::Backend(_) => 6,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,326 @@
+//! The graph IR: nodes in execution order, each an op over earlier nodes' outputs, plus the
+//! passes that turn what a model file describes into what the executor runs (batch-norm folding,
+//! dropout removal, ReLU fusion) and shape inference.
+
+use crate::error::{Error, Result};
+
+pub type NodeId = usize;
+
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub cin: usize,
+    pub cout: usize,
+    /// Odd kernel size; stride 1, zero "same" padding of k/2.
+    pub k: usize,
+    /// `[cout][cin][k][k]`, as PyTorch stores it.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// A following ReLU fused into this op.
+    pub relu: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConvTranspose2d {
+    pub cin: usize,
+    pub cout: usize,
+    /// 2 (U-Net) or 3 (FC-DenseNet); stride 2, padding 0, output cropped to exactly 2h x 2w.
+    pub k: usize,
+    /// `[cin][cout][k][k]`, as PyTorch stores it.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    /// The per-channel affine map `y = x * scale + shift`, computed in f64 so that folding it is as
+    /// accurate as f32 allows.
+    pub fn scale_shift(&self) -> (Vec<f64>, Vec<f64>) {
+        let scale: Vec<f64> =
+            self.gamma.iter().zip(&self.var).map(|(&g, &v)| g as f64 / (v as f64 + self.eps).sqrt()).collect();
+        let shift = self.beta.iter().zip(&self.mean).zip(&scale).map(|((&b, &m), &s)| b as f64 - m as f64 * s).collect();
+        (scale, shift)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScaleShift {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub relu: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsampleMode {
+    Nearest,
+    /// Bilinear x2 with `align_corners=False` (half-pixel centres): position-independent, tileable.
+    Bilinear,
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Input { channels: usize },
+    Conv2d(Conv2d),
+    ConvTranspose2d(ConvTranspose2d),
+    BatchNorm(BatchNorm),
+    ScaleShift(ScaleShift),
+    Relu,
+    MaxPool2,
+    Upsample2(UpsampleMode),
+    Concat,
+    Dropout,
+    Softmax,
+    Argmax,
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Conv2d(_) => "conv2d",
+            Op::ConvTranspose2d(_) => "conv_transpose2d",
+            Op::BatchNorm(_) => "batch_norm",
+            Op::ScaleShift(_) => "scale_shift",
+            Op::Relu => "relu",
+            Op::MaxPool2 => "max_pool2",
+            Op::Upsample2(UpsampleMode::Nearest) => "upsample_nearest2",
+            Op::Upsample2(UpsampleMode::Bilinear) => "upsample_bilinear2",
+            Op::Concat => "concat",
+            Op::Dropout => "dropout",
+            Op::Softmax => "softmax",
+            Op::Argmax => "argmax",
+        }
+    }
+
+    pub fn params(&self) -> usize {
+        match self {
+            Op::Conv2d(c) => c.weight.len() + c.bias.len(),
+            Op::ConvTranspose2d(c) => c.weight.len() + c.bias.len(),
+            Op::BatchNorm(b) => b.gamma.len() * 4,
+            Op::ScaleShift(s) => s.scale.len() * 2,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// Nodes in execution order: every node's inputs come before it. Node 0 is the input.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub output: NodeId,
+}
+
+impl Graph {
+    pub fn new(in_channels: usize) -> Graph {
+        let mut g = Graph::default();
+        g.add("input", Op::Input { channels: in_channels }, &[]);
+        g
+    }
+
+    pub fn input_channels(&self) -> usize {
+        match self.nodes[0].op {
+            Op::Input { channels } => channels,
+            _ => unreachable!("node 0 is always the input"),
+        }
+    }
+
+    pub fn add(&mut self, name: impl Into<String>, op: Op, inputs: &[NodeId]) -> NodeId {
+        debug_assert!(inputs.iter().all(|&i| i < self.nodes.len()));
+        self.nodes.push(Node { name: name.into(), op, inputs: inputs.to_vec() });
+        self.output = self.nodes.len() - 1;
+        self.output
+    }
+
+    pub fn params(&self) -> usize {
+        self.nodes.iter().map(|n| n.op.params()).sum()
+    }
+
+    /// How many nodes read each node's output (the graph output counts as one reader).
+    pub fn consumers(&self) -> Vec<usize> {
+        let mut n = vec![0; self.nodes.len()];
+        for node in &self.nodes {
+            for &i in &node.inputs {
+                n[i] += 1;
+            }
+        }
+        n[self.output] += 1;
+        n
+    }
+
+    /// Index of the last node that reads each node's output (the output lives to the end).
+    pub fn last_use(&self) -> Vec<usize> {
+        let mut last: Vec<usize> = (0..self.nodes.len()).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for &j in &node.inputs {
+                last[j] = i;
+            }
+        }
+        last[self.output] = usize::MAX;
+        last
+    }
+
+    /// The graph the executor runs: dropout removed, batch norm folded into the convolution before
+    /// it (or turned into a scale-shift), ReLUs fused into the op before them. Numerically this is
+    /// the same network; only folding changes rounding, and it does so identically for every tile.
+    pub fn optimized(&self) -> Graph {
+        let mut consumers = self.consumers();
+        // `alias[i]`: the node of `self` whose output stands for node i's output.
+        let mut alias: Vec<NodeId> = (0..self.nodes.len()).collect();
+        let mut ops: Vec<Option<Op>> = self.nodes.iter().map(|n| Some(n.op.clone())).collect();
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            let src = node.inputs.first().map(|&j| alias[j]);
+            match (&node.op, src) {
+                (Op::Dropout, Some(s)) => {
+                    alias[i] = s;
+                    consumers[s] = consumers[i];
+                    ops[i] = None;
+                }
+                (Op::BatchNorm(bn), Some(s)) => {
+                    let (scale, shift) = bn.scale_shift();
+                    let foldable = consumers[s] == 1 && matches!(ops[s], Some(Op::Conv2d(ref c)) if !c.relu);
+                    if foldable {
+                        if let Some(Op::Conv2d(conv)) = ops[s].as_mut() {
+                            let per = conv.cin * conv.k * conv.k;
+                            for co in 0..conv.cout {
+                                for w in &mut conv.weight[co * per..(co + 1) * per] {
+                                    *w = (*w as f64 * scale[co]) as f32;
+                                }
+                                conv.bias[co] = (conv.bias[co] as f64 * scale[co] + shift[co]) as f32;
+                            }
+                        }
+                        alias[i] = s;
+                        consumers[s] = consumers[i];
+                        ops[i] = None;
+                    } else {
+                        ops[i] = Some(Op::ScaleShift(ScaleShift {
+                            scale: scale.iter().map(|&v| v as f32).collect(),
+                            shift: shift.iter().map(|&v| v as f32).collect(),
+                            relu: false,
+                        }));
+                    }
+                }
+                (Op::Relu, Some(s)) if consumers[s] == 1 => {
+                    let fused = match ops[s].as_mut() {
+                        Some(Op::Conv2d(c)) if !c.relu => {
+                            c.relu = true;
+                            true
+                        }
+                        Some(Op::ScaleShift(ss)) if !ss.relu => {
+                            ss.relu = true;
+                            true
+                        }
+                        _ => false,
+                    };
+                    if fused {
+                        alias[i] = s;
+                        consumers[s] = consumers[i];
+                        ops[i] = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Graph::default();
+        let mut new_id = vec![usize::MAX; self.nodes.len()];
+        for (i, op) in ops.into_iter().enumerate() {
+            if let Some(op) = op {
+                let inputs: Vec<NodeId> = self.nodes[i].inputs.iter().map(|&j| new_id[alias[j]]).collect();
+                new_id[i] = out.add(self.nodes[i].name.clone(), op, &inputs);
+            }
+        }
+        out.output = new_id[alias[self.output]];
+        out
+    }
+
+    /// Output shape of every node for an input of `h x w`, or an error naming the first node whose
+    /// inputs do not fit (odd sizes into a pooling, concatenation of different sizes).
+    pub fn shapes(&self, h: usize, w: usize) -> Result<Vec<Shape>> {
+        let mut shapes: Vec<Shape> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let ins: Vec<Shape> = node.inputs.iter().map(|&i| shapes[i]).collect();
+            let bad = |msg: String| Error::Shape(format!("node '{}' ({}): {msg}", node.name, node.op.kind()));
+            let s = match &node.op {
+                Op::Input { channels } => Shape { c: *channels, h, w },
+                Op::Conv2d(c) => {
+                    if ins[0].c != c.cin {
+                        return Err(bad(format!("expects {} input channels, gets {}", c.cin, ins[0].c)));
+                    }
+                    Shape { c: c.cout, ..ins[0] }
+                }
+                Op::ConvTranspose2d(c) => {
+                    if ins[0].c != c.cin {
+                        return Err(bad(format!("expects {} input channels, gets {}", c.cin, ins[0].c)));
+                    }
+                    Shape { c: c.cout, h: ins[0].h * 2, w: ins[0].w * 2 }
+                }
+                Op::BatchNorm(b) if b.gamma.len() != ins[0].c => {
+                    return Err(bad(format!("has {} channels, input has {}", b.gamma.len(), ins[0].c)));
+                }
+                Op::ScaleShift(s) if s.scale.len() != ins[0].c => {
+                    return Err(bad(format!("has {} channels, input has {}", s.scale.len(), ins[0].c)));
+                }
+                Op::MaxPool2 => {
+                    if ins[0].h % 2 != 0 || ins[0].w % 2 != 0 {
+                        return Err(bad(format!(
+                            "2x2 pooling of an odd-sized {}x{} map (input sizes must be multiples of the \
+                             down-sampling factor)",
+                            ins[0].h, ins[0].w
+                        )));
+                    }
+                    Shape { h: ins[0].h / 2, w: ins[0].w / 2, ..ins[0] }
+                }
+                Op::Upsample2(_) => Shape { h: ins[0].h * 2, w: ins[0].w * 2, ..ins[0] },
+                Op::Concat => {
+                    let first = ins[0];
+                    if ins.iter().any(|s| s.h != first.h || s.w != first.w) {
+                        return Err(bad(format!("concatenates maps of different sizes: {ins:?}")));
+                    }
+                    Shape { c: ins.iter().map(|s| s.c).sum(), ..first }
+                }
+                Op::Argmax => Shape { c: 1, ..ins[0] },
+                _ => ins[0],
+            };
+            shapes.push(s);
+        }
+        Ok(shapes)
+    }
+}
+
+impl Graph {
+    /// Multiply-adds x2 of the convolutions per input pixel (the usual FLOP count), measured on an
+    /// input of `size x size` (a multiple of the down-sampling factor).
+    pub fn flops_per_pixel(&self, size: usize) -> Result<f64> {
+        let shapes = self.shapes(size, size)?;
+        let mut flops = 0f64;
+        for (node, s) in self.nodes.iter().zip(&shapes) {
+            flops += match &node.op {
+                Op::Conv2d(c) => 2.0 * (c.cin * c.k * c.k * c.cout) as f64 * (s.h * s.w) as f64,
+                Op::ConvTranspose2d(c) => 2.0 * (c.cin * c.k * c.k * c.cout) as f64 * (s.h * s.w / 4) as f64,
+                _ => 0.0,
+            };
+        }
+        Ok(flops / (size * size) as f64)
+    }
+}

@@ -1,0 +1,218 @@
+//! Reading images into f32 CHW tensors and writing labels / probabilities, by file extension:
+//! `.npy` (shape `(H, W)` or `(H, W, C)`, C-order, any common integer or float dtype) and `.png`
+//! (grey, grey+alpha, RGB, RGBA; 8 or 16 bit; alpha is dropped).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use npyz::{TypeChar, WriterBuilder};
+
+use crate::error::{Error, Result};
+use crate::output::AtomicFile;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Npy,
+    Png,
+}
+
+pub fn format_of(path: &Path) -> Option<Format> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "npy" => Some(Format::Npy),
+        "png" => Some(Format::Png),
+        _ => None,
+    }
+}
+
+fn input_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Input { path: path.to_path_buf(), msg: msg.into() }
+}
+
+pub fn read_image(path: &Path) -> Result<Tensor> {
+    let fmt = format_of(path).ok_or_else(|| input_err(path, "unknown image format (supported: .npy, .png)"))?;
+    let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+    let img = match fmt {
+        Format::Npy => read_npy(path, BufReader::new(file))?,
+        Format::Png => read_png(path, BufReader::new(file))?,
+    };
+    if img.h == 0 || img.w == 0 || img.c == 0 {
+        return Err(input_err(path, format!("empty image ({}x{} with {} channels)", img.h, img.w, img.c)));
+    }
+    Ok(img)
+}
+
+/// HWC (interleaved) values to CHW.
+fn planar(h: usize, w: usize, c: usize, hwc: impl IntoIterator<Item = f32>) -> Tensor {
+    let mut t = Tensor::zeros(c, h, w);
+    let hw = h * w;
+    for (i, v) in hwc.into_iter().enumerate() {
+        t.data[(i % c) * hw + i / c] = v;
+    }
+    t
+}
+
+fn read_npy(path: &Path, r: impl std::io::Read) -> Result<Tensor> {
+    let bad = |e: std::io::Error| input_err(path, format!("not a readable .npy file: {e}"));
+    let npy = npyz::NpyFile::new(r).map_err(bad)?;
+    if npy.order() != npyz::Order::C {
+        return Err(input_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let (h, w, c) = match shape[..] {
+        [h, w] => (h, w, 1),
+        [h, w, c] if c <= 64 => (h, w, c),
+        _ => {
+            return Err(input_err(path, format!("array of shape {shape:?}; expected (H, W) or (H, W, C) with C <= 64")));
+        }
+    };
+    let npyz::DType::Plain(ts) = npy.dtype() else {
+        return Err(input_err(path, "structured dtypes are not images"));
+    };
+    let n = h * w * c;
+    let values: Vec<f32> = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Uint, 1) => npy.into_vec::<u8>().map_err(bad)?.into_iter().map(f32::from).collect(),
+        (TypeChar::Uint, 2) => npy.into_vec::<u16>().map_err(bad)?.into_iter().map(f32::from).collect(),
+        (TypeChar::Uint, 4) => npy.into_vec::<u32>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
+        (TypeChar::Int, 1) => npy.into_vec::<i8>().map_err(bad)?.into_iter().map(f32::from).collect(),
+        (TypeChar::Int, 2) => npy.into_vec::<i16>().map_err(bad)?.into_iter().map(f32::from).collect(),
+        (TypeChar::Int, 4) => npy.into_vec::<i32>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
+        (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(bad)?,
+        (TypeChar::Float, 8) => npy.into_vec::<f64>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
+        (TypeChar::Bool, _) => npy.into_vec::<bool>().map_err(bad)?.into_iter().map(|v| v as u8 as f32).collect(),
+        _ => return Err(input_err(path, format!("unsupported dtype {ts}"))),
+    };
+    if values.len() != n {
+        return Err(input_err(path, format!("holds {} values, its shape says {n} (truncated?)", values.len())));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(input_err(path, "contains NaN or infinite values"));
+    }
+    Ok(planar(h, w, c, values))
+}
+
+fn read_png(path: &Path, r: impl std::io::BufRead + std::io::Seek) -> Result<Tensor> {
+    let bad = |e: png::DecodingError| input_err(path, format!("not a readable PNG: {e}"));
+    let mut dec = png::Decoder::new(r);
+    dec.set_transformations(png::Transformations::EXPAND);
+    let mut reader = dec.read_info().map_err(bad)?;
+    let size = reader.output_buffer_size().ok_or_else(|| input_err(path, "PNG too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(bad)?;
+    let (h, w) = (info.height as usize, info.width as usize);
+    let (c_in, keep) = match info.color_type {
+        png::ColorType::Grayscale => (1, 1),
+        png::ColorType::GrayscaleAlpha => (2, 1),
+        png::ColorType::Rgb => (3, 3),
+        png::ColorType::Rgba => (4, 3),
+        png::ColorType::Indexed => return Err(input_err(path, "indexed PNG could not be expanded")),
+    };
+    let sixteen = info.bit_depth == png::BitDepth::Sixteen;
+    let bytes = &buf[..info.buffer_size()];
+    let sample = |i: usize| -> f32 {
+        if sixteen { u16::from_be_bytes([bytes[2 * i], bytes[2 * i + 1]]) as f32 } else { bytes[i] as f32 }
+    };
+    let values = (0..h * w).flat_map(|p| (0..keep).map(move |c| p * c_in + c)).map(sample);
+    Ok(planar(h, w, keep, values))
+}
+
+/// Where results go, opened before any work so an unwritable location fails at once.
+pub struct Sink {
+    file: AtomicFile,
+    format: Format,
+    path: std::path::PathBuf,
+}
+
+impl Sink {
+    pub fn create(path: &Path, probabilities: bool) -> Result<Sink> {
+        let format = format_of(path).ok_or_else(|| Error::Output {
+            path: path.to_path_buf(),
+            msg: "unknown output format (supported: .npy, .png)".into(),
+        })?;
+        if probabilities && format == Format::Png {
+            return Err(Error::Output {
+                path: path.to_path_buf(),
+                msg: "probabilities are written as float32 .npy (H, W, classes); PNG holds labels only".into(),
+            });
+        }
+        Ok(Sink { file: AtomicFile::create(path)?, format, path: path.to_path_buf() })
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> Error {
+        io_error(&self.path, e)
+    }
+
+    /// Labels (a 1-channel map of class indices) as u8, or u16 where there are more than 256 classes.
+    pub fn write_labels(mut self, labels: &Tensor, classes: usize) -> Result<()> {
+        let wide = classes > 256;
+        let (h, w) = (labels.h, labels.w);
+        match self.format {
+            Format::Npy => {
+                let shape = [h as u64, w as u64];
+                let res = if wide {
+                    write_npy(self.file.writer(), &shape, labels.data.iter().map(|&v| v as u16))
+                } else {
+                    write_npy(self.file.writer(), &shape, labels.data.iter().map(|&v| v as u8))
+                };
+                res.map_err(|e| self.io(e))?;
+            }
+            Format::Png => {
+                let mut enc = png::Encoder::new(self.file.writer(), w as u32, h as u32);
+                enc.set_color(png::ColorType::Grayscale);
+                enc.set_depth(if wide { png::BitDepth::Sixteen } else { png::BitDepth::Eight });
+                let bytes: Vec<u8> = if wide {
+                    labels.data.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect()
+                } else {
+                    labels.data.iter().map(|&v| v as u8).collect()
+                };
+                let path = &self.path;
+                let mut wr = enc.write_header().map_err(|e| io_error(path, e))?;
+                wr.write_image_data(&bytes).map_err(|e| io_error(path, e))?;
+                wr.finish().map_err(|e| io_error(path, e))?;
+            }
+        }
+        self.file.commit()
+    }
+
+    /// Probabilities as float32 `(H, W, classes)`.
+    pub fn write_probs(mut self, probs: &Tensor) -> Result<()> {
+        let hw = probs.h * probs.w;
+        let shape = [probs.h as u64, probs.w as u64, probs.c as u64];
+        let values = (0..hw).flat_map(|p| (0..probs.c).map(move |c| probs.data[c * hw + p]));
+        write_npy(self.file.writer(), &shape, values).map_err(|e| self.io(e))?;
+        self.file.commit()
+    }
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") }
+}
+
+pub fn write_npy<T: npyz::AutoSerialize>(w: impl std::io::Write, shape: &[u64], values: impl Iterator<Item = T>) -> std::io::Result<()> {
+    let mut wr = npyz::WriteOptions::new().default_dtype().shape(shape).writer(w).begin_nd()?;
+    wr.extend(values)?;
+    wr.finish()
+}
+
+/// Write an array to `.npy` atomically (synthetic images, tests).
+pub fn save_npy<T: npyz::AutoSerialize>(path: &Path, shape: &[u64], values: impl Iterator<Item = T>) -> Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    write_npy(f.writer(), shape, values).map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") })?;
+    f.commit()
+}
+
+/// Write an 8-bit RGB PNG atomically.
+pub fn save_rgb_png(path: &Path, w: usize, h: usize, rgb: &[u8]) -> Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    let io = |e: png::EncodingError| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") };
+    {
+        let mut enc = png::Encoder::new(f.writer(), w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().map_err(io)?;
+        wr.write_image_data(rgb).map_err(io)?;
+        wr.finish().map_err(io)?;
+    }
+    f.commit()
+}

@@ -1,0 +1,97 @@
+//! The model file: safetensors (memory-mapped) with the architecture in `__metadata__`. See
+//! docs/model-format.md.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::config::ModelConfig;
+use super::weights::{RandomSource, SafetensorsSource};
+use super::Model;
+use crate::error::{Error, Result};
+use crate::output::AtomicFile;
+
+pub const FORMAT: &str = "seamless-model";
+pub const FORMAT_VERSION: &str = "1";
+
+pub fn load(path: &Path) -> Result<Model> {
+    let shown = path.display().to_string();
+    let err = |msg: String| Error::Model { path: shown.clone(), msg };
+    let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    // SAFETY: the map is read-only and lives only for this function; a file truncated by another
+    // process while we read it could fault, which is the documented risk of any mmap reader.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;
+    load_bytes(&map, &shown)
+}
+
+/// A model from the bytes of a model file (memory-mapped, or embedded in the binary).
+pub fn load_bytes(map: &[u8], shown: &str) -> Result<Model> {
+    let err = |msg: String| Error::Model { path: shown.to_string(), msg };
+    let (_, meta) = SafeTensors::read_metadata(map)
+        .map_err(|e| err(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let st = SafeTensors::deserialize(map)
+        .map_err(|e| err(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let md: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        md.get(k).ok_or_else(|| {
+            err(format!(
+                "metadata has no '{k}' key; is this a seamless model? (docs/model-format.md; \
+                 tools/export_torch.py converts PyTorch weights)"
+            ))
+        })
+    };
+    if get("format")? != FORMAT {
+        return Err(err(format!("metadata 'format' is {:?}, expected {FORMAT:?}", md["format"])));
+    }
+    if get("format_version")? != FORMAT_VERSION {
+        return Err(err(format!(
+            "format_version {:?} is not supported by this seamless (it reads version {FORMAT_VERSION})",
+            md["format_version"]
+        )));
+    }
+    let config = ModelConfig::parse(get("architecture")?, get("config")?).map_err(|e| match e {
+        Error::Config(m) => err(m),
+        other => other,
+    })?;
+    let mut src = SafetensorsSource::new(st);
+    let mut model = Model::build(config, &mut src, shown)?;
+    model.description = md.get("description").cloned();
+    Ok(model)
+}
+
+/// Write a model file with seeded random weights (for tests, benchmarks and trying the tool on an
+/// architecture without training it). Written atomically.
+pub fn save_random(config: &ModelConfig, seed: u64, f16: bool, path: &Path, description: &str) -> Result<()> {
+    let mut src = RandomSource::new(seed);
+    Model::build(config.clone(), &mut src, "random")?;
+    let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = src
+        .recorded
+        .into_iter()
+        .map(|(name, (shape, data))| {
+            let bytes = if f16 {
+                data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()
+            } else {
+                data.iter().flat_map(|&v| v.to_le_bytes()).collect()
+            };
+            (name, shape, bytes)
+        })
+        .collect();
+    let views = encoded.iter().map(|(name, shape, bytes)| {
+        (name.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).expect("sizes match"))
+    });
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("architecture".to_string(), config.architecture().to_string()),
+        ("config".to_string(), config.config_json()),
+        ("description".to_string(), description.to_string()),
+    ]);
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("serialising: {e}") })?;
+    let mut out = AtomicFile::create(path)?;
+    out.write_all(&bytes)?;
+    out.commit()
+}

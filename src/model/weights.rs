@@ -1,0 +1,138 @@
+//! Where a model builder gets its tensors: a safetensors file (validated by name, shape and dtype),
+//! or a seeded random initialisation for tests, benchmarks and `seamless info` on presets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use safetensors::{Dtype, SafeTensors};
+
+/// What a requested tensor is, so a random source can initialise it sensibly.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamKind {
+    ConvWeight { fan_in: usize },
+    Bias,
+    BnGamma,
+    BnBeta,
+    BnMean,
+    BnVar,
+}
+
+pub trait WeightSource {
+    /// The tensor `name` with exactly `shape`, as f32. Problems are remembered, not returned, so
+    /// that one load reports every missing or mis-shaped tensor at once (see `problems`).
+    fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Vec<f32>;
+    /// Everything wrong so far, plus tensors the file has that the model does not use.
+    fn problems(&self) -> Vec<String>;
+}
+
+/// Tensors of a safetensors file, checked against what the builder asks for.
+pub struct SafetensorsSource<'a> {
+    st: SafeTensors<'a>,
+    used: BTreeSet<String>,
+    problems: Vec<String>,
+}
+
+impl<'a> SafetensorsSource<'a> {
+    pub fn new(st: SafeTensors<'a>) -> Self {
+        SafetensorsSource { st, used: BTreeSet::new(), problems: Vec::new() }
+    }
+}
+
+impl WeightSource for SafetensorsSource<'_> {
+    fn take(&mut self, name: &str, shape: &[usize], _kind: ParamKind) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        self.used.insert(name.to_string());
+        let view = match self.st.tensor(name) {
+            Ok(v) => v,
+            Err(_) => {
+                self.problems.push(format!("missing tensor '{name}' (expected shape {shape:?})"));
+                return vec![0.0; n];
+            }
+        };
+        if view.shape() != shape {
+            self.problems.push(format!("tensor '{name}' has shape {:?}, expected {shape:?}", view.shape()));
+            return vec![0.0; n];
+        }
+        let bytes = view.data();
+        match view.dtype() {
+            // Little-endian on disk per the safetensors spec; chunks avoid any alignment assumption
+            // about where the tensor starts inside the memory map.
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                self.problems.push(format!("tensor '{name}' has dtype {other:?}; only F32 and F16 are supported"));
+                vec![0.0; n]
+            }
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.problems.clone();
+        let mut extra: Vec<&str> = self.st.names().into_iter().filter(|n| !self.used.contains(*n)).collect();
+        extra.sort_unstable();
+        for name in extra {
+            p.push(format!("unexpected tensor '{name}' (not part of this architecture/config)"));
+        }
+        p
+    }
+}
+
+/// SplitMix64: tiny, fast and stable across crate versions, so seeded models and synthetic images
+/// stay the same bytes forever.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// He-normal convolutions and mildly perturbed batch norms: activations keep a sane scale through
+/// deep networks, so random models exercise every op with non-trivial values.
+pub struct RandomSource {
+    rng: SplitMix64,
+    /// Every tensor handed out, for writing the model to a file.
+    pub recorded: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl RandomSource {
+    pub fn new(seed: u64) -> Self {
+        RandomSource { rng: SplitMix64(seed ^ 0x5EA4_1E55), recorded: BTreeMap::new() }
+    }
+}
+
+impl WeightSource for RandomSource {
+    fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let r = &mut self.rng;
+        let data: Vec<f32> = (0..n)
+            .map(|_| match kind {
+                ParamKind::ConvWeight { fan_in } => (r.normal() * (2.0 / fan_in as f64).sqrt()) as f32,
+                ParamKind::Bias => (r.normal() * 0.05) as f32,
+                ParamKind::BnGamma => (0.5 + r.uniform()) as f32,
+                ParamKind::BnBeta => (r.normal() * 0.1) as f32,
+                ParamKind::BnMean => (r.normal() * 0.1) as f32,
+                ParamKind::BnVar => (0.5 + r.uniform()) as f32,
+            })
+            .collect();
+        self.recorded.insert(name.to_string(), (shape.to_vec(), data.clone()));
+        data
+    }
+
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
