@@ -9,8 +9,11 @@
 //! asymmetrically, which the simple Σ 2^level·⌊k/2⌋ formula ignores).
 //!
 //! An output pixel is exact in a tile when all it depends on lies inside the tile's input window:
-//! then no zero padding at the window's edge can reach it. So the exact halo is the largest
-//! one-sided reach, rounded up to a multiple of A (windows must start on the pooling grid).
+//! then no zero padding at the window's edge can reach it. Tiles start on the A grid, so the
+//! output pixel of phase φ is at least φ pixels inside the tile's first edge and A-1-φ inside its
+//! last: the halo must cover `max_φ (reach_before(φ) - φ)` and `max_φ (reach_after(φ) - (A-1-φ))`,
+//! rounded up to a multiple of A (windows must start on the pooling grid). For U-Net-64 that is
+//! 96, the paper's value, although single pixels reach 107 px.
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op, UpsampleMode};
@@ -25,7 +28,11 @@ pub struct ReceptiveField {
     pub reach_after: usize,
     /// Widest dependency extent of one output pixel, in input pixels.
     pub receptive_field: usize,
-    /// Smallest multiple of A that covers both reaches.
+    /// Halo the tile's first edge needs (reach minus the pixel's depth inside the tile).
+    pub need_before: usize,
+    /// Halo the tile's last edge needs.
+    pub need_after: usize,
+    /// Smallest multiple of A that covers both needs.
     pub exact_halo: usize,
 }
 
@@ -133,8 +140,18 @@ impl ReceptiveField {
         let before = out.lo.iter().map(|&l| -l).max().unwrap_or(0).max(0) as usize;
         let after = out.hi.iter().copied().max().unwrap_or(0).max(0) as usize;
         let rf = out.lo.iter().zip(&out.hi).map(|(l, h)| h - l + 1).max().unwrap_or(1) as usize;
-        let reach = before.max(after) as i64;
-        let exact_halo = (((reach + a - 1) / a) * a) as usize;
-        Ok(ReceptiveField { align, reach_before: before, reach_after: after, receptive_field: rf, exact_halo })
+        let need_before = (0..a).map(|phi| -out.lo[phi as usize] - phi).max().unwrap_or(0).max(0) as usize;
+        let need_after = (0..a).map(|phi| out.hi[phi as usize] - (a - 1 - phi)).max().unwrap_or(0).max(0) as usize;
+        let need = need_before.max(need_after) as i64;
+        let exact_halo = (((need + a - 1) / a) * a) as usize;
+        Ok(ReceptiveField {
+            align,
+            reach_before: before,
+            reach_after: after,
+            receptive_field: rf,
+            need_before,
+            need_after,
+            exact_halo,
+        })
     }
 }

@@ -28,6 +28,8 @@ struct Summary<'a> {
     receptive_field: usize,
     reach_before: usize,
     reach_after: usize,
+    halo_need_before: usize,
+    halo_need_after: usize,
     downsampling_factor: usize,
     exact_halo: usize,
     layers: Vec<Layer>,
@@ -63,6 +65,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
         receptive_field: m.rf.receptive_field,
         reach_before: m.rf.reach_before,
         reach_after: m.rf.reach_after,
+        halo_need_before: m.rf.need_before,
+        halo_need_after: m.rf.need_after,
         downsampling_factor: m.align(),
         exact_halo: m.exact_halo(),
         layers,
@@ -88,6 +92,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("FLOP per pixel      {:.0} ({:.3} M)", s.flop_per_pixel, s.flop_per_pixel / 1e6);
     println!("receptive field     {} px (reaches {} before, {} after an output pixel)", s.receptive_field, s.reach_before, s.reach_after);
     println!("down-sampling A     {}", s.downsampling_factor);
-    println!("exact halo          {} px (smallest multiple of A covering the reach)", s.exact_halo);
+    println!(
+        "halo needed         {} px before, {} px after a tile (reach minus the pixel's depth in an A-aligned tile)",
+        s.halo_need_before, s.halo_need_after
+    );
+    println!("exact halo          {} px (the smallest multiple of A covering both)", s.exact_halo);
     Ok(())
 }

@@ -1,0 +1,78 @@
+//! Shared helpers for the integration tests: seeded random models and images.
+#![allow(dead_code)]
+
+use seamless::model::weights::SplitMix64;
+use seamless::model::{FcDenseNetConfig, ModelConfig, UnetConfig};
+use seamless::{Model, Tensor};
+
+pub fn unet(in_channels: usize, classes: usize, base: usize, depth: usize, bn: bool, up: &str) -> ModelConfig {
+    ModelConfig::Unet(UnetConfig {
+        in_channels,
+        classes,
+        base_filters: base,
+        depth,
+        batch_norm: bn,
+        up_mode: up.into(),
+        norm: None,
+        bn_eps: 1e-5,
+    })
+}
+
+pub fn densenet(in_channels: usize, classes: usize, first: usize, growth: usize, down: &[usize], bottleneck: usize) -> ModelConfig {
+    let mut up = down.to_vec();
+    up.reverse();
+    ModelConfig::FcDenseNet(FcDenseNetConfig {
+        in_channels,
+        classes,
+        first_conv_filters: first,
+        growth_rate: growth,
+        down_blocks: down.to_vec(),
+        bottleneck_layers: bottleneck,
+        up_blocks: up,
+        bn_eps: 1e-5,
+    })
+}
+
+/// Standard-normal pixels: what a globally z-scored image looks like.
+pub fn random_image(rng: &mut SplitMix64, c: usize, h: usize, w: usize) -> Tensor {
+    Tensor::from_vec(c, h, w, (0..c * h * w).map(|_| rng.normal() as f32).collect())
+}
+
+pub fn random_model(config: ModelConfig, seed: u64) -> Model {
+    Model::random(config, seed).expect("valid test model")
+}
+
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.data.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Index and values of the first element whose bits differ.
+pub fn first_difference(a: &Tensor, b: &Tensor) -> Option<(usize, f32, f32)> {
+    assert_eq!((a.c, a.h, a.w), (b.c, b.h, b.w), "shapes differ");
+    a.data.iter().zip(&b.data).position(|(x, y)| x.to_bits() != y.to_bits()).map(|i| (i, a.data[i], b.data[i]))
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A safetensors file from raw parts, for building broken model files on purpose.
+pub fn write_safetensors(path: &std::path::Path, tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)], meta: &[(&str, &str)]) {
+    let views = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()));
+    let meta = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+/// The tensors and metadata of a valid model file, to be broken by a test.
+pub fn model_parts(path: &std::path::Path) -> (Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>, Vec<(String, String)>) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut meta: Vec<(String, String)> = meta.metadata().clone().unwrap().into_iter().collect();
+    meta.sort();
+    (tensors, meta)
+}

@@ -1,0 +1,102 @@
+//! CPU ops against plain definitions written straight from PyTorch's documentation.
+
+mod common;
+
+use common::*;
+use seamless::cpu;
+use seamless::graph::{Conv2d, ConvTranspose2d, UpsampleMode};
+use seamless::model::weights::SplitMix64;
+use seamless::Tensor;
+
+fn randv(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+#[test]
+fn conv_matches_the_elementwise_reference_bit_for_bit() {
+    let mut rng = SplitMix64(1);
+    for case in 0..40 {
+        let (cin, cout) = (1 + rng.next_u64() as usize % 5, 1 + rng.next_u64() as usize % 9);
+        let k = [1, 3, 5][rng.next_u64() as usize % 3];
+        let (h, w) = (1 + rng.next_u64() as usize % 13, 1 + rng.next_u64() as usize % 13);
+        let c = Conv2d {
+            cin,
+            cout,
+            k,
+            weight: randv(&mut rng, cout * cin * k * k),
+            bias: randv(&mut rng, cout),
+            relu: case % 2 == 0,
+        };
+        let x = random_image(&mut rng, cin, h, w);
+        let fast = cpu::conv::conv2d(&x, &c);
+        let slow = cpu::conv::conv2d_reference(&x, &c);
+        assert_eq!(first_difference(&fast, &slow), None, "case {case}: cin {cin} cout {cout} k {k} {h}x{w}");
+    }
+}
+
+/// PyTorch's definition of a transposed convolution: scatter every input pixel.
+fn conv_transpose_scatter(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
+    let (oh, ow) = (2 * x.h, 2 * x.w);
+    let mut full = Tensor::zeros(c.cout, 2 * x.h + c.k, 2 * x.w + c.k);
+    for co in 0..c.cout {
+        for ci in 0..c.cin {
+            for iy in 0..x.h {
+                for ix in 0..x.w {
+                    for ky in 0..c.k {
+                        for kx in 0..c.k {
+                            let wv = c.weight[((ci * c.cout + co) * c.k + ky) * c.k + kx];
+                            let i = (co * full.h + 2 * iy + ky) * full.w + 2 * ix + kx;
+                            full.data[i] += wv * x.at(ci, iy, ix);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut out = full.window(0, 0, oh, ow);
+    for co in 0..c.cout {
+        for v in &mut out.data[co * oh * ow..(co + 1) * oh * ow] {
+            *v += c.bias[co];
+        }
+    }
+    out
+}
+
+#[test]
+fn conv_transpose_matches_the_scatter_definition() {
+    let mut rng = SplitMix64(2);
+    for k in [2, 3] {
+        for _ in 0..10 {
+            let (cin, cout) = (1 + rng.next_u64() as usize % 4, 1 + rng.next_u64() as usize % 4);
+            let (h, w) = (1 + rng.next_u64() as usize % 7, 1 + rng.next_u64() as usize % 7);
+            let c = ConvTranspose2d { cin, cout, k, weight: randv(&mut rng, cin * cout * k * k), bias: randv(&mut rng, cout) };
+            let x = random_image(&mut rng, cin, h, w);
+            let d = max_abs_diff(&cpu::conv_transpose::conv_transpose2d(&x, &c), &conv_transpose_scatter(&x, &c));
+            assert!(d < 1e-5, "k {k}: {d}");
+        }
+    }
+}
+
+#[test]
+fn bilinear_and_nearest_upsampling_match_pytorch_semantics() {
+    // 1x2 -> 2x4 by hand: half-pixel centres, clamped at the edges.
+    let x = Tensor::from_vec(1, 1, 2, vec![0.0, 4.0]);
+    let b = cpu::upsample::upsample2(&x, UpsampleMode::Bilinear);
+    assert_eq!(b.data, vec![0.0, 1.0, 3.0, 4.0, 0.0, 1.0, 3.0, 4.0]);
+    let n = cpu::upsample::upsample2(&x, UpsampleMode::Nearest);
+    assert_eq!(n.data, vec![0.0, 0.0, 4.0, 4.0, 0.0, 0.0, 4.0, 4.0]);
+}
+
+#[test]
+fn pooling_softmax_argmax() {
+    let x = Tensor::from_vec(1, 2, 4, vec![1.0, 5.0, -1.0, -2.0, 3.0, 2.0, -3.0, -0.5]);
+    assert_eq!(cpu::pool::max_pool2(&x).data, vec![5.0, -0.5]);
+    let logits = Tensor::from_vec(3, 1, 2, vec![0.0, 1.0, 1.0, 1.0, 2.0, 0.5]);
+    let p = cpu::softmax::softmax(&logits);
+    for px in 0..2 {
+        let s: f32 = (0..3).map(|c| p.data[c * 2 + px]).sum();
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+    // Pixel 1 ties channels 0 and 1: the first wins.
+    assert_eq!(cpu::softmax::argmax(&p).data, vec![2.0, 0.0]);
+}

@@ -1,0 +1,125 @@
+//! The exactness contract: tiled output equals the whole-image output bit for bit for every
+//! aligned tile size, every image size and every halo >= the exact one; and the converse, so that
+//! these tests can fail: a halo below exact, or tile origins off the A grid, change the output.
+
+mod common;
+
+use common::*;
+use seamless::model::weights::SplitMix64;
+use seamless::pipeline::{infer_grid, infer_tiled, infer_whole, PadMode};
+use seamless::tile_grid::{round_up, TileGrid};
+use seamless::Model;
+
+fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+}
+
+/// A small model of the family, its architecture varied by the seed.
+fn family_model(family: &str, rng: &mut SplitMix64) -> Model {
+    let seed = rng.next_u64();
+    let cfg = match family {
+        "unet" => {
+            let up = ["transpose", "bilinear", "nearest"][pick(rng, 0, 2)];
+            unet(pick(rng, 1, 2), pick(rng, 2, 3), 2 * pick(rng, 1, 2), pick(rng, 1, 3), rng.uniform() < 0.7, up)
+        }
+        _ => {
+            let levels = pick(rng, 1, 3);
+            let down: Vec<usize> = (0..levels).map(|_| pick(rng, 1, 2)).collect();
+            densenet(pick(rng, 1, 2), pick(rng, 2, 3), 4, pick(rng, 2, 3), &down, pick(rng, 1, 2))
+        }
+    };
+    random_model(cfg, seed)
+}
+
+fn exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
+    let mut rng = SplitMix64(seed);
+    for case in 0..cases {
+        let model = family_model(family, &mut rng);
+        let a = model.align();
+        let halo0 = model.exact_halo();
+        // Odd and even sizes, from below one tile to several tiles plus halos.
+        let h = pick(&mut rng, 1, 3 * a + halo0 + 20);
+        let w = pick(&mut rng, 1, 3 * a + halo0 + 20);
+        let tile_h = a * pick(&mut rng, 1, 4);
+        let tile_w = a * pick(&mut rng, 1, 4);
+        let halo = halo0 + a * pick(&mut rng, 0, 1);
+        let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
+        let img = random_image(&mut rng, model.in_channels(), h, w);
+        let whole = infer_whole(&model, &img, pad).unwrap();
+        let tiled = infer_tiled(&model, &img, pad, tile_h, tile_w, halo, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            first_difference(&whole, &tiled),
+            None,
+            "{family} case {case}: {} A={a} image {h}x{w} tile {tile_h}x{tile_w} halo {halo} (exact {halo0}) {pad:?}",
+            model.config.config_json()
+        );
+    }
+}
+
+#[test]
+fn unet_tiled_equals_whole_over_random_geometries() {
+    exact_over_random_geometries("unet", 60, 0xC0FFEE);
+}
+
+#[test]
+fn fcdensenet_tiled_equals_whole_over_random_geometries() {
+    exact_over_random_geometries("fcdensenet", 60, 0xD00D);
+}
+
+/// An image large enough that some tile's window is cut inside the image on every side.
+fn converse_setup(family: &str, seed: u64) -> (Model, seamless::Tensor, usize) {
+    let mut rng = SplitMix64(seed);
+    let model = match family {
+        "unet" => random_model(unet(1, 2, 4, 2, true, "transpose"), 11),
+        _ => random_model(densenet(1, 2, 4, 3, &[1, 1], 1), 12),
+    };
+    let tile = 2 * model.align();
+    let n = 3 * tile + 2 * model.exact_halo() + 5;
+    (model, random_image(&mut rng, 1, n, n), tile)
+}
+
+#[test]
+fn halo_below_exact_changes_the_output() {
+    for family in ["unet", "fcdensenet"] {
+        let (model, img, tile) = converse_setup(family, 3);
+        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        let short = model.exact_halo() - model.align();
+        let tiled = infer_tiled(&model, &img, PadMode::Zero, tile, tile, short, &mut |_, _| {}).unwrap();
+        assert!(
+            first_difference(&whole, &tiled).is_some(),
+            "{family}: halo {short} < exact {} should differ from the whole-image run",
+            model.exact_halo()
+        );
+        assert!(max_abs_diff(&whole, &tiled) > 1e-6, "{family}: the difference should be measurable");
+    }
+}
+
+#[test]
+fn misaligned_tile_origins_change_the_output() {
+    for family in ["unet", "fcdensenet"] {
+        let (model, img, tile) = converse_setup(family, 4);
+        let a = model.align();
+        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        // Exact halo plus one more step, so only the phase is wrong, not the context.
+        let halo = model.exact_halo() + a;
+        let (ph, pw) = (round_up(img.h, a), round_up(img.w, a));
+        let grid = TileGrid::with_offset(ph, pw, tile, tile, halo, a / 2, a / 2);
+        let tiled = infer_grid(&model, &img, PadMode::Zero, &grid, &mut |_, _| {}).unwrap();
+        assert!(first_difference(&whole, &tiled).is_some(), "{family}: origins off the A grid should differ");
+        // ...while the same grid shifted by a whole A is exact again.
+        let grid = TileGrid::with_offset(ph, pw, tile, tile, halo, a, a);
+        let tiled = infer_grid(&model, &img, PadMode::Zero, &grid, &mut |_, _| {}).unwrap();
+        assert_eq!(first_difference(&whole, &tiled), None, "{family}: origins on the A grid are exact");
+    }
+}
+
+#[test]
+fn tiling_refuses_sizes_off_the_alignment() {
+    let model = random_model(unet(1, 2, 2, 2, false, "transpose"), 1);
+    let img = random_image(&mut SplitMix64(1), 1, 40, 40);
+    for (tile, halo) in [(6, 12), (8, 6), (0, 12)] {
+        let err = infer_tiled(&model, &img, PadMode::Zero, tile, tile, halo, &mut |_, _| {}).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "tile {tile} halo {halo}: {err}");
+        assert!(err.to_string().contains("multiple"), "{err}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Model files: a round trip keeps every bit, f16 weights load, and every kind of broken file is
+//! refused with a message that names the problem.
+
+mod common;
+
+use common::*;
+use safetensors::Dtype;
+use seamless::model::file::{load, save_random};
+use seamless::model::weights::SplitMix64;
+use seamless::pipeline::{infer_whole, PadMode};
+use seamless::{Error, Model};
+
+fn small_unet() -> seamless::model::ModelConfig {
+    unet(1, 2, 4, 2, true, "transpose")
+}
+
+#[test]
+fn round_trip_reproduces_the_random_model_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cfg, seed) in [(small_unet(), 3), (densenet(2, 3, 4, 3, &[1, 2], 1), 4), (unet(3, 2, 2, 3, false, "bilinear"), 5)] {
+        let path = dir.path().join("m.safetensors");
+        save_random(&cfg, seed, false, &path, "test").unwrap();
+        let loaded = load(&path).unwrap();
+        let direct = Model::random(cfg.clone(), seed).unwrap();
+        assert_eq!(loaded.config, cfg);
+        assert_eq!(loaded.description.as_deref(), Some("test"));
+        let img = random_image(&mut SplitMix64(1), cfg.in_channels(), 37, 41);
+        let a = infer_whole(&loaded, &img, PadMode::Zero).unwrap();
+        let b = infer_whole(&direct, &img, PadMode::Zero).unwrap();
+        assert_eq!(first_difference(&a, &b), None);
+    }
+}
+
+#[test]
+fn f16_weights_load_and_agree_with_f32_closely() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p16, p32) = (dir.path().join("h.safetensors"), dir.path().join("f.safetensors"));
+    save_random(&small_unet(), 8, true, &p16, "f16").unwrap();
+    save_random(&small_unet(), 8, false, &p32, "f32").unwrap();
+    let (m16, m32) = (load(&p16).unwrap(), load(&p32).unwrap());
+    let img = random_image(&mut SplitMix64(2), 1, 32, 32);
+    let d = max_abs_diff(&infer_whole(&m16, &img, PadMode::Zero).unwrap(), &infer_whole(&m32, &img, PadMode::Zero).unwrap());
+    assert!(d > 0.0 && d < 2e-2, "f16 rounding should change probabilities a little: {d}");
+}
+
+/// Load a variant of a valid file and return the error message.
+fn broken(edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, &mut Vec<(String, String)>)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    save_random(&small_unet(), 1, false, &good, "x").unwrap();
+    let (mut tensors, mut meta) = model_parts(&good);
+    edit(&mut tensors, &mut meta);
+    let bad = dir.path().join("bad.safetensors");
+    let meta_ref: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    write_safetensors(&bad, &tensors, &meta_ref);
+    let err = load(&bad).expect_err("a broken model must not load");
+    assert_eq!(err.exit_code(), 3, "{err}");
+    err.to_string()
+}
+
+fn set(meta: &mut [(String, String)], key: &str, value: &str) {
+    meta.iter_mut().find(|(k, _)| k == key).unwrap().1 = value.to_string();
+}
+
+#[test]
+fn every_broken_model_file_is_refused_by_name() {
+    let name = "inc.double_conv.0.weight";
+    let cases: Vec<(&str, String)> = vec![
+        ("missing tensor 'inc.double_conv.0.weight'", broken(|t, _| t.retain(|x| x.0 != name))),
+        ("unexpected tensor 'extra.weight'", broken(|t, _| t.push(("extra.weight".into(), Dtype::F32, vec![1], vec![0; 4])))),
+        ("tensor 'inc.double_conv.0.weight' has shape [4, 1, 3, 1]", broken(|t, _| {
+            let x = t.iter_mut().find(|x| x.0 == name).unwrap();
+            x.2 = vec![4, 1, 3, 1];
+            x.3.truncate(4 * 3 * 4);
+        })),
+        ("tensor 'outc.conv.bias' has dtype I32", broken(|t, _| t.iter_mut().find(|x| x.0 == "outc.conv.bias").unwrap().1 = Dtype::I32)),
+        ("no 'architecture' key", broken(|_, m| m.retain(|(k, _)| k != "architecture"))),
+        ("unknown architecture 'resnet'", broken(|_, m| set(m, "architecture", "resnet"))),
+        ("format_version \"7\" is not supported", broken(|_, m| set(m, "format_version", "7"))),
+        ("metadata 'format' is", broken(|_, m| set(m, "format", "other"))),
+        ("unknown field `colour`", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"colour":1}"#))),
+        ("EOF while parsing", broken(|_, m| set(m, "config", r#"{"in_channels":1"#))),
+        ("align_corners=True", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"up_mode":"bilinear_align_corners"}"#))),
+        ("'instance' normalisation", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"norm":"instance"}"#))),
+        ("depth must be", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":0}"#))),
+    ];
+    for (want, got) in cases {
+        assert!(got.contains(want), "expected the error to mention {want:?}, got: {got}");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let msg = broken(|t, _| {
+        t.retain(|x| x.0 != "outc.conv.weight" && x.0 != "outc.conv.bias");
+    });
+    assert!(msg.contains("outc.conv.weight") && msg.contains("outc.conv.bias") && msg.contains("2 problem"), "{msg}");
+}
+
+#[test]
+fn truncated_and_corrupt_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    save_random(&small_unet(), 1, false, &good, "x").unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", bytes[..bytes.len() - 100].to_vec()),
+        ("header only", bytes[..20].to_vec()),
+        ("empty", vec![]),
+        ("garbage", (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect()),
+    ];
+    for (what, data) in cases {
+        let p = dir.path().join(format!("{what}.safetensors"));
+        std::fs::write(&p, data).unwrap();
+        let err = load(&p).expect_err(what);
+        assert!(matches!(err, Error::Model { .. }), "{what}: {err}");
+        assert!(err.to_string().contains("not a valid safetensors file"), "{what}: {err}");
+    }
+    let err = load(&dir.path().join("absent.safetensors")).unwrap_err();
+    assert!(err.to_string().contains("cannot open"), "{err}");
+}
+
+#[test]
+fn folded_graph_computes_the_same_network() {
+    // Batch-norm folding and fusion change rounding only.
+    for cfg in [small_unet(), densenet(1, 2, 4, 3, &[1, 1], 1)] {
+        let m = Model::random(cfg, 2).unwrap();
+        let img = random_image(&mut SplitMix64(3), 1, 32, 32);
+        let (folded, _) = seamless::cpu::run(&m.graph, &img).unwrap();
+        let (plain, _) = seamless::cpu::run(&m.source_graph, &img).unwrap();
+        assert!(m.graph.nodes.len() < m.source_graph.nodes.len());
+        let d = max_abs_diff(&folded, &plain);
+        assert!(d < 1e-5, "max difference {d}");
+    }
+}
