@@ -54,7 +54,10 @@ fn planar(h: usize, w: usize, c: usize, hwc: impl IntoIterator<Item = f32>) -> T
 }
 
 fn read_npy(path: &Path, r: impl std::io::Read) -> Result<Tensor> {
-    let bad = |e: std::io::Error| input_err(path, format!("not a readable .npy file: {e}"));
+    let bad = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => input_err(path, "the .npy file ends early (truncated?)"),
+        _ => input_err(path, format!("not a readable .npy file: {e}")),
+    };
     let npy = npyz::NpyFile::new(r).map_err(bad)?;
     if npy.order() != npyz::Order::C {
         return Err(input_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));

@@ -5,6 +5,8 @@
 //! seed and its position (via hashed per-cell parameters), so any window of an arbitrarily large
 //! slide can be generated on its own.
 
+use rayon::prelude::*;
+
 use crate::model::weights::SplitMix64;
 
 const CELL: i64 = 32;
@@ -49,32 +51,45 @@ fn blob(seed: u64, gx: i64, gy: i64) -> Option<Blob> {
 pub fn generate(seed: u64, x0: i64, y0: i64, w: usize, h: usize) -> (Vec<u8>, Vec<u8>) {
     let mut img = vec![0u8; w * h];
     let mut lab = vec![0u8; w * h];
-    let (gx0, gx1) = ((x0).div_euclid(CELL) - 1, (x0 + w as i64).div_euclid(CELL) + 1);
-    let (gy0, gy1) = ((y0).div_euclid(CELL) - 1, (y0 + h as i64).div_euclid(CELL) + 1);
-    let blobs: Vec<Blob> = (gy0..=gy1).flat_map(|gy| (gx0..=gx1).filter_map(move |gx| blob(seed, gx, gy))).collect();
-    for yy in 0..h {
-        let y = (y0 + yy as i64) as f64;
+    // Blobs of every grid cell the window touches, plus a ring of neighbours (a blob reaches at
+    // most 16 px from its centre, so only the pixel's own and adjacent cells matter).
+    let (gx0, gy0) = (x0.div_euclid(CELL) - 1, y0.div_euclid(CELL) - 1);
+    let gw = ((x0 + w as i64).div_euclid(CELL) + 1 - gx0 + 1) as usize;
+    let gh = ((y0 + h as i64).div_euclid(CELL) + 1 - gy0 + 1) as usize;
+    let grid: Vec<Option<Blob>> =
+        (0..gh * gw).map(|i| blob(seed, gx0 + (i % gw) as i64, gy0 + (i / gw) as i64)).collect();
+    img.par_chunks_mut(w).zip(lab.par_chunks_mut(w)).enumerate().for_each(|(yy, (irow, lrow))| {
+        let yi = y0 + yy as i64;
+        let y = yi as f64;
+        let gy = (yi.div_euclid(CELL) - gy0) as usize;
         for xx in 0..w {
-            let x = (x0 + xx as i64) as f64;
+            let xi = x0 + xx as i64;
+            let x = xi as f64;
+            let gx = (xi.div_euclid(CELL) - gx0) as usize;
             // Uneven illumination plus per-pixel noise, as in a real scan.
             let mut v = 40.0 + 15.0 * ((x / 377.0).sin() + (y / 291.0).cos());
             let mut inside = false;
-            for bl in blobs.iter().filter(|b| (b.cx - x).abs() < 16.0 && (b.cy - y).abs() < 16.0) {
-                let (dx, dy) = (x - bl.cx, y - bl.cy);
-                let u = (dx * bl.cos + dy * bl.sin) / bl.a;
-                let t = (-dx * bl.sin + dy * bl.cos) / bl.b;
-                let d = (u * u + t * t).sqrt();
-                // Soft edge about 1.5 px wide; a darker nucleus inside.
-                let edge = 1.0 / (1.0 + ((d - 1.0) * bl.a / 0.8).exp());
-                let nucleus = if d < 0.45 { 0.7 } else { 1.0 };
-                v = v.max(40.0 + (bl.brightness - 40.0) * edge * nucleus);
-                inside |= d < 1.0;
+            for ny in gy - 1..=gy + 1 {
+                for bl in grid[ny * gw + gx - 1..=ny * gw + gx + 1].iter().flatten() {
+                    let (dx, dy) = (x - bl.cx, y - bl.cy);
+                    if dx.abs() >= 16.0 || dy.abs() >= 16.0 {
+                        continue;
+                    }
+                    let u = (dx * bl.cos + dy * bl.sin) / bl.a;
+                    let t = (-dx * bl.sin + dy * bl.cos) / bl.b;
+                    let d = (u * u + t * t).sqrt();
+                    // Soft edge about 1.5 px wide; a darker nucleus inside.
+                    let edge = 1.0 / (1.0 + ((d - 1.0) * bl.a / 0.8).exp());
+                    let nucleus = if d < 0.45 { 0.7 } else { 1.0 };
+                    v = f64::max(v, 40.0 + (bl.brightness - 40.0) * edge * nucleus);
+                    inside |= d < 1.0;
+                }
             }
-            let mut r = hash(seed ^ 0xA5A5, x as i64, y as i64);
+            let mut r = hash(seed ^ 0xA5A5, xi, yi);
             let noise = (r.uniform() + r.uniform() + r.uniform() - 1.5) * 24.0;
-            img[yy * w + xx] = (v + noise).round().clamp(0.0, 255.0) as u8;
-            lab[yy * w + xx] = inside as u8;
+            irow[xx] = (v + noise).round().clamp(0.0, 255.0) as u8;
+            lrow[xx] = inside as u8;
         }
-    }
+    });
     (img, lab)
 }

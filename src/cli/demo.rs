@@ -14,7 +14,7 @@ use seamless::Tensor;
 use super::infer::{compute, parse_tile, select_backend, Backend};
 
 /// The demo U-Net, trained by tools/train_demo.py (see models/README.md).
-pub const DEMO_UNET: &[u8] = &[]; // TODO include trained model
+pub const DEMO_UNET: &[u8] = include_bytes!("../../models/unet-demo.safetensors");
 
 #[derive(clap::Args)]
 pub struct DemoArgs {

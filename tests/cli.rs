@@ -1,0 +1,232 @@
+//! The command line as a user meets it: results, exit codes, messages, and no half-written output
+//! under the final name when something goes wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn seamless(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seamless")).args(args).output().expect("runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let f = Fixture { dir: tempfile::tempdir().unwrap() };
+        let m = f.path("unet.safetensors");
+        let cfg = r#"{"in_channels":1,"classes":3,"base_filters":4,"depth":2}"#;
+        assert!(seamless(&["random-model", "--arch", "unet", "--config", cfg, "--seed", "3", "--out", s(&m)]).status.success());
+        let img = f.path("img.npy");
+        assert!(seamless(&["synth", "--width", "150", "--height", "97", "--seed", "2", "--image", s(&img)]).status.success());
+        f
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// Nothing but what the test created itself: no leftovers or partial files.
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn tiled_equals_whole_through_the_cli_for_probabilities_and_labels() {
+    let f = Fixture::new();
+    let (m, img) = (f.path("unet.safetensors"), f.path("img.npy"));
+    for kind in ["probs", "labels"] {
+        let (t, w) = (f.path(&format!("t-{kind}.npy")), f.path(&format!("w-{kind}.npy")));
+        let o = seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&t), "--tile", "32x16", "--output-kind", kind, "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&w), "--whole", "--output-kind", kind, "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&t).unwrap(), std::fs::read(&w).unwrap(), "{kind}: tiled and whole outputs differ");
+    }
+    // Labels as PNG, from a PNG input.
+    let png_in = f.path("img.png");
+    assert!(seamless(&["synth", "--width", "40", "--height", "33", "--image", s(&png_in)]).status.success());
+    let out = f.path("labels.png");
+    let o = seamless(&["infer", "--model", s(&m), "--input", s(&png_in), "--output", s(&out), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::metadata(&out).unwrap().len() > 0);
+}
+
+#[test]
+fn info_reports_the_reference_numbers() {
+    let o = seamless(&["info", "unet-64", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["receptive_field"], 204);
+    assert_eq!(v["exact_halo"], 96);
+    assert_eq!(v["downsampling_factor"], 16);
+    assert_eq!(v["parameters"], 31055362);
+    let o = seamless(&["info", "fcdensenet-103"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("receptive field     2294 px") && text.contains("exact halo          1152 px"), "{text}");
+    assert!(text.contains("(0.801 M)"), "{text}");
+}
+
+/// Run a failing command; check the exit code, the message, and that `out` was not created.
+fn fails(f: &Fixture, args: &[&str], code: i32, message: &str, out: &Path) {
+    let before = f.files();
+    let o = seamless(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(message), "{args:?}: expected {message:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "{args:?} left {}", out.display());
+    assert_eq!(f.files(), before, "{args:?} left files behind");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors_and_leave_no_output() {
+    let f = Fixture::new();
+    let (m, img) = (f.path("unet.safetensors"), f.path("img.npy"));
+    let out = f.path("out.npy");
+    let infer = |model: &Path, input: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["infer", "--model", s(model), "--input", s(input), "--output", s(&out), "-q"].iter().map(|x| x.to_string()).collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |args: Vec<String>, code: i32, msg: &str| {
+        let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        fails(&f, &a, code, msg, &out);
+    };
+
+    // Models.
+    let bytes = std::fs::read(&m).unwrap();
+    let truncated = f.path("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    run(infer(&truncated, &img, &[]), 3, "not a valid safetensors file");
+    let corrupt = f.path("corrupt.safetensors");
+    std::fs::write(&corrupt, b"this is not a model at all, just some text").unwrap();
+    run(infer(&corrupt, &img, &[]), 3, "not a valid safetensors file");
+    run(infer(&f.path("missing.safetensors"), &img, &[]), 3, "cannot open");
+
+    // Images.
+    let rgb = f.path("rgb.npy");
+    std::fs::write(&rgb, npy_bytes("<f4", &[5, 6, 3], &[0u8; 5 * 6 * 3 * 4])).unwrap();
+    run(infer(&m, &rgb, &[]), 4, "has 3 channel(s), the model expects 1");
+    let empty = f.path("empty.npy");
+    std::fs::write(&empty, npy_bytes("<f4", &[0, 7], &[])).unwrap();
+    run(infer(&m, &empty, &[]), 4, "empty image");
+    let short = f.path("short.npy");
+    std::fs::write(&short, npy_bytes("<f4", &[10, 10], &[0u8; 40])).unwrap();
+    run(infer(&m, &short, &[]), 4, "truncated");
+    let garbage = f.path("garbage.png");
+    std::fs::write(&garbage, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    run(infer(&m, &garbage, &[]), 4, "not a readable PNG");
+    run(infer(&m, &f.path("absent.npy"), &[]), 4, "cannot open");
+    let tiff = f.path("img.tif");
+    std::fs::write(&tiff, b"II*\0").unwrap();
+    run(infer(&m, &tiff, &[]), 4, "unknown image format");
+
+    // Tiling parameters.
+    run(infer(&m, &img, &["--tile", "30"]), 2, "not a positive multiple of the model's down-sampling factor 4");
+    run(infer(&m, &img, &["--halo", "6"]), 2, "halo 6 is not a multiple");
+    run(infer(&m, &img, &["--tile", "big"]), 2, "expected N, HxW or auto");
+
+    // Outputs.
+    let nodir = f.path("no/such/dir/out.npy");
+    let mut a = infer(&m, &img, &[]);
+    a[6] = s(&nodir).to_string();
+    run(a, 5, "does not exist");
+    let mut a = infer(&m, &img, &["--output-kind", "probs"]);
+    a[6] = s(&f.path("p.png")).to_string();
+    run(a, 5, "PNG holds labels only");
+}
+
+#[test]
+fn unwritable_output_directory_is_reported() {
+    // Root ignores permissions, so probe whether the directory really refuses writes.
+    let f = Fixture::new();
+    let ro = f.path("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o555);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    if std::fs::write(ro.join("probe"), b"x").is_ok() {
+        let _ = std::fs::remove_file(ro.join("probe"));
+        eprintln!("skipped: running as a user that ignores directory permissions (root)");
+        return;
+    }
+    let out = ro.join("out.npy");
+    let o = seamless(&["infer", "--model", s(&f.path("unet.safetensors")), "--input", s(&f.path("img.npy")), "--output", s(&out), "-q"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot create"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn output_that_is_a_directory_is_refused() {
+    let f = Fixture::new();
+    let d = f.path("out.npy");
+    std::fs::create_dir(&d).unwrap();
+    let o = seamless(&["infer", "--model", s(&f.path("unet.safetensors")), "--input", s(&f.path("img.npy")), "--output", s(&d), "-q"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"));
+}
+
+#[test]
+fn untileable_models_are_refused_with_the_reason() {
+    let f = Fixture::new();
+    let out = f.path("m.safetensors");
+    let cfg = r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"up_mode":"bilinear_align_corners"}"#;
+    fails(&f, &["random-model", "--arch", "unet", "--config", cfg, "--out", s(&out)], 3, "align_corners=True", &out);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_explains() {
+    let o = seamless(&["infer", "--model"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = seamless(&["--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("Exit codes") && help.contains("demo") && help.contains("infer"), "{help}");
+    let o = seamless(&["infer", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("--tile") && help.contains("multiple of the model's"), "{help}");
+}
+
+#[test]
+fn demo_runs_end_to_end_on_a_small_slide() {
+    let f = Fixture::new();
+    let dir = f.path("demo");
+    let o = seamless(&["demo", "--size", "300", "--out-dir", s(&dir), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("pixel accuracy") && text.contains("Mpx/s"), "{text}");
+    for name in ["slide.png", "labels.png", "preview.png"] {
+        assert!(dir.join(name).exists(), "{name}");
+    }
+}
+
+/// A minimal .npy file (format 1.0) with a given dtype, shape and raw data.
+fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape_s = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
