@@ -45,7 +45,8 @@ impl BatchNorm {
     pub fn scale_shift(&self) -> (Vec<f64>, Vec<f64>) {
         let scale: Vec<f64> =
             self.gamma.iter().zip(&self.var).map(|(&g, &v)| g as f64 / (v as f64 + self.eps).sqrt()).collect();
-        let shift = self.beta.iter().zip(&self.mean).zip(&scale).map(|((&b, &m), &s)| b as f64 - m as f64 * s).collect();
+        let shift =
+            self.beta.iter().zip(&self.mean).zip(&scale).map(|((&b, &m), &s)| b as f64 - m as f64 * s).collect();
         (scale, shift)
     }
 }
@@ -282,7 +283,7 @@ impl Graph {
                     return Err(bad(format!("has {} channels, input has {}", s.scale.len(), ins[0].c)));
                 }
                 Op::MaxPool2 => {
-                    if ins[0].h % 2 != 0 || ins[0].w % 2 != 0 {
+                    if !ins[0].h.is_multiple_of(2) || !ins[0].w.is_multiple_of(2) {
                         return Err(bad(format!(
                             "2x2 pooling of an odd-sized {}x{} map (input sizes must be multiples of the \
                              down-sampling factor)",

@@ -67,7 +67,10 @@ fn read_npy(path: &Path, r: impl std::io::Read) -> Result<Tensor> {
         [h, w] => (h, w, 1),
         [h, w, c] if c <= 64 => (h, w, c),
         _ => {
-            return Err(input_err(path, format!("array of shape {shape:?}; expected (H, W) or (H, W, C) with C <= 64")));
+            return Err(input_err(
+                path,
+                format!("array of shape {shape:?}; expected (H, W) or (H, W, C) with C <= 64"),
+            ));
         }
     };
     let npyz::DType::Plain(ts) = npy.dtype() else {
@@ -192,7 +195,11 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") }
 }
 
-pub fn write_npy<T: npyz::AutoSerialize>(w: impl std::io::Write, shape: &[u64], values: impl Iterator<Item = T>) -> std::io::Result<()> {
+pub fn write_npy<T: npyz::AutoSerialize>(
+    w: impl std::io::Write,
+    shape: &[u64],
+    values: impl Iterator<Item = T>,
+) -> std::io::Result<()> {
     let mut wr = npyz::WriteOptions::new().default_dtype().shape(shape).writer(w).begin_nd()?;
     wr.extend(values)?;
     wr.finish()
@@ -201,7 +208,8 @@ pub fn write_npy<T: npyz::AutoSerialize>(w: impl std::io::Write, shape: &[u64], 
 /// Write an array to `.npy` atomically (synthetic images, tests).
 pub fn save_npy<T: npyz::AutoSerialize>(path: &Path, shape: &[u64], values: impl Iterator<Item = T>) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    write_npy(f.writer(), shape, values).map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") })?;
+    write_npy(f.writer(), shape, values)
+        .map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") })?;
     f.commit()
 }
 

@@ -5,7 +5,7 @@ use crate::cpu;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::Tensor;
-use crate::tile_grid::{round_up, TileGrid};
+use crate::tile_grid::{TileGrid, round_up};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum PadMode {
@@ -65,7 +65,13 @@ fn check_channels(model: &Model, img: &Tensor) -> Result<()> {
 }
 
 /// Network output over a tile grid, stitched. `progress(done, total)` is called after each tile.
-pub fn infer_grid(model: &Model, img: &Tensor, pad: PadMode, grid: &TileGrid, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
+pub fn infer_grid(
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    grid: &TileGrid,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
     check_channels(model, img)?;
     let a = model.align();
     let padded = pad_image(img, a, pad);
@@ -82,7 +88,15 @@ pub fn infer_grid(model: &Model, img: &Tensor, pad: PadMode, grid: &TileGrid, pr
 }
 
 /// Tiled inference under the exactness contract: tiles of `tile_h x tile_w`, halo `halo`.
-pub fn infer_tiled(model: &Model, img: &Tensor, pad: PadMode, tile_h: usize, tile_w: usize, halo: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
+pub fn infer_tiled(
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    tile_h: usize,
+    tile_w: usize,
+    halo: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
     let a = model.align();
     let grid = TileGrid::new(round_up(img.h, a), round_up(img.w, a), tile_h, tile_w, halo, a)?;
     infer_grid(model, img, pad, &grid, progress)

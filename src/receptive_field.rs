@@ -73,7 +73,10 @@ impl ReceptiveField {
                     let t = ins[0];
                     let (s, m) = (t.scale_num as i64, t.lo.len());
                     if m < 2 {
-                        return Err(Error::Config(format!("node '{}' pools below the declared alignment {align}", node.name)));
+                        return Err(Error::Config(format!(
+                            "node '{}' pools below the declared alignment {align}",
+                            node.name
+                        )));
                     }
                     let n = m / 2;
                     let mut out = Table { scale_num: t.scale_num * 2, lo: vec![0; n], hi: vec![0; n] };
@@ -87,7 +90,10 @@ impl ReceptiveField {
                 Op::ConvTranspose2d(_) | Op::Upsample2(_) => {
                     let t = ins[0];
                     if t.scale_num < 2 {
-                        return Err(Error::Config(format!("node '{}' up-samples above the input resolution", node.name)));
+                        return Err(Error::Config(format!(
+                            "node '{}' up-samples above the input resolution",
+                            node.name
+                        )));
                     }
                     let (s, m) = (t.scale_num as i64, t.lo.len() as i64);
                     // Input pixels (relative to p = q div 2) that output pixel q = 2p + r reads.
@@ -120,7 +126,10 @@ impl ReceptiveField {
                     let mut out = ins[0].clone();
                     for t in &ins[1..] {
                         if t.scale_num != out.scale_num {
-                            return Err(Error::Config(format!("node '{}' concatenates maps of different scales", node.name)));
+                            return Err(Error::Config(format!(
+                                "node '{}' concatenates maps of different scales",
+                                node.name
+                            )));
                         }
                         for i in 0..out.lo.len() {
                             out.lo[i] = out.lo[i].min(t.lo[i]);

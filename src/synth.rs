@@ -23,7 +23,9 @@ struct Blob {
 }
 
 fn hash(seed: u64, gx: i64, gy: i64) -> SplitMix64 {
-    let mut r = SplitMix64(seed ^ (gx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (gy as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    let mut r = SplitMix64(
+        seed ^ (gx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (gy as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+    );
     r.next_u64();
     r
 }

@@ -32,7 +32,7 @@ pub fn round_up(v: usize, a: usize) -> usize {
 
 fn starts(len: usize, tile: usize, offset: usize) -> Vec<(usize, usize)> {
     let mut bounds = vec![0];
-    let mut p = if offset % tile == 0 { tile } else { offset % tile };
+    let mut p = if offset.is_multiple_of(tile) { tile } else { offset % tile };
     while p < len {
         bounds.push(p);
         p += tile;
@@ -43,7 +43,14 @@ fn starts(len: usize, tile: usize, offset: usize) -> Vec<(usize, usize)> {
 
 impl TileGrid {
     /// The grid the exactness contract allows; refuses sizes that would break it.
-    pub fn new(padded_h: usize, padded_w: usize, tile_h: usize, tile_w: usize, halo: usize, align: usize) -> Result<TileGrid> {
+    pub fn new(
+        padded_h: usize,
+        padded_w: usize,
+        tile_h: usize,
+        tile_w: usize,
+        halo: usize,
+        align: usize,
+    ) -> Result<TileGrid> {
         for (what, v) in [("tile height", tile_h), ("tile width", tile_w)] {
             if v == 0 || v % align != 0 {
                 return Err(Error::Tiling(format!(
@@ -54,13 +61,13 @@ impl TileGrid {
                 )));
             }
         }
-        if halo % align != 0 {
+        if !halo.is_multiple_of(align) {
             return Err(Error::Tiling(format!(
                 "halo {halo} is not a multiple of the down-sampling factor {align}; try {}",
                 round_up(halo, align)
             )));
         }
-        if padded_h % align != 0 || padded_w % align != 0 {
+        if !padded_h.is_multiple_of(align) || !padded_w.is_multiple_of(align) {
             return Err(Error::Tiling(format!("padded image {padded_h}x{padded_w} is not a multiple of {align}")));
         }
         Ok(TileGrid::with_offset(padded_h, padded_w, tile_h, tile_w, halo, 0, 0))
@@ -69,7 +76,15 @@ impl TileGrid {
     /// Any grid, including ones that break the contract (tile boundaries shifted by an offset,
     /// any halo): for experiments that measure what breaking it costs. Windows are clipped to the
     /// image; the runner zero-extends them to a multiple of A.
-    pub fn with_offset(padded_h: usize, padded_w: usize, tile_h: usize, tile_w: usize, halo: usize, off_y: usize, off_x: usize) -> TileGrid {
+    pub fn with_offset(
+        padded_h: usize,
+        padded_w: usize,
+        tile_h: usize,
+        tile_w: usize,
+        halo: usize,
+        off_y: usize,
+        off_x: usize,
+    ) -> TileGrid {
         let ys = starts(padded_h, tile_h, off_y);
         let xs = starts(padded_w, tile_w, off_x);
         let mut tiles = Vec::with_capacity(ys.len() * xs.len());

@@ -21,9 +21,17 @@ impl Fixture {
         let f = Fixture { dir: tempfile::tempdir().unwrap() };
         let m = f.path("unet.safetensors");
         let cfg = r#"{"in_channels":1,"classes":3,"base_filters":4,"depth":2}"#;
-        assert!(seamless(&["random-model", "--arch", "unet", "--config", cfg, "--seed", "3", "--out", s(&m)]).status.success());
+        assert!(
+            seamless(&["random-model", "--arch", "unet", "--config", cfg, "--seed", "3", "--out", s(&m)])
+                .status
+                .success()
+        );
         let img = f.path("img.npy");
-        assert!(seamless(&["synth", "--width", "150", "--height", "97", "--seed", "2", "--image", s(&img)]).status.success());
+        assert!(
+            seamless(&["synth", "--width", "150", "--height", "97", "--seed", "2", "--image", s(&img)])
+                .status
+                .success()
+        );
         f
     }
     fn path(&self, name: &str) -> PathBuf {
@@ -31,8 +39,10 @@ impl Fixture {
     }
     /// Nothing but what the test created itself: no leftovers or partial files.
     fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -48,9 +58,34 @@ fn tiled_equals_whole_through_the_cli_for_probabilities_and_labels() {
     let (m, img) = (f.path("unet.safetensors"), f.path("img.npy"));
     for kind in ["probs", "labels"] {
         let (t, w) = (f.path(&format!("t-{kind}.npy")), f.path(&format!("w-{kind}.npy")));
-        let o = seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&t), "--tile", "32x16", "--output-kind", kind, "-q"]);
+        let o = seamless(&[
+            "infer",
+            "--model",
+            s(&m),
+            "--input",
+            s(&img),
+            "--output",
+            s(&t),
+            "--tile",
+            "32x16",
+            "--output-kind",
+            kind,
+            "-q",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let o = seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&w), "--whole", "--output-kind", kind, "-q"]);
+        let o = seamless(&[
+            "infer",
+            "--model",
+            s(&m),
+            "--input",
+            s(&img),
+            "--output",
+            s(&w),
+            "--whole",
+            "--output-kind",
+            kind,
+            "-q",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(std::fs::read(&t).unwrap(), std::fs::read(&w).unwrap(), "{kind}: tiled and whole outputs differ");
     }
@@ -96,7 +131,10 @@ fn bad_inputs_give_clear_errors_and_leave_no_output() {
     let (m, img) = (f.path("unet.safetensors"), f.path("img.npy"));
     let out = f.path("out.npy");
     let infer = |model: &Path, input: &Path, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["infer", "--model", s(model), "--input", s(input), "--output", s(&out), "-q"].iter().map(|x| x.to_string()).collect();
+        let mut v: Vec<String> = ["infer", "--model", s(model), "--input", s(input), "--output", s(&out), "-q"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
         v.extend(extra.iter().map(|x| x.to_string()));
         v
     };
@@ -163,7 +201,16 @@ fn unwritable_output_directory_is_reported() {
         return;
     }
     let out = ro.join("out.npy");
-    let o = seamless(&["infer", "--model", s(&f.path("unet.safetensors")), "--input", s(&f.path("img.npy")), "--output", s(&out), "-q"]);
+    let o = seamless(&[
+        "infer",
+        "--model",
+        s(&f.path("unet.safetensors")),
+        "--input",
+        s(&f.path("img.npy")),
+        "--output",
+        s(&out),
+        "-q",
+    ]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("cannot create"));
     assert!(!out.exists());
@@ -174,7 +221,16 @@ fn output_that_is_a_directory_is_refused() {
     let f = Fixture::new();
     let d = f.path("out.npy");
     std::fs::create_dir(&d).unwrap();
-    let o = seamless(&["infer", "--model", s(&f.path("unet.safetensors")), "--input", s(&f.path("img.npy")), "--output", s(&d), "-q"]);
+    let o = seamless(&[
+        "infer",
+        "--model",
+        s(&f.path("unet.safetensors")),
+        "--input",
+        s(&f.path("img.npy")),
+        "--output",
+        s(&d),
+        "-q",
+    ]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("is a directory"));
 }

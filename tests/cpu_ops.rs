@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
+use seamless::Tensor;
 use seamless::cpu;
 use seamless::graph::{Conv2d, ConvTranspose2d, UpsampleMode};
 use seamless::model::weights::SplitMix64;
-use seamless::Tensor;
 
 fn randv(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
@@ -69,7 +69,13 @@ fn conv_transpose_matches_the_scatter_definition() {
         for _ in 0..10 {
             let (cin, cout) = (1 + rng.next_u64() as usize % 4, 1 + rng.next_u64() as usize % 4);
             let (h, w) = (1 + rng.next_u64() as usize % 7, 1 + rng.next_u64() as usize % 7);
-            let c = ConvTranspose2d { cin, cout, k, weight: randv(&mut rng, cin * cout * k * k), bias: randv(&mut rng, cout) };
+            let c = ConvTranspose2d {
+                cin,
+                cout,
+                k,
+                weight: randv(&mut rng, cin * cout * k * k),
+                bias: randv(&mut rng, cout),
+            };
             let x = random_image(&mut rng, cin, h, w);
             let d = max_abs_diff(&cpu::conv_transpose::conv_transpose2d(&x, &c), &conv_transpose_scatter(&x, &c));
             assert!(d < 1e-5, "k {k}: {d}");

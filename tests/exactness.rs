@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
-use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{infer_grid, infer_tiled, infer_whole, PadMode};
-use seamless::tile_grid::{round_up, TileGrid};
 use seamless::Model;
+use seamless::model::weights::SplitMix64;
+use seamless::pipeline::{PadMode, infer_grid, infer_tiled, infer_whole};
+use seamless::tile_grid::{TileGrid, round_up};
 
 fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
     lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize

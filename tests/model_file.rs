@@ -7,7 +7,7 @@ use common::*;
 use safetensors::Dtype;
 use seamless::model::file::{load, save_random};
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{infer_whole, PadMode};
+use seamless::pipeline::{PadMode, infer_whole};
 use seamless::{Error, Model};
 
 fn small_unet() -> seamless::model::ModelConfig {
@@ -17,7 +17,9 @@ fn small_unet() -> seamless::model::ModelConfig {
 #[test]
 fn round_trip_reproduces_the_random_model_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    for (cfg, seed) in [(small_unet(), 3), (densenet(2, 3, 4, 3, &[1, 2], 1), 4), (unet(3, 2, 2, 3, false, "bilinear"), 5)] {
+    for (cfg, seed) in
+        [(small_unet(), 3), (densenet(2, 3, 4, 3, &[1, 2], 1), 4), (unet(3, 2, 2, 3, false, "bilinear"), 5)]
+    {
         let path = dir.path().join("m.safetensors");
         save_random(&cfg, seed, false, &path, "test").unwrap();
         let loaded = load(&path).unwrap();
@@ -39,12 +41,15 @@ fn f16_weights_load_and_agree_with_f32_closely() {
     save_random(&small_unet(), 8, false, &p32, "f32").unwrap();
     let (m16, m32) = (load(&p16).unwrap(), load(&p32).unwrap());
     let img = random_image(&mut SplitMix64(2), 1, 32, 32);
-    let d = max_abs_diff(&infer_whole(&m16, &img, PadMode::Zero).unwrap(), &infer_whole(&m32, &img, PadMode::Zero).unwrap());
+    let d = max_abs_diff(
+        &infer_whole(&m16, &img, PadMode::Zero).unwrap(),
+        &infer_whole(&m32, &img, PadMode::Zero).unwrap(),
+    );
     assert!(d > 0.0 && d < 2e-2, "f16 rounding should change probabilities a little: {d}");
 }
 
 /// Load a variant of a valid file and return the error message.
-fn broken(edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, &mut Vec<(String, String)>)) -> String {
+fn broken(edit: impl FnOnce(&mut Vec<RawTensor>, &mut Vec<(String, String)>)) -> String {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.safetensors");
     save_random(&small_unet(), 1, false, &good, "x").unwrap();
@@ -67,22 +72,51 @@ fn every_broken_model_file_is_refused_by_name() {
     let name = "inc.double_conv.0.weight";
     let cases: Vec<(&str, String)> = vec![
         ("missing tensor 'inc.double_conv.0.weight'", broken(|t, _| t.retain(|x| x.0 != name))),
-        ("unexpected tensor 'extra.weight'", broken(|t, _| t.push(("extra.weight".into(), Dtype::F32, vec![1], vec![0; 4])))),
-        ("tensor 'inc.double_conv.0.weight' has shape [4, 1, 3, 1]", broken(|t, _| {
-            let x = t.iter_mut().find(|x| x.0 == name).unwrap();
-            x.2 = vec![4, 1, 3, 1];
-            x.3.truncate(4 * 3 * 4);
-        })),
-        ("tensor 'outc.conv.bias' has dtype I32", broken(|t, _| t.iter_mut().find(|x| x.0 == "outc.conv.bias").unwrap().1 = Dtype::I32)),
+        (
+            "unexpected tensor 'extra.weight'",
+            broken(|t, _| t.push(("extra.weight".into(), Dtype::F32, vec![1], vec![0; 4]))),
+        ),
+        (
+            "tensor 'inc.double_conv.0.weight' has shape [4, 1, 3, 1]",
+            broken(|t, _| {
+                let x = t.iter_mut().find(|x| x.0 == name).unwrap();
+                x.2 = vec![4, 1, 3, 1];
+                x.3.truncate(4 * 3 * 4);
+            }),
+        ),
+        (
+            "tensor 'outc.conv.bias' has dtype I32",
+            broken(|t, _| t.iter_mut().find(|x| x.0 == "outc.conv.bias").unwrap().1 = Dtype::I32),
+        ),
         ("no 'architecture' key", broken(|_, m| m.retain(|(k, _)| k != "architecture"))),
         ("unknown architecture 'resnet'", broken(|_, m| set(m, "architecture", "resnet"))),
         ("format_version \"7\" is not supported", broken(|_, m| set(m, "format_version", "7"))),
         ("metadata 'format' is", broken(|_, m| set(m, "format", "other"))),
-        ("unknown field `colour`", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"colour":1}"#))),
+        (
+            "unknown field `colour`",
+            broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"colour":1}"#)),
+        ),
         ("EOF while parsing", broken(|_, m| set(m, "config", r#"{"in_channels":1"#))),
-        ("align_corners=True", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"up_mode":"bilinear_align_corners"}"#))),
-        ("'instance' normalisation", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"norm":"instance"}"#))),
-        ("depth must be", broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":0}"#))),
+        (
+            "align_corners=True",
+            broken(|_, m| {
+                set(
+                    m,
+                    "config",
+                    r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"up_mode":"bilinear_align_corners"}"#,
+                )
+            }),
+        ),
+        (
+            "'instance' normalisation",
+            broken(|_, m| {
+                set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":2,"norm":"instance"}"#)
+            }),
+        ),
+        (
+            "depth must be",
+            broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":0}"#)),
+        ),
     ];
     for (want, got) in cases {
         assert!(got.contains(want), "expected the error to mention {want:?}, got: {got}");

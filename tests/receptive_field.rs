@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use seamless::model::weights::SplitMix64;
-use seamless::model::ModelConfig;
-use seamless::pipeline::{infer_whole, PadMode};
 use seamless::Model;
+use seamless::model::ModelConfig;
+use seamless::model::weights::SplitMix64;
+use seamless::pipeline::{PadMode, infer_whole};
 
 /// Perturb single input pixels (one per phase of A, far from the borders, in every row) and
 /// measure how far left/right outputs change: the empirical one-sided reaches, and the halo the
@@ -69,8 +69,16 @@ fn analysis_bounds_measurement_and_is_tight_to_the_alignment() {
             rf.need_before,
             rf.need_after
         );
-        assert!(before <= rf.reach_before && after <= rf.reach_after, "{}: the analysis must bound what is measured", cfg.config_json());
-        assert!(need_b <= rf.need_before && need_a <= rf.need_after, "{}: needs bound what is measured", cfg.config_json());
+        assert!(
+            before <= rf.reach_before && after <= rf.reach_after,
+            "{}: the analysis must bound what is measured",
+            cfg.config_json()
+        );
+        assert!(
+            need_b <= rf.need_before && need_a <= rf.need_after,
+            "{}: needs bound what is measured",
+            cfg.config_json()
+        );
         let a = model.align();
         assert_eq!(
             need_b.max(need_a).div_ceil(a) * a,

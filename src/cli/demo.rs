@@ -4,14 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use seamless::Tensor;
 use seamless::error::{Error, Result};
 use seamless::image_io::save_rgb_png;
 use seamless::normalize::{self, Normalize};
 use seamless::pipeline::{self, PadMode};
-use seamless::tile_grid::{round_up, TileGrid};
-use seamless::Tensor;
+use seamless::tile_grid::{TileGrid, round_up};
 
-use super::infer::{compute, parse_tile, select_backend, Backend};
+use super::infer::{Backend, compute, parse_tile, select_backend};
 
 /// The demo U-Net, trained by tools/train_demo.py (see models/README.md).
 pub const DEMO_UNET: &[u8] = include_bytes!("../../models/unet-demo.safetensors");
@@ -97,7 +97,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     println!("tiles            {} of {}x{}, halo {halo} px (exact)", grid.tiles.len(), tile.0, tile.1);
     println!("time             {secs:.2} s on the CPU, {:.3} Mpx/s", (n * n) as f64 / 1e6 / secs.max(1e-9));
     println!("pixel accuracy   {:.2}% against the generator's ground truth", 100.0 * correct as f64 / (n * n) as f64);
-    println!("wrote            {}, {}, {}", out("slide.png").display(), out("labels.png").display(), out("preview.png").display());
+    println!(
+        "wrote            {}, {}, {}",
+        out("slide.png").display(),
+        out("labels.png").display(),
+        out("preview.png").display()
+    );
     Ok(())
 }
 

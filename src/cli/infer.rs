@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use seamless::error::{Error, Result};
-use seamless::image_io::{read_image, Sink};
+use seamless::image_io::{Sink, read_image};
 use seamless::normalize::{self, Normalize};
 use seamless::pipeline::{self, PadMode};
 use seamless::tile_grid::round_up;
@@ -74,9 +74,8 @@ pub fn parse_tile(s: &str, model: &Model, h: usize, w: usize) -> Result<(usize, 
     if s == "auto" {
         return Ok(auto_tile(model, h, w));
     }
-    let num = |v: &str| {
-        v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")))
-    };
+    let num =
+        |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
     match s.split_once('x') {
         Some((th, tw)) => Ok((num(th)?, num(tw)?)),
         None => {
@@ -97,9 +96,7 @@ pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
 pub fn select_backend(b: Backend, quiet: bool) -> Result<()> {
     match b {
         Backend::Cpu => Ok(()),
-        Backend::Cuda => Err(Error::Backend(
-            "this build has no CUDA backend yet; use --backend cpu (or auto)".into(),
-        )),
+        Backend::Cuda => Err(Error::Backend("this build has no CUDA backend yet; use --backend cpu (or auto)".into())),
         Backend::Auto => {
             if !quiet {
                 eprintln!("backend: cpu (this build has no CUDA backend yet)");
@@ -123,7 +120,15 @@ pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 }
 
 /// The probabilities for `img` (already normalised), tiled or whole, with progress.
-pub fn compute(model: &Model, img: &Tensor, whole: bool, tile: (usize, usize), halo: usize, pad: PadMode, quiet: bool) -> Result<Tensor> {
+pub fn compute(
+    model: &Model,
+    img: &Tensor,
+    whole: bool,
+    tile: (usize, usize),
+    halo: usize,
+    pad: PadMode,
+    quiet: bool,
+) -> Result<Tensor> {
     if whole {
         return pipeline::infer_whole(model, img, pad);
     }

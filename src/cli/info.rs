@@ -1,8 +1,8 @@
 //! `seamless info`: what a model is and what tiling it needs.
 
+use seamless::Model;
 use seamless::error::Result;
 use seamless::graph::Op;
-use seamless::Model;
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
@@ -60,7 +60,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
         config: serde_json::from_str(&m.config.config_json()).expect("valid json"),
         description: m.description.as_deref(),
         parameters: m.params(),
-        conv_layers: m.source_graph.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d(_) | Op::ConvTranspose2d(_))).count(),
+        conv_layers: m
+            .source_graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Conv2d(_) | Op::ConvTranspose2d(_)))
+            .count(),
         flop_per_pixel: m.graph.flops_per_pixel(probe)?,
         receptive_field: m.rf.receptive_field,
         reach_before: m.rf.reach_before,
@@ -90,7 +95,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("parameters          {} ({:.2} M)", s.parameters, s.parameters as f64 / 1e6);
     println!("conv layers         {}", s.conv_layers);
     println!("FLOP per pixel      {:.0} ({:.3} M)", s.flop_per_pixel, s.flop_per_pixel / 1e6);
-    println!("receptive field     {} px (reaches {} before, {} after an output pixel)", s.receptive_field, s.reach_before, s.reach_after);
+    println!(
+        "receptive field     {} px (reaches {} before, {} after an output pixel)",
+        s.receptive_field, s.reach_before, s.reach_after
+    );
     println!("down-sampling A     {}", s.downsampling_factor);
     println!(
         "halo needed         {} px before, {} px after a tile (reach minus the pixel's depth in an A-aligned tile)",

@@ -1,16 +1,16 @@
 //! Argument parsing (clap) and the subcommands.
 
 mod demo;
-mod info;
 mod infer;
+mod info;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use seamless::error::{Error, Result};
-use seamless::model::file::save_random;
 use seamless::model::ModelConfig;
+use seamless::model::file::save_random;
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 unexpected failure; 2 bad arguments or tiling parameters;
@@ -127,7 +127,7 @@ fn synth(a: SynthArgs) -> Result<()> {
 
 /// A single-channel u8 image as .npy (H, W) or greyscale .png.
 pub(crate) fn write_u8_image(path: &std::path::Path, w: usize, h: usize, data: &[u8]) -> Result<()> {
-    use seamless::image_io::{format_of, save_npy, Format, Sink};
+    use seamless::image_io::{Format, Sink, format_of, save_npy};
     match format_of(path) {
         Some(Format::Npy) => save_npy(path, &[h as u64, w as u64], data.iter().copied()),
         Some(Format::Png) => {

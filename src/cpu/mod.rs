@@ -79,10 +79,10 @@ pub fn run(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)> {
         stats.peak_activation_bytes = stats.peak_activation_bytes.max(live);
         values[i] = Some(out);
         for &j in &node.inputs {
-            if last[j] == i {
-                if let Some(t) = values[j].take() {
-                    live -= t.bytes();
-                }
+            if last[j] == i
+                && let Some(t) = values[j].take()
+            {
+                live -= t.bytes();
             }
         }
     }

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use crate::tensor::Tensor;
 
 pub fn max_pool2(x: &Tensor) -> Tensor {
-    assert!(x.h % 2 == 0 && x.w % 2 == 0, "max_pool2 needs even sizes");
+    assert!(x.h.is_multiple_of(2) && x.w.is_multiple_of(2), "max_pool2 needs even sizes");
     let (oh, ow) = (x.h / 2, x.w / 2);
     let mut out = Tensor::zeros(x.c, oh, ow);
     out.data.par_chunks_mut(ow).enumerate().for_each(|(t, row)| {

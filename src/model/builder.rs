@@ -20,17 +20,22 @@ impl<'a> Builder<'a> {
     }
 
     pub fn conv(&mut self, prefix: &str, x: NodeId, cin: usize, cout: usize, k: usize, bias: bool) -> NodeId {
-        let weight = self.src.take(&format!("{prefix}.weight"), &[cout, cin, k, k], ParamKind::ConvWeight {
-            fan_in: cin * k * k,
-        });
-        let bias = if bias { self.src.take(&format!("{prefix}.bias"), &[cout], ParamKind::Bias) } else { vec![0.0; cout] };
+        let weight = self.src.take(
+            &format!("{prefix}.weight"),
+            &[cout, cin, k, k],
+            ParamKind::ConvWeight { fan_in: cin * k * k },
+        );
+        let bias =
+            if bias { self.src.take(&format!("{prefix}.bias"), &[cout], ParamKind::Bias) } else { vec![0.0; cout] };
         self.g.add(prefix, Op::Conv2d(Conv2d { cin, cout, k, weight, bias, relu: false }), &[x])
     }
 
     pub fn conv_transpose(&mut self, prefix: &str, x: NodeId, cin: usize, cout: usize, k: usize) -> NodeId {
-        let weight = self.src.take(&format!("{prefix}.weight"), &[cin, cout, k, k], ParamKind::ConvWeight {
-            fan_in: cin * k * k / 4,
-        });
+        let weight = self.src.take(
+            &format!("{prefix}.weight"),
+            &[cin, cout, k, k],
+            ParamKind::ConvWeight { fan_in: cin * k * k / 4 },
+        );
         let bias = self.src.take(&format!("{prefix}.bias"), &[cout], ParamKind::Bias);
         self.g.add(prefix, Op::ConvTranspose2d(ConvTranspose2d { cin, cout, k, weight, bias }), &[x])
     }

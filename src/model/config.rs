@@ -140,7 +140,7 @@ impl ModelConfig {
                         )));
                     }
                 }
-                if !(c.bn_eps > 0.0) {
+                if c.bn_eps.is_nan() || c.bn_eps <= 0.0 {
                     return Err(Error::Config("bn_eps must be positive".into()));
                 }
             }
@@ -160,10 +160,10 @@ impl ModelConfig {
                     )));
                 }
                 positive("bottleneck_layers", c.bottleneck_layers)?;
-                if c.up_blocks.iter().any(|&n| n == 0) {
+                if c.up_blocks.contains(&0) {
                     return Err(Error::Config("every up block needs at least one layer".into()));
                 }
-                if !(c.bn_eps > 0.0) {
+                if c.bn_eps.is_nan() || c.bn_eps <= 0.0 {
                     return Err(Error::Config("bn_eps must be positive".into()));
                 }
             }

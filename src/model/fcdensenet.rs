@@ -16,12 +16,21 @@ fn dense_layer(b: &mut Builder, prefix: &str, x: NodeId, cin: usize, growth: usi
 
 /// Returns (block output, its channel count). Each layer sees `[input, new features so far]`;
 /// the block outputs either everything or only the new features.
-fn dense_block(b: &mut Builder, prefix: &str, x: NodeId, cin: usize, growth: usize, layers: usize, only_new: bool) -> (NodeId, usize) {
+fn dense_block(
+    b: &mut Builder,
+    prefix: &str,
+    x: NodeId,
+    cin: usize,
+    growth: usize,
+    layers: usize,
+    only_new: bool,
+) -> (NodeId, usize) {
     let mut parts = vec![x];
     let mut c = cin;
     let mut new = Vec::with_capacity(layers);
     for j in 0..layers {
-        let input = if parts.len() == 1 { parts[0] } else { b.op(&format!("{prefix}.layers.{j}.in"), Op::Concat, &parts) };
+        let input =
+            if parts.len() == 1 { parts[0] } else { b.op(&format!("{prefix}.layers.{j}.in"), Op::Concat, &parts) };
         let y = dense_layer(b, &format!("{prefix}.layers.{j}"), input, c, growth);
         parts.push(y);
         new.push(y);

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use super::Model;
 use super::config::ModelConfig;
 use super::weights::{RandomSource, SafetensorsSource};
-use super::Model;
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
 

@@ -55,12 +55,12 @@ impl Model {
 
     /// A model file path, or a preset name (with seeded random weights).
     pub fn open(spec: &str) -> Result<Model> {
-        if let Some(cfg) = ModelConfig::preset(spec) {
-            if !std::path::Path::new(spec).exists() {
-                let mut m = Model::random(cfg, 0)?;
-                m.origin = format!("preset {spec} (random weights)");
-                return Ok(m);
-            }
+        if let Some(cfg) = ModelConfig::preset(spec)
+            && !std::path::Path::new(spec).exists()
+        {
+            let mut m = Model::random(cfg, 0)?;
+            m.origin = format!("preset {spec} (random weights)");
+            return Ok(m);
         }
         file::load(std::path::Path::new(spec))
     }

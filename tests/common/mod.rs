@@ -18,7 +18,14 @@ pub fn unet(in_channels: usize, classes: usize, base: usize, depth: usize, bn: b
     })
 }
 
-pub fn densenet(in_channels: usize, classes: usize, first: usize, growth: usize, down: &[usize], bottleneck: usize) -> ModelConfig {
+pub fn densenet(
+    in_channels: usize,
+    classes: usize,
+    first: usize,
+    growth: usize,
+    down: &[usize],
+    bottleneck: usize,
+) -> ModelConfig {
     let mut up = down.to_vec();
     up.reverse();
     ModelConfig::FcDenseNet(FcDenseNetConfig {
@@ -56,21 +63,24 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// One tensor of a safetensors file: name, dtype, shape, little-endian bytes.
+pub type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
 /// A safetensors file from raw parts, for building broken model files on purpose.
-pub fn write_safetensors(path: &std::path::Path, tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)], meta: &[(&str, &str)]) {
-    let views = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()));
+pub fn write_safetensors(path: &std::path::Path, tensors: &[RawTensor], meta: &[(&str, &str)]) {
+    let views =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()));
     let meta = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
 }
 
 /// The tensors and metadata of a valid model file, to be broken by a test.
-pub fn model_parts(path: &std::path::Path) -> (Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>, Vec<(String, String)>) {
+pub fn model_parts(path: &std::path::Path) -> (Vec<RawTensor>, Vec<(String, String)>) {
     let bytes = std::fs::read(path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut tensors: Vec<_> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta: Vec<(String, String)> = meta.metadata().clone().unwrap().into_iter().collect();
     meta.sort();
