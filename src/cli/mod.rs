@@ -13,8 +13,9 @@ use seamless::model::ModelConfig;
 use seamless::model::file::save_random;
 
 const EXIT_CODES: &str = "\
-Exit codes: 0 success; 1 unexpected failure; 2 bad arguments or tiling parameters;
-3 bad or untileable model; 4 bad input image; 5 output could not be written; 6 backend unavailable.";
+Exit codes: 0 success; 2 bad arguments or tiling parameters;
+3 bad or untileable model; 4 bad input image; 5 output could not be written; 6 backend unavailable;
+101 internal error (a bug in seamless: please report it).";
 
 #[derive(Parser)]
 #[command(

@@ -68,13 +68,18 @@ pub fn run(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)> {
     let mut values: Vec<Option<Tensor>> = vec![None; graph.nodes.len()];
     let mut live = 0usize;
     let mut stats = RunStats::default();
+    let profile = std::env::var_os("SEAMLESS_PROFILE").is_some();
     for (i, node) in graph.nodes.iter().enumerate() {
+        let t0 = std::time::Instant::now();
         let out = if i == 0 {
             input.clone()
         } else {
             let ins: Vec<&Tensor> = node.inputs.iter().map(|&j| values[j].as_ref().expect("live input")).collect();
             run_op(&node.op, &ins)
         };
+        if profile {
+            eprintln!("{:>9.3} ms  {:<40} {:?}", t0.elapsed().as_secs_f64() * 1e3, node.name, (out.c, out.h, out.w));
+        }
         live += out.bytes();
         stats.peak_activation_bytes = stats.peak_activation_bytes.max(live);
         values[i] = Some(out);
