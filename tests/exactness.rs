@@ -123,3 +123,19 @@ fn tiling_refuses_sizes_off_the_alignment() {
         assert!(err.to_string().contains("multiple"), "{err}");
     }
 }
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    for cfg in [unet(2, 3, 4, 2, true, "transpose"), densenet(1, 2, 4, 3, &[1, 2], 1)] {
+        let model = random_model(cfg, 21);
+        let img = random_image(&mut SplitMix64(8), model.in_channels(), 83, 70);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| infer_tiled(&model, &img, PadMode::Zero, 16, 32, model.exact_halo(), &mut |_, _| {}).unwrap())
+        };
+        let one = run(1);
+        for threads in [2, 3, 7] {
+            assert_eq!(first_difference(&one, &run(threads)), None, "{threads} threads");
+        }
+    }
+}
