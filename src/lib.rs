@@ -5,6 +5,7 @@
 //! runs each window through the [`graph`] on a backend ([`cpu`]) and stitches the tiles' interiors,
 //! which equal the whole-image result bit for bit.
 
+pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod graph;

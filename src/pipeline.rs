@@ -1,6 +1,7 @@
 //! The data path: padded image -> tiles -> backend -> stitched output. The whole-image reference
 //! and the tiled run share everything but the grid.
 
+use crate::backend::{Backend, CpuBackend};
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -47,9 +48,13 @@ pub fn pad_image(img: &Tensor, align: usize, mode: PadMode) -> Tensor {
 
 /// Network output (softmax probabilities) for the whole image at once: the reference.
 pub fn infer_whole(model: &Model, img: &Tensor, pad: PadMode) -> Result<Tensor> {
+    infer_whole_on(&CpuBackend, model, img, pad)
+}
+
+pub fn infer_whole_on(backend: &dyn Backend, model: &Model, img: &Tensor, pad: PadMode) -> Result<Tensor> {
     check_channels(model, img)?;
     let padded = pad_image(img, model.align(), pad);
-    let (out, _) = cpu::run(&model.graph, &padded)?;
+    let out = backend.run(&model.graph, &padded)?;
     Ok(out.window(0, 0, img.h, img.w))
 }
 
@@ -72,6 +77,17 @@ pub fn infer_grid(
     grid: &TileGrid,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    infer_grid_on(&CpuBackend, model, img, pad, grid, progress)
+}
+
+pub fn infer_grid_on(
+    backend: &dyn Backend,
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    grid: &TileGrid,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
     check_channels(model, img)?;
     let a = model.align();
     let padded = pad_image(img, a, pad);
@@ -80,7 +96,7 @@ pub fn infer_grid(
         // Contract-conforming windows are already multiples of A; others (experiments) are
         // zero-extended so the network accepts them.
         let window = padded.window(t.win_y0, t.win_x0, round_up(t.win_h, a), round_up(t.win_w, a));
-        let (y, _) = cpu::run(&model.graph, &window)?;
+        let y = backend.run(&model.graph, &window)?;
         out.paste(&y, t.y0 - t.win_y0, t.x0 - t.win_x0, t.y0, t.x0, t.h, t.w);
         progress(i + 1, grid.tiles.len());
     }
