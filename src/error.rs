@@ -23,6 +23,8 @@ pub enum Error {
     Usage(String),
     #[error("backend: {0}")]
     Backend(String),
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory { what: String, bytes: usize },
 }
 
 impl Error {
@@ -33,7 +35,7 @@ impl Error {
             Error::Model { .. } | Error::Config(_) | Error::NotTileable(_) => 3,
             Error::Input { .. } | Error::Shape(_) => 4,
             Error::Output { .. } => 5,
-            Error::Backend(_) => 6,
+            Error::Backend(_) | Error::OutOfMemory { .. } => 6,
         }
     }
 }

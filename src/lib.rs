@@ -14,6 +14,7 @@ pub mod model;
 pub mod normalize;
 pub mod output;
 pub mod pipeline;
+pub mod planner;
 pub mod receptive_field;
 pub mod synth;
 pub mod tensor;

@@ -58,3 +58,33 @@ impl Tensor {
         self.data.len() * 4
     }
 }
+
+/// A borrowed CHW feature map: a slice of an arena or of a [`Tensor`].
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: &'a [f32],
+}
+
+impl<'a> View<'a> {
+    pub fn new(c: usize, h: usize, w: usize, data: &'a [f32]) -> View<'a> {
+        assert_eq!(data.len(), c * h * w, "view data length does not match {c}x{h}x{w}");
+        View { c, h, w, data }
+    }
+
+    pub fn plane(&self, c: usize) -> &'a [f32] {
+        &self.data[c * self.h * self.w..(c + 1) * self.h * self.w]
+    }
+
+    pub fn to_tensor(&self) -> Tensor {
+        Tensor::from_vec(self.c, self.h, self.w, self.data.to_vec())
+    }
+}
+
+impl Tensor {
+    pub fn view(&self) -> View<'_> {
+        View { c: self.c, h: self.h, w: self.w, data: &self.data }
+    }
+}

@@ -14,23 +14,39 @@ use rayon::prelude::*;
 
 use super::DisjointOut;
 use crate::graph::Conv2d;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, View};
 
 const CO_BLOCK: usize = 4;
 const X_BLOCK: usize = 16;
 
 /// The input with `r` zero rows/columns around it, and each row long enough that whole X_BLOCKs
-/// can always be read.
-struct Padded {
-    data: Vec<f32>,
+/// can always be read. Lives in the executor's workspace.
+struct Padded<'a> {
+    data: &'a [f32],
     row: usize,
     rows: usize,
 }
 
-fn pad(x: &Tensor, r: usize) -> Padded {
+fn padded_elems(c: usize, h: usize, w: usize, k: usize) -> usize {
+    let r = k / 2;
+    c * (h + 2 * r) * ((w + 2 * r).div_ceil(X_BLOCK) * X_BLOCK + X_BLOCK)
+}
+
+fn packed_weight_elems(c: &Conv2d) -> usize {
+    c.cout.div_ceil(CO_BLOCK) * c.cin * c.k * c.k * CO_BLOCK
+}
+
+/// Workspace elements the convolution needs for an input of `h x w`: the padded input and the
+/// weights regrouped by output-channel block.
+pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
+    padded_elems(c.cin, h, w, c.k) + packed_weight_elems(c)
+}
+
+fn pad<'a>(x: View, r: usize, ws: &'a mut [f32]) -> Padded<'a> {
     let row = (x.w + 2 * r).div_ceil(X_BLOCK) * X_BLOCK + X_BLOCK;
     let rows = x.h + 2 * r;
-    let mut data = vec![0.0f32; x.c * rows * row];
+    let data = &mut ws[..x.c * rows * row];
+    data.fill(0.0);
     for c in 0..x.c {
         for y in 0..x.h {
             let d = (c * rows + y + r) * row + r;
@@ -51,21 +67,32 @@ pub fn conv2d_portable(x: &Tensor, c: &Conv2d) -> Tensor {
 }
 
 fn conv2d_with(x: &Tensor, c: &Conv2d, simd: bool) -> Tensor {
+    let mut out = Tensor::zeros(c.cout, x.h, x.w);
+    let mut ws = vec![0.0; workspace_elems(c, x.h, x.w)];
+    conv2d_into(x.view(), c, &mut out.data, &mut ws, simd);
+    out
+}
+
+/// Convolve into `out` (`cout x h x w`), using `ws` (see [`workspace_elems`]) for the padded input.
+pub fn conv2d_into(x: View, c: &Conv2d, out: &mut [f32], ws: &mut [f32], simd: bool) {
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w, k) = (x.h, x.w, c.k);
-    let p = pad(x, k / 2);
+    assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
+    let (ws_pad, ws_w) = ws.split_at_mut(padded_elems(x.c, h, w, k));
+    let p = pad(x, k / 2, ws_pad);
     // Weights regrouped as [block][ci][ky][kx][CO_BLOCK] so one tap's weights are adjacent;
     // missing channels of the last block get zero weights and are never stored.
     let blocks = c.cout.div_ceil(CO_BLOCK);
     let taps = c.cin * k * k;
-    let mut wb = vec![0.0f32; blocks * taps * CO_BLOCK];
+    let wb = &mut ws_w[..packed_weight_elems(c)];
+    wb.fill(0.0);
     for co in 0..c.cout {
         for t in 0..taps {
             wb[((co / CO_BLOCK) * taps + t) * CO_BLOCK + co % CO_BLOCK] = c.weight[co * taps + t];
         }
     }
-    let mut out = Tensor::zeros(c.cout, h, w);
-    let ptr = DisjointOut(out.data.as_mut_ptr());
+    let wb = &*wb;
+    let ptr = DisjointOut(out.as_mut_ptr());
     (0..blocks * h).into_par_iter().for_each(|t| {
         let (b, y) = (t / h, t % h);
         let co0 = b * CO_BLOCK;
@@ -85,7 +112,6 @@ fn conv2d_with(x: &Tensor, c: &Conv2d, simd: bool) -> Tensor {
             }
         }
     });
-    out
 }
 
 type Acc = [[f32; X_BLOCK]; CO_BLOCK];

@@ -10,9 +10,10 @@ pub mod pool;
 pub mod softmax;
 pub mod upsample;
 
-use crate::error::Result;
-use crate::graph::{Graph, Op};
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, Op};
+use crate::planner::{ArenaPlan, Slot};
+use crate::tensor::{Tensor, View};
 
 /// A raw pointer that parallel tasks use to write disjoint parts of one output buffer.
 #[derive(Clone, Copy)]
@@ -34,20 +35,163 @@ impl DisjointOut {
 /// Statistics of one forward pass, for tests and reports.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunStats {
-    /// Largest sum of live activation bytes at any point of the schedule.
+    /// Bytes of activation memory the executor really allocated (arena and workspace).
+    pub allocated_bytes: usize,
+    /// Largest sum of live activation bytes at any point of the schedule (unplanned executor).
     pub peak_activation_bytes: usize,
 }
 
-/// Run one node on its inputs.
+/// Workspace elements the CPU ops need for the largest of their calls in this plan.
+pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan) -> usize {
+    graph
+        .nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::Conv2d(c) => {
+                let s = plan.shapes[n.inputs[0]];
+                conv::workspace_elems(c, s.h, s.w)
+            }
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Arena and workspace of the planned executor, kept between tiles and grown only when a larger
+/// plan needs it.
+#[derive(Default)]
+pub struct Buffers {
+    arena: Vec<f32>,
+    workspace: Vec<f32>,
+}
+
+fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
+    if buf.len() < elems {
+        *buf = Vec::new();
+        buf.try_reserve_exact(elems)
+            .map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 })?;
+        buf.resize(elems, 0.0);
+    }
+    Ok(())
+}
+
+impl Buffers {
+    pub fn allocated_bytes(&self) -> usize {
+        (self.arena.capacity() + self.workspace.capacity()) * 4
+    }
+}
+
+/// Execute `graph` on `input` inside the memory `plan` (made for the input's size). With
+/// `poison`, every buffer is filled with NaN when its last reader is done, so a read after free
+/// would show in the output.
+pub fn run_planned(graph: &Graph, plan: &ArenaPlan, input: &Tensor, bufs: &mut Buffers, poison: bool) -> Result<Tensor> {
+    assert_eq!((plan.h, plan.w), (input.h, input.w), "plan made for another size");
+    reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
+    reserve(&mut bufs.workspace, workspace_elems(graph, plan), "convolution workspace")?;
+    let ws = &mut bufs.workspace[..];
+    let base = bufs.arena.as_mut_ptr();
+    let total = bufs.arena.len();
+    let view = |i: NodeId| -> View {
+        let (s, sh) = (plan.slots[i], plan.shapes[i]);
+        assert!(s.offset + s.len <= total);
+        // SAFETY: the slot lies inside the arena (asserted); the planner gives a live value a
+        // region no op writes while the value is still to be read.
+        View::new(sh.c, sh.h, sh.w, unsafe { std::slice::from_raw_parts(base.add(s.offset), s.len) })
+    };
+    let region = |s: Slot| -> &mut [f32] {
+        assert!(s.offset + s.len <= total);
+        // SAFETY: inside the arena (asserted); the planner keeps an op's output region apart from
+        // every input it reads, except in-place elementwise ops, which read and write one slice.
+        unsafe { std::slice::from_raw_parts_mut(base.add(s.offset), s.len) }
+    };
+    let profile = std::env::var_os("SEAMLESS_PROFILE").is_some();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        let out_slot = plan.slots[i];
+        let sh = plan.shapes[i];
+        match &node.op {
+            Op::Input { .. } => region(out_slot).copy_from_slice(&input.data),
+            Op::Concat => {
+                let mut off = out_slot.offset;
+                for (&p, &copy) in node.inputs.iter().zip(&plan.concat_copies[i]) {
+                    let len = plan.slots[p].len;
+                    if copy {
+                        region(Slot { offset: off, len }).copy_from_slice(view(p).data);
+                    }
+                    off += len;
+                }
+            }
+            Op::Dropout if plan.in_place[i] => {}
+            op if plan.in_place[i] => {
+                let data = region(out_slot);
+                match op {
+                    Op::ScaleShift(s) => elementwise::scale_shift_inplace(data, sh.h * sh.w, &s.scale, &s.shift, s.relu),
+                    Op::Relu => elementwise::relu_inplace(data),
+                    Op::BatchNorm(bn) => {
+                        let (scale, shift) = bn_f32(bn);
+                        elementwise::scale_shift_inplace(data, sh.h * sh.w, &scale, &shift, false)
+                    }
+                    other => unreachable!("{} is not elementwise", other.kind()),
+                }
+            }
+            op => {
+                let x = view(node.inputs[0]);
+                let out = region(out_slot);
+                match op {
+                    Op::Conv2d(c) => conv::conv2d_into(x, c, out, ws, true),
+                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, out),
+                    Op::MaxPool2 => pool::max_pool2_into(x, out),
+                    Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
+                    Op::Softmax => softmax::softmax_into(x, out),
+                    Op::Argmax => softmax::argmax_into(x, out),
+                    Op::Dropout => out.copy_from_slice(x.data),
+                    Op::ScaleShift(s) => {
+                        out.copy_from_slice(x.data);
+                        elementwise::scale_shift_inplace(out, sh.h * sh.w, &s.scale, &s.shift, s.relu)
+                    }
+                    Op::Relu => {
+                        out.copy_from_slice(x.data);
+                        elementwise::relu_inplace(out)
+                    }
+                    Op::BatchNorm(bn) => {
+                        let (scale, shift) = bn_f32(bn);
+                        out.copy_from_slice(x.data);
+                        elementwise::scale_shift_inplace(out, sh.h * sh.w, &scale, &shift, false)
+                    }
+                    Op::Input { .. } | Op::Concat => unreachable!(),
+                }
+            }
+        }
+        if profile {
+            eprintln!("{:>9.3} ms  {:<40} {:?}", t0.elapsed().as_secs_f64() * 1e3, node.name, (sh.c, sh.h, sh.w));
+        }
+        if poison {
+            if view(i).data.iter().any(|v| v.is_nan()) {
+                return Err(Error::Backend(format!("node {i} '{}' read poisoned (freed) memory", node.name)));
+            }
+            for (g, &(_, end)) in plan.group_live.iter().enumerate() {
+                if end == i && plan.group_of[graph.output] != g {
+                    region(plan.group_slot[g]).fill(f32::NAN);
+                }
+            }
+        }
+    }
+    Ok(view(graph.output).to_tensor())
+}
+
+fn bn_f32(bn: &crate::graph::BatchNorm) -> (Vec<f32>, Vec<f32>) {
+    let (scale, shift) = bn.scale_shift();
+    (scale.iter().map(|&v| v as f32).collect(), shift.iter().map(|&v| v as f32).collect())
+}
+
+/// Run one node on its inputs, allocating its output.
 pub fn run_op(op: &Op, ins: &[&Tensor]) -> Tensor {
     match op {
         Op::Input { .. } => ins[0].clone(),
         Op::Conv2d(c) => conv::conv2d(ins[0], c),
         Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d(ins[0], c),
         Op::BatchNorm(bn) => {
-            let (scale, shift) = bn.scale_shift();
-            let scale: Vec<f32> = scale.iter().map(|&v| v as f32).collect();
-            let shift: Vec<f32> = shift.iter().map(|&v| v as f32).collect();
+            let (scale, shift) = bn_f32(bn);
             elementwise::scale_shift(ins[0], &scale, &shift, false)
         }
         Op::ScaleShift(s) => elementwise::scale_shift(ins[0], &s.scale, &s.shift, s.relu),
@@ -61,25 +205,30 @@ pub fn run_op(op: &Op, ins: &[&Tensor]) -> Tensor {
     }
 }
 
-/// Execute `graph` on `input`, freeing each activation after its last reader.
+/// Execute `graph` on `input` with the memory plan for its size.
 pub fn run(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)> {
+    let plan = ArenaPlan::new(graph, input.h, input.w)?;
+    let mut bufs = Buffers::default();
+    let out = run_planned(graph, &plan, input, &mut bufs, false)?;
+    let stats = RunStats { allocated_bytes: bufs.allocated_bytes(), peak_activation_bytes: plan.arena_elems * 4 };
+    Ok((out, stats))
+}
+
+/// The plainest executor: a fresh tensor per node, dropped after its last reader. The reference
+/// the planned executor is tested against.
+pub fn run_unplanned(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)> {
     graph.shapes(input.h, input.w)?;
     let last = graph.last_use();
     let mut values: Vec<Option<Tensor>> = vec![None; graph.nodes.len()];
     let mut live = 0usize;
     let mut stats = RunStats::default();
-    let profile = std::env::var_os("SEAMLESS_PROFILE").is_some();
     for (i, node) in graph.nodes.iter().enumerate() {
-        let t0 = std::time::Instant::now();
         let out = if i == 0 {
             input.clone()
         } else {
             let ins: Vec<&Tensor> = node.inputs.iter().map(|&j| values[j].as_ref().expect("live input")).collect();
             run_op(&node.op, &ins)
         };
-        if profile {
-            eprintln!("{:>9.3} ms  {:<40} {:?}", t0.elapsed().as_secs_f64() * 1e3, node.name, (out.c, out.h, out.w));
-        }
         live += out.bytes();
         stats.peak_activation_bytes = stats.peak_activation_bytes.max(live);
         values[i] = Some(out);
@@ -91,5 +240,6 @@ pub fn run(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)> {
             }
         }
     }
+    stats.allocated_bytes = stats.peak_activation_bytes;
     Ok((values[graph.output].take().expect("output computed"), stats))
 }

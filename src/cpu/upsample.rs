@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::graph::UpsampleMode;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, View};
 
 /// (i0, i1, l0, l1): source indices and weights along one axis, PyTorch's formula.
 fn source(o: usize, n: usize) -> (usize, usize, f32, f32) {
@@ -20,10 +20,15 @@ fn source(o: usize, n: usize) -> (usize, usize, f32, f32) {
 }
 
 pub fn upsample2(x: &Tensor, mode: UpsampleMode) -> Tensor {
+    let mut out = Tensor::zeros(x.c, 2 * x.h, 2 * x.w);
+    upsample2_into(x.view(), mode, &mut out.data);
+    out
+}
+
+pub fn upsample2_into(x: View, mode: UpsampleMode, out: &mut [f32]) {
     let (oh, ow) = (2 * x.h, 2 * x.w);
-    let mut out = Tensor::zeros(x.c, oh, ow);
-    let cols: Vec<(usize, usize, f32, f32)> = (0..ow).map(|o| source(o, x.w)).collect();
-    out.data.par_chunks_mut(ow).enumerate().for_each(|(t, row)| {
+    assert_eq!(out.len(), x.c * oh * ow, "upsample2 output size");
+    out.par_chunks_mut(ow).enumerate().for_each(|(t, row)| {
         let (c, oy) = (t / oh, t % oh);
         let plane = x.plane(c);
         match mode {
@@ -37,11 +42,11 @@ pub fn upsample2(x: &Tensor, mode: UpsampleMode) -> Tensor {
                 let (y0, y1, ly0, ly1) = source(oy, x.h);
                 let r0 = &plane[y0 * x.w..(y0 + 1) * x.w];
                 let r1 = &plane[y1 * x.w..(y1 + 1) * x.w];
-                for (o, &(x0, x1, lx0, lx1)) in row.iter_mut().zip(&cols) {
+                for (ox, o) in row.iter_mut().enumerate() {
+                    let (x0, x1, lx0, lx1) = source(ox, x.w);
                     *o = ly0 * (lx0 * r0[x0] + lx1 * r0[x1]) + ly1 * (lx0 * r1[x0] + lx1 * r1[x1]);
                 }
             }
         }
     });
-    out
 }

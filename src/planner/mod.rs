@@ -1,0 +1,6 @@
+//! Memory planning: the exact arena of one forward pass (arena.rs) and the largest tile that fits
+//! a memory budget (tile_plan.rs).
+
+pub mod arena;
+
+pub use arena::{ArenaPlan, Slot};
