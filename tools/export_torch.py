@@ -4,6 +4,10 @@
     export_torch.py --arch unet --config '{"in_channels":1,"classes":2,"base_filters":64,"depth":4,
         "batch_norm":true,"up_mode":"transpose"}' --state-dict unet.pt --out unet.safetensors
 
+Beware: milesial/Pytorch-UNet's ``bilinear=True`` uses ``align_corners=True``, which seamless refuses
+(it cannot be tiled exactly); such weights are NOT equivalent to ``"up_mode": "bilinear"``
+(align_corners=False) and exporting them under it would silently change the network's output.
+
 The state_dict may be a plain state_dict or a checkpoint dict holding it under 'state_dict' or
 'model'. Its names and shapes are checked against the network built from --config before anything
 is written, so a file seamless receives is always complete and consistent.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -80,6 +85,10 @@ def export(model: torch.nn.Module, arch: str, config: Mapping[str, Any] | str, p
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=_metadata(arch, config, description, extra_metadata))
+    # safetensors creates the file 0600; give it the usual permissions (it is not a secret).
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
     return path
 
 
@@ -132,7 +141,10 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, t
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export PyTorch weights to a seamless model file (safetensors).")
+    p = argparse.ArgumentParser(
+        description="Export PyTorch weights to a seamless model file (safetensors, docs/model-format.md).",
+        epilog="Note: milesial/Pytorch-UNet's bilinear=True means align_corners=True, which seamless refuses; "
+               "do not export such weights as up_mode 'bilinear' (align_corners=False).")
     p.add_argument("--arch", required=True, choices=["unet", "fcdensenet"])
     p.add_argument("--config", required=True,
                    help="the architecture's config as JSON text, or @file.json (see docs/model-format.md)")

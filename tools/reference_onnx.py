@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -539,6 +540,9 @@ def write_model(path: str | Path, arch: str, cfg: dict, weights: dict, dtype: st
     np_dtype = {"f32": np.float32, "f16": np.float16}[dtype]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in weights.items()}, str(path), metadata=meta)
+    umask = os.umask(0)  # safetensors creates the file 0600; use the usual permissions
+    os.umask(umask)
+    Path(path).chmod(0o666 & ~umask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +600,7 @@ def main(argv=None) -> int:
             ok = compare(ref, np.load(args.compare), args.tol)
             print("PASS" if ok else "FAIL")
             return 0 if ok else 1
-    except ModelError as e:
+    except (ModelError, OSError, ValueError) as e:  # bad model, missing/unreadable .npy, bad JSON
         print(f"reference_onnx: error: {e}", file=sys.stderr)
         return 2
     return 0
