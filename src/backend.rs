@@ -1,8 +1,13 @@
 //! The backend seam: what the pipeline needs from a compute device. The CPU backend implements it
 //! here; the CUDA backend (src/cuda/) implements the same trait with the same op set.
 
-use crate::error::Result;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::cpu::Buffers;
+use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::planner::ArenaPlan;
 use crate::tensor::Tensor;
 
 pub trait Backend: Sync {
@@ -12,9 +17,32 @@ pub trait Backend: Sync {
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor>;
 }
 
-/// The multi-threaded f32 CPU backend (src/cpu/).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+/// The multi-threaded f32 CPU backend (src/cpu/): the planned executor, with plans cached per
+/// window size and one arena reused across tiles.
+#[derive(Default)]
+pub struct CpuBackend {
+    plans: Mutex<HashMap<(usize, usize), Arc<ArenaPlan>>>,
+    buffers: Mutex<Buffers>,
+    /// Refuse windows whose arena and workspace exceed this many bytes, as a device with that much
+    /// free memory would (`--memory-budget` minus the weights).
+    pub limit_bytes: Option<usize>,
+}
+
+impl CpuBackend {
+    pub fn with_limit(limit_bytes: Option<usize>) -> CpuBackend {
+        CpuBackend { limit_bytes, ..CpuBackend::default() }
+    }
+
+    fn plan(&self, graph: &Graph, h: usize, w: usize) -> Result<Arc<ArenaPlan>> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&(h, w)) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(ArenaPlan::new(graph, h, w)?);
+        plans.insert((h, w), p.clone());
+        Ok(p)
+    }
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
@@ -22,6 +50,15 @@ impl Backend for CpuBackend {
     }
 
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {
-        Ok(crate::cpu::run(graph, input)?.0)
+        let plan = self.plan(graph, input.h, input.w)?;
+        let need = (plan.arena_elems + crate::cpu::workspace_elems(graph, &plan)) * 4;
+        if let Some(limit) = self.limit_bytes
+            && need > limit
+        {
+            return Err(Error::OutOfMemory { what: format!("a {}x{} window", input.h, input.w), bytes: need });
+        }
+        // The buffers grow to the largest window seen and are reused, not reallocated per tile.
+        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        crate::cpu::run_planned(graph, &plan, input, &mut bufs, false)
     }
 }

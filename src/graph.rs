@@ -17,6 +17,10 @@ pub struct Conv2d {
     pub bias: Vec<f32>,
     /// A following ReLU fused into this op.
     pub relu: bool,
+    /// A preceding per-input-channel scale-shift (+ ReLU) fused into this op: FC-DenseNet's
+    /// BN -> ReLU -> conv reads `max(x·scale + shift, 0)` while loading, before the zero padding,
+    /// so the transformed copy of the block's feature maps is never stored.
+    pub pre: Option<ScaleShift>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +122,14 @@ pub struct Node {
     pub inputs: Vec<NodeId>,
 }
 
+/// Follow `alias` to the node that finally stands for `i`.
+fn resolve(alias: &[NodeId], mut i: NodeId) -> NodeId {
+    while alias[i] != i {
+        i = alias[i];
+    }
+    i
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
     pub c: usize,
@@ -191,7 +203,7 @@ impl Graph {
         let mut ops: Vec<Option<Op>> = self.nodes.iter().map(|n| Some(n.op.clone())).collect();
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
-            let src = node.inputs.first().map(|&j| alias[j]);
+            let src = node.inputs.first().map(|&j| resolve(&alias, j));
             match (&node.op, src) {
                 (Op::Dropout, Some(s)) => {
                     alias[i] = s;
@@ -222,6 +234,16 @@ impl Graph {
                         }));
                     }
                 }
+                (Op::Conv2d(_), Some(s))
+                    if consumers[s] == 1 && matches!(ops[s], Some(Op::ScaleShift(_))) && node.inputs.len() == 1 =>
+                {
+                    let Some(Op::ScaleShift(ss)) = ops[s].take() else { unreachable!() };
+                    if let Some(Op::Conv2d(c)) = ops[i].as_mut() {
+                        c.pre = Some(ss);
+                    }
+                    // The conv now reads what the scale-shift read.
+                    alias[s] = resolve(&alias, self.nodes[s].inputs[0]);
+                }
                 (Op::Relu, Some(s)) if consumers[s] == 1 => {
                     let fused = match ops[s].as_mut() {
                         Some(Op::Conv2d(c)) if !c.relu => {
@@ -247,11 +269,11 @@ impl Graph {
         let mut new_id = vec![usize::MAX; self.nodes.len()];
         for (i, op) in ops.into_iter().enumerate() {
             if let Some(op) = op {
-                let inputs: Vec<NodeId> = self.nodes[i].inputs.iter().map(|&j| new_id[alias[j]]).collect();
+                let inputs: Vec<NodeId> = self.nodes[i].inputs.iter().map(|&j| new_id[resolve(&alias, j)]).collect();
                 new_id[i] = out.add(self.nodes[i].name.clone(), op, &inputs);
             }
         }
-        out.output = new_id[alias[self.output]];
+        out.output = new_id[resolve(&alias, self.output)];
         out
     }
 

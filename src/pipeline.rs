@@ -6,7 +6,9 @@ use crate::cpu;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::Tensor;
-use crate::tile_grid::{TileGrid, round_up};
+use std::collections::VecDeque;
+
+use crate::tile_grid::{Tile, TileGrid, round_up};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum PadMode {
@@ -48,7 +50,7 @@ pub fn pad_image(img: &Tensor, align: usize, mode: PadMode) -> Tensor {
 
 /// Network output (softmax probabilities) for the whole image at once: the reference.
 pub fn infer_whole(model: &Model, img: &Tensor, pad: PadMode) -> Result<Tensor> {
-    infer_whole_on(&CpuBackend, model, img, pad)
+    infer_whole_on(&CpuBackend::default(), model, img, pad)
 }
 
 pub fn infer_whole_on(backend: &dyn Backend, model: &Model, img: &Tensor, pad: PadMode) -> Result<Tensor> {
@@ -77,7 +79,7 @@ pub fn infer_grid(
     grid: &TileGrid,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    infer_grid_on(&CpuBackend, model, img, pad, grid, progress)
+    infer_grid_on(&CpuBackend::default(), model, img, pad, grid, progress)
 }
 
 pub fn infer_grid_on(
@@ -88,19 +90,70 @@ pub fn infer_grid_on(
     grid: &TileGrid,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    infer_grid_with(backend, model, img, pad, grid, progress, &mut |_| {})
+}
+
+/// [`infer_grid_on`], telling `notify` when a tile runs out of memory and is retried as smaller
+/// tiles (another process took memory the plan counted on). Every output pixel is still
+/// computed exactly once; the smaller tiles stay on the A grid, so the result is unchanged.
+pub fn infer_grid_with(
+    backend: &dyn Backend,
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    grid: &TileGrid,
+    progress: &mut dyn FnMut(usize, usize),
+    notify: &mut dyn FnMut(&str),
+) -> Result<Tensor> {
     check_channels(model, img)?;
     let a = model.align();
     let padded = pad_image(img, a, pad);
     let mut out = Tensor::zeros(model.classes(), padded.h, padded.w);
-    for (i, t) in grid.tiles.iter().enumerate() {
+    let mut queue: VecDeque<Tile> = grid.tiles.iter().copied().collect();
+    let (mut done, mut total) = (0, queue.len());
+    let halo = grid.halo;
+    while let Some(t) = queue.pop_front() {
         // Contract-conforming windows are already multiples of A; others (experiments) are
         // zero-extended so the network accepts them.
         let window = padded.window(t.win_y0, t.win_x0, round_up(t.win_h, a), round_up(t.win_w, a));
-        let y = backend.run(&model.graph, &window)?;
-        out.paste(&y, t.y0 - t.win_y0, t.x0 - t.win_x0, t.y0, t.x0, t.h, t.w);
-        progress(i + 1, grid.tiles.len());
+        match backend.run(&model.graph, &window) {
+            Ok(y) => {
+                out.paste(&y, t.y0 - t.win_y0, t.x0 - t.win_x0, t.y0, t.x0, t.h, t.w);
+                done += 1;
+                progress(done, total);
+            }
+            Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
+                let (sh, sw) = ((t.h / 2).max(a) / a * a, (t.w / 2).max(a) / a * a);
+                let parts = split(&t, sh, sw, halo, padded.h, padded.w);
+                notify(&format!(
+                    "out of memory for {what} ({bytes} bytes); retrying its {}x{} tile as {} tiles of {sh}x{sw}",
+                    t.h,
+                    t.w,
+                    parts.len()
+                ));
+                total += parts.len() - 1;
+                for p in parts.into_iter().rev() {
+                    queue.push_front(p);
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out.window(0, 0, img.h, img.w))
+}
+
+/// The output region of `t` cut into tiles of at most `th x tw`, with their windows.
+fn split(t: &Tile, th: usize, tw: usize, halo: usize, ph: usize, pw: usize) -> Vec<Tile> {
+    let mut parts = Vec::new();
+    for y0 in (t.y0..t.y0 + t.h).step_by(th) {
+        for x0 in (t.x0..t.x0 + t.w).step_by(tw) {
+            let (h, w) = (th.min(t.y0 + t.h - y0), tw.min(t.x0 + t.w - x0));
+            let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
+            let (wy1, wx1) = ((y0 + h + halo).min(ph), (x0 + w + halo).min(pw));
+            parts.push(Tile { y0, x0, h, w, win_y0: wy0, win_x0: wx0, win_h: wy1 - wy0, win_w: wx1 - wx0 });
+        }
+    }
+    parts
 }
 
 /// Tiled inference under the exactness contract: tiles of `tile_h x tile_w`, halo `halo`.

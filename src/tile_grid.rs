@@ -24,6 +24,7 @@ pub struct TileGrid {
     pub tiles: Vec<Tile>,
     pub rows: usize,
     pub cols: usize,
+    pub halo: usize,
 }
 
 pub fn round_up(v: usize, a: usize) -> usize {
@@ -97,7 +98,7 @@ impl TileGrid {
                 tiles.push(Tile { y0, x0, h, w, win_y0, win_x0, win_h: win_y1 - win_y0, win_w: win_x1 - win_x0 });
             }
         }
-        TileGrid { tiles, rows: ys.len(), cols: xs.len() }
+        TileGrid { tiles, rows: ys.len(), cols: xs.len(), halo }
     }
 
     /// Input pixels processed per output pixel: how much the halos cost.

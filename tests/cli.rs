@@ -106,7 +106,7 @@ fn info_reports_the_reference_numbers() {
     assert_eq!(v["receptive_field"], 204);
     assert_eq!(v["exact_halo"], 96);
     assert_eq!(v["downsampling_factor"], 16);
-    assert_eq!(v["parameters"], 31055362);
+    assert_eq!(v["parameters"], 31037698);
     let o = seamless(&["info", "fcdensenet-103"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("receptive field     2294 px") && text.contains("exact halo          1152 px"), "{text}");
@@ -285,4 +285,41 @@ fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);
     out
+}
+
+#[test]
+fn plan_reports_tiles_per_budget() {
+    let o =
+        seamless(&["plan", "unet-64", "--budget", "1GiB,80GiB", "--precision", "f16", "--memory", "device", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let (small, big) = (&rows[0], &rows[1]);
+    assert!(small["tile_h"].as_u64().unwrap() < big["tile_h"].as_u64().unwrap());
+    assert!(small["peak"]["arena_bytes"].as_u64().unwrap() <= 1 << 30);
+    assert_eq!(big["halo"], 96);
+    let o = seamless(&["plan", "fcdensenet-103", "--budget", "1GiB"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("does not fit"));
+    let o = seamless(&["plan", "unet-64", "--budget", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a size"));
+}
+
+#[test]
+fn memory_budget_picks_the_tile_and_too_small_a_budget_is_refused() {
+    let f = Fixture::new();
+    let (m, img, out) = (f.path("unet.safetensors"), f.path("img.npy"), f.path("o.npy"));
+    let o = seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&out), "--memory-budget", "2MiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plan: tile"), "{}", stderr(&o));
+    let out2 = f.path("o2.npy");
+    fails(
+        &f,
+        &["infer", "--model", s(&m), "--input", s(&img), "--output", s(&out2), "--memory-budget", "10KiB"],
+        6,
+        "exceeds the budget",
+        &out2,
+    );
 }

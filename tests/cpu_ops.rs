@@ -26,6 +26,12 @@ fn conv_matches_the_elementwise_reference_bit_for_bit() {
             weight: randv(&mut rng, cout * cin * k * k),
             bias: randv(&mut rng, cout),
             relu: case % 2 == 0,
+            // Every third case with a fused BN -> ReLU in front, as FC-DenseNet has.
+            pre: (case % 3 == 0).then(|| seamless::graph::ScaleShift {
+                scale: randv(&mut rng, cin),
+                shift: randv(&mut rng, cin),
+                relu: case % 2 == 1,
+            }),
         };
         let x = random_image(&mut rng, cin, h, w);
         let slow = cpu::conv::conv2d_reference(&x, &c);

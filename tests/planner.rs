@@ -7,17 +7,16 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
-use seamless::cpu::{self, Buffers};
-use seamless::model::weights::SplitMix64;
-use seamless::model::ModelConfig;
-use seamless::planner::ArenaPlan;
 use seamless::Model;
+use seamless::cpu::{self, Buffers};
+use seamless::model::ModelConfig;
+use seamless::model::weights::SplitMix64;
+use seamless::planner::ArenaPlan;
 
 /// Counts live heap bytes and their high-water mark.
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
-
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
@@ -129,5 +128,90 @@ fn plans_are_valid_for_random_models_and_sizes() {
             let plan = ArenaPlan::new(&model.graph, h, w).unwrap();
             plan.validate(&model.graph).unwrap_or_else(|e| panic!("{} {h}x{w}: {e}", model.config.config_json()));
         }
+    }
+}
+
+#[test]
+fn scaled_plans_equal_direct_plans() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = SplitMix64(3);
+    for model in models() {
+        let a = model.align();
+        let unit = ArenaPlan::new(&model.graph, a, a).unwrap();
+        for _ in 0..5 {
+            let (h, w) = (a * (1 + rng.next_u64() as usize % 9), a * (1 + rng.next_u64() as usize % 9));
+            let direct = ArenaPlan::new(&model.graph, h, w).unwrap();
+            let scaled = unit.scaled_to(&model.graph, h, w).unwrap();
+            assert_eq!(direct.slots, scaled.slots, "{} {h}x{w}", model.config.config_json());
+            assert_eq!(direct.arena_elems, scaled.arena_elems);
+        }
+    }
+}
+
+#[test]
+fn chosen_tile_fits_and_the_next_larger_does_not() {
+    use seamless::planner::{MemoryModel, Precision, TilePlanner};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = SplitMix64(11);
+    for model in models() {
+        for precision in [Precision::F32, Precision::F16] {
+            for mem in [MemoryModel::Cpu, MemoryModel::Device] {
+                let (h, w) = (200 + rng.next_u64() as usize % 3000, 200 + rng.next_u64() as usize % 3000);
+                let planner = TilePlanner::new(&model, h, w, precision, mem).unwrap();
+                let a = model.align();
+                let smallest = planner.grid_peak(a, a).unwrap().0.total();
+                let whole = planner.grid_peak(planner.padded_h, planner.padded_w).unwrap().0.total();
+                for _ in 0..4 {
+                    let budget = smallest + (rng.uniform() * (whole - smallest) as f64 * 1.2) as usize;
+                    let c = planner.choose(budget).unwrap();
+                    assert!(c.peak.total() <= budget, "chosen tile must fit");
+                    assert_eq!(c.peak, planner.grid_peak(c.tile_h, c.tile_w).unwrap().0);
+                    // The next larger aligned tile (in the growing dimension) does not fit, unless
+                    // the tile already spans the image.
+                    if c.tile_h < planner.padded_h && c.tile_w < planner.padded_w {
+                        assert_eq!(c.tile_h, c.tile_w, "square until the image stops it");
+                        let next = c.tile_h + a;
+                        assert!(!planner.fits(next, next, budget).unwrap(), "{next} would fit {budget}");
+                    } else if c.tile_w < planner.padded_w {
+                        assert!(!planner.fits(c.tile_h, c.tile_w + a, budget).unwrap());
+                    } else if c.tile_h < planner.padded_h {
+                        assert!(!planner.fits(c.tile_h + a, c.tile_w, budget).unwrap());
+                    }
+                }
+                // Too small a budget is refused with the reason.
+                assert!(matches!(planner.choose(smallest - 1), Err(seamless::Error::OutOfMemory { .. })));
+            }
+        }
+    }
+}
+
+#[test]
+fn tiles_that_run_out_of_memory_are_retried_smaller_and_the_result_stays_exact() {
+    use seamless::backend::CpuBackend;
+    use seamless::pipeline::{PadMode, infer_grid_with, infer_whole};
+    use seamless::tile_grid::{TileGrid, round_up};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for model in
+        [random_model(unet(1, 2, 4, 2, true, "transpose"), 7), random_model(densenet(1, 2, 4, 3, &[1, 2], 1), 8)]
+    {
+        let a = model.align();
+        let img = random_image(&mut SplitMix64(4), 1, 150, 131);
+        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        let (ph, pw) = (round_up(img.h, a), round_up(img.w, a));
+        let grid = TileGrid::new(ph, pw, 64, 64, model.exact_halo(), a).unwrap();
+        // Memory for windows of tiles up to 16x16, as if another process took the rest.
+        let small = 16 + 2 * model.exact_halo();
+        let plan = ArenaPlan::new(&model.graph, small, small).unwrap();
+        let limit = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4;
+        let backend = CpuBackend::with_limit(Some(limit));
+        let mut notes = Vec::new();
+        let mut last_total = 0;
+        let out = infer_grid_with(&backend, &model, &img, PadMode::Zero, &grid, &mut |_, t| last_total = t, &mut |n| {
+            notes.push(n.to_string())
+        })
+        .unwrap();
+        assert_eq!(first_difference(&out, &whole), None, "retried tiles must still be exact");
+        assert!(!notes.is_empty() && notes[0].contains("out of memory"), "{notes:?}");
+        assert!(last_total > grid.tiles.len(), "tiles were split: {last_total}");
     }
 }

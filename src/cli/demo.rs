@@ -33,6 +33,10 @@ pub struct DemoArgs {
     /// Tile size (N, HxW or auto).
     #[arg(long, default_value = "auto")]
     tile: String,
+    /// Memory the run may use; `--tile auto` picks the largest tile that fits. The small default
+    /// makes the demo tile even on a large machine.
+    #[arg(long, default_value = "256MiB")]
+    memory_budget: String,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
     /// No progress bar.
@@ -62,7 +66,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let stats = normalize::statistics(&img, Normalize::Zscore);
     normalize::apply(&mut img, &stats);
 
-    let tile = parse_tile(&a.tile, &model, n, n)?;
+    let budget = super::infer::memory_budget(Some(&a.memory_budget))?;
+    let tile = parse_tile(&a.tile, &model, n, n, budget, a.quiet)?;
     let halo = model.exact_halo();
     let al = model.align();
     let grid = TileGrid::new(round_up(n, al), round_up(n, al), tile.0, tile.1, halo, al)?;
@@ -82,7 +87,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         grid.overhead()
     );
     let t0 = Instant::now();
-    let probs = compute(&model, &img, false, tile, halo, PadMode::Zero, a.quiet)?;
+    let probs = compute(&model, &img, false, tile, halo, PadMode::Zero, budget, a.quiet)?;
     let secs = t0.elapsed().as_secs_f64();
     let labels = pipeline::labels(&probs);
     let correct = labels.data.iter().zip(&truth).filter(|&(&l, &t)| l as u8 == t).count();

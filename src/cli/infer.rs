@@ -3,11 +3,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use seamless::backend::CpuBackend;
 use seamless::error::{Error, Result};
 use seamless::image_io::{Sink, read_image};
 use seamless::normalize::{self, Normalize};
 use seamless::pipeline::{self, PadMode};
-use seamless::tile_grid::round_up;
+use seamless::planner::tile_plan::{available_host_memory, parse_bytes};
+use seamless::planner::{MemoryModel, Precision, TilePlanner};
+use seamless::tile_grid::{TileGrid, round_up};
+
+use super::plan::human;
 use seamless::{Model, Tensor};
 
 #[derive(clap::Args)]
@@ -25,6 +30,10 @@ pub struct InferArgs {
     /// down-sampling factor A (see `seamless info`).
     #[arg(long, default_value = "auto")]
     pub tile: String,
+    /// Memory the run may use (e.g. 4GiB, 512MiB); `--tile auto` picks the largest tile that fits.
+    /// Default: the memory available now minus 10% (at least 256 MiB).
+    #[arg(long)]
+    pub memory_budget: Option<String>,
     /// Halo around each tile: `exact` (from the receptive field) or a number of pixels (a
     /// multiple of A; below the exact halo the output is no longer exact).
     #[arg(long, default_value = "exact")]
@@ -62,17 +71,39 @@ pub enum OutputKind {
     Probs,
 }
 
-/// Tile size to use when the user says `auto`. Until the memory planner lands this is a fixed
-/// 512 px (rounded to A), shrunk to the image when the image is smaller.
-pub fn auto_tile(model: &Model, h: usize, w: usize) -> (usize, usize) {
-    let a = model.align();
-    let t = round_up(512, a);
-    (t.min(round_up(h, a)), t.min(round_up(w, a)))
+/// The memory budget: `--memory-budget`, or the memory available now minus a margin of 10%
+/// (at least 256 MiB) for the image, the output and everything else the process holds.
+pub fn memory_budget(arg: Option<&str>) -> Result<usize> {
+    if let Some(s) = arg {
+        return parse_bytes(s);
+    }
+    let avail = available_host_memory()
+        .ok_or_else(|| Error::Usage("cannot read the available memory; give --memory-budget".into()))?;
+    Ok(avail.saturating_sub((avail / 10).max(256 << 20)))
 }
 
-pub fn parse_tile(s: &str, model: &Model, h: usize, w: usize) -> Result<(usize, usize)> {
+/// Tile size to use when the user says `auto`: the largest that fits the budget (the planner).
+pub fn auto_tile(model: &Model, h: usize, w: usize, budget: usize, quiet: bool) -> Result<(usize, usize)> {
+    let choice = TilePlanner::new(model, h, w, Precision::F32, MemoryModel::Cpu)?.choose(budget)?;
+    if !quiet {
+        eprintln!(
+            "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), halo overhead {:.2}x",
+            choice.tile_w,
+            choice.tile_h,
+            choice.window_w,
+            choice.window_h,
+            human(choice.peak.total()),
+            human(budget),
+            choice.tiles,
+            choice.relative_compute
+        );
+    }
+    Ok((choice.tile_h, choice.tile_w))
+}
+
+pub fn parse_tile(s: &str, model: &Model, h: usize, w: usize, budget: usize, quiet: bool) -> Result<(usize, usize)> {
     if s == "auto" {
-        return Ok(auto_tile(model, h, w));
+        return auto_tile(model, h, w, budget, quiet);
     }
     let num =
         |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
@@ -119,7 +150,10 @@ pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
     pb
 }
 
-/// The probabilities for `img` (already normalised), tiled or whole, with progress.
+/// The probabilities for `img` (already normalised), tiled or whole, with progress. Windows whose
+/// buffers would exceed the budget (after the weights) are refused by the backend and retried as
+/// smaller tiles.
+#[allow(clippy::too_many_arguments)]
 pub fn compute(
     model: &Model,
     img: &Tensor,
@@ -127,16 +161,35 @@ pub fn compute(
     tile: (usize, usize),
     halo: usize,
     pad: PadMode,
+    budget: usize,
     quiet: bool,
 ) -> Result<Tensor> {
     if whole {
         return pipeline::infer_whole(model, img, pad);
     }
+    let backend = CpuBackend::with_limit(Some(budget.saturating_sub(model.graph.params() * 4)));
+    let al = model.align();
+    let grid = TileGrid::new(round_up(img.h, al), round_up(img.w, al), tile.0, tile.1, halo, al)?;
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let out = pipeline::infer_tiled(model, img, pad, tile.0, tile.1, halo, &mut |done, total| {
-        let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
-        bar.set_position(done as u64);
-    })?;
+    let mut notes = Vec::new();
+    let out = pipeline::infer_grid_with(
+        &backend,
+        model,
+        img,
+        pad,
+        &grid,
+        &mut |done, total| {
+            let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+        &mut |note| notes.push(note.to_string()),
+    )?;
+    if !quiet {
+        for n in &notes {
+            eprintln!("warning: {n}");
+        }
+    }
     if let Some(bar) = pb {
         bar.finish_and_clear();
     }
@@ -158,7 +211,8 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let stats = normalize::statistics(&img, a.normalize);
     normalize::apply(&mut img, &stats);
-    let tile = parse_tile(&a.tile, &model, img.h, img.w)?;
+    let budget = memory_budget(a.memory_budget.as_deref())?;
+    let tile = if a.whole { (0, 0) } else { parse_tile(&a.tile, &model, img.h, img.w, budget, a.quiet)? };
     let halo = parse_halo(&a.halo, &model)?;
     let a_ = model.align();
     // Validate the grid before the long computation.
@@ -172,7 +226,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         }
     }
     let t0 = Instant::now();
-    let probs = compute(&model, &img, a.whole, tile, halo, a.pad, a.quiet)?;
+    let probs = compute(&model, &img, a.whole, tile, halo, a.pad, budget, a.quiet)?;
     let secs = t0.elapsed().as_secs_f64();
     if probs_out {
         sink.write_probs(&probs)?;

@@ -3,6 +3,7 @@
 mod demo;
 mod infer;
 mod info;
+mod plan;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ enum Command {
     Infer(infer::InferArgs),
     /// Describe a model: layers, parameters, FLOP per pixel, receptive field, alignment, exact halo.
     Info(info::InfoArgs),
+    /// Tile size, halo, peak memory and overhead for several memory budgets.
+    Plan(plan::PlanArgs),
     /// Generate a synthetic cell image and its ground-truth mask (.npy or .png).
     Synth(SynthArgs),
     /// Write a model file with seeded random weights for an architecture (testing, benchmarking).
@@ -102,6 +105,7 @@ pub fn main() -> i32 {
         Command::Demo(a) => demo::run(a),
         Command::Infer(a) => infer::run(a),
         Command::Info(a) => info::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Synth(a) => synth(a),
         Command::RandomModel(a) => random_model(a),
     };

@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::DisjointOut;
-use crate::graph::Conv2d;
+use crate::graph::{Conv2d, ScaleShift};
 use crate::tensor::{Tensor, View};
 
 const CO_BLOCK: usize = 4;
@@ -42,7 +42,9 @@ pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
     padded_elems(c.cin, h, w, c.k) + packed_weight_elems(c)
 }
 
-fn pad<'a>(x: View, r: usize, ws: &'a mut [f32]) -> Padded<'a> {
+/// Copy `x` into the padded layout, applying the fused input transform if there is one (the
+/// padding stays zero: PyTorch pads the transformed map).
+fn pad<'a>(x: View, r: usize, pre: Option<&ScaleShift>, ws: &'a mut [f32]) -> Padded<'a> {
     let row = (x.w + 2 * r).div_ceil(X_BLOCK) * X_BLOCK + X_BLOCK;
     let rows = x.h + 2 * r;
     let data = &mut ws[..x.c * rows * row];
@@ -50,7 +52,17 @@ fn pad<'a>(x: View, r: usize, ws: &'a mut [f32]) -> Padded<'a> {
     for c in 0..x.c {
         for y in 0..x.h {
             let d = (c * rows + y + r) * row + r;
-            data[d..d + x.w].copy_from_slice(&x.plane(c)[y * x.w..(y + 1) * x.w]);
+            let (dst, src) = (&mut data[d..d + x.w], &x.plane(c)[y * x.w..(y + 1) * x.w]);
+            match pre {
+                None => dst.copy_from_slice(src),
+                Some(ss) => {
+                    let (s, b) = (ss.scale[c], ss.shift[c]);
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        let t = v * s + b;
+                        *o = if ss.relu { t.max(0.0) } else { t };
+                    }
+                }
+            }
         }
     }
     Padded { data, row, rows }
@@ -79,7 +91,7 @@ pub fn conv2d_into(x: View, c: &Conv2d, out: &mut [f32], ws: &mut [f32], simd: b
     let (h, w, k) = (x.h, x.w, c.k);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
     let (ws_pad, ws_w) = ws.split_at_mut(padded_elems(x.c, h, w, k));
-    let p = pad(x, k / 2, ws_pad);
+    let p = pad(x, k / 2, c.pre.as_ref(), ws_pad);
     // Weights regrouped as [block][ci][ky][kx][CO_BLOCK] so one tap's weights are adjacent;
     // missing channels of the last block get zero weights and are never stored.
     let blocks = c.cout.div_ceil(CO_BLOCK);
@@ -230,7 +242,12 @@ pub fn conv2d_reference(x: &Tensor, c: &Conv2d) -> Tensor {
                             let v = if iy < 0 || iy >= h || ix < 0 || ix >= w {
                                 0.0
                             } else {
-                                x.at(ci, iy as usize, ix as usize)
+                                let v = x.at(ci, iy as usize, ix as usize);
+                                match &c.pre {
+                                    None => v,
+                                    Some(ss) if ss.relu => (v * ss.scale[ci] + ss.shift[ci]).max(0.0),
+                                    Some(ss) => v * ss.scale[ci] + ss.shift[ci],
+                                }
                             };
                             let wv = c.weight[((co * c.cin + ci) * c.k + ky as usize) * c.k + kx as usize];
                             acc += wv * v;

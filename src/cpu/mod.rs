@@ -68,8 +68,7 @@ pub struct Buffers {
 fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
     if buf.len() < elems {
         *buf = Vec::new();
-        buf.try_reserve_exact(elems)
-            .map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 })?;
+        buf.try_reserve_exact(elems).map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 })?;
         buf.resize(elems, 0.0);
     }
     Ok(())
@@ -84,7 +83,13 @@ impl Buffers {
 /// Execute `graph` on `input` inside the memory `plan` (made for the input's size). With
 /// `poison`, every buffer is filled with NaN when its last reader is done, so a read after free
 /// would show in the output.
-pub fn run_planned(graph: &Graph, plan: &ArenaPlan, input: &Tensor, bufs: &mut Buffers, poison: bool) -> Result<Tensor> {
+pub fn run_planned(
+    graph: &Graph,
+    plan: &ArenaPlan,
+    input: &Tensor,
+    bufs: &mut Buffers,
+    poison: bool,
+) -> Result<Tensor> {
     assert_eq!((plan.h, plan.w), (input.h, input.w), "plan made for another size");
     reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
     reserve(&mut bufs.workspace, workspace_elems(graph, plan), "convolution workspace")?;
@@ -125,7 +130,9 @@ pub fn run_planned(graph: &Graph, plan: &ArenaPlan, input: &Tensor, bufs: &mut B
             op if plan.in_place[i] => {
                 let data = region(out_slot);
                 match op {
-                    Op::ScaleShift(s) => elementwise::scale_shift_inplace(data, sh.h * sh.w, &s.scale, &s.shift, s.relu),
+                    Op::ScaleShift(s) => {
+                        elementwise::scale_shift_inplace(data, sh.h * sh.w, &s.scale, &s.shift, s.relu)
+                    }
                     Op::Relu => elementwise::relu_inplace(data),
                     Op::BatchNorm(bn) => {
                         let (scale, shift) = bn_f32(bn);

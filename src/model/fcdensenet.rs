@@ -44,7 +44,8 @@ fn dense_block(
     }
 }
 
-pub fn build(c: &FcDenseNetConfig, src: &mut dyn WeightSource) -> Graph {
+/// The graph and its number of trainable parameters.
+pub fn build(c: &FcDenseNetConfig, src: &mut dyn WeightSource) -> (Graph, usize) {
     let mut b = Builder::new(c.in_channels, src, c.bn_eps);
     let g = c.growth_rate;
     let x = b.input();
@@ -75,5 +76,5 @@ pub fn build(c: &FcDenseNetConfig, src: &mut dyn WeightSource) -> Graph {
     }
     let logits = b.conv("finalConv", x, ch, c.classes, 1, true);
     b.op("softmax", Op::Softmax, &[logits]);
-    b.g
+    (b.g, b.trainable)
 }

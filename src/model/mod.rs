@@ -23,6 +23,8 @@ pub struct Model {
     /// What the executor runs.
     pub graph: Graph,
     pub rf: ReceptiveField,
+    /// Trainable parameters, counted as PyTorch does (running statistics excluded).
+    pub trainable: usize,
     /// Where the model came from: a file path or a preset name.
     pub origin: String,
     pub description: Option<String>,
@@ -31,7 +33,7 @@ pub struct Model {
 impl Model {
     pub fn build(config: ModelConfig, src: &mut dyn WeightSource, origin: &str) -> Result<Model> {
         config.validate()?;
-        let source_graph = match &config {
+        let (source_graph, trainable) = match &config {
             ModelConfig::Unet(c) => unet::build(c, src),
             ModelConfig::FcDenseNet(c) => fcdensenet::build(c, src),
         };
@@ -44,7 +46,7 @@ impl Model {
         }
         let graph = source_graph.optimized();
         let rf = ReceptiveField::analyze(&graph, config.align())?;
-        Ok(Model { config, source_graph, graph, rf, origin: origin.to_string(), description: None })
+        Ok(Model { config, source_graph, graph, rf, trainable, origin: origin.to_string(), description: None })
     }
 
     /// A model with seeded random weights (tests, benchmarks, `info` on presets).
@@ -82,6 +84,6 @@ impl Model {
     }
 
     pub fn params(&self) -> usize {
-        self.source_graph.params()
+        self.trainable
     }
 }

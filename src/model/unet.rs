@@ -23,7 +23,8 @@ fn double_conv(b: &mut Builder, prefix: &str, x: NodeId, cin: usize, mid: usize,
     }
 }
 
-pub fn build(c: &UnetConfig, src: &mut dyn WeightSource) -> Graph {
+/// The graph and its number of trainable parameters.
+pub fn build(c: &UnetConfig, src: &mut dyn WeightSource) -> (Graph, usize) {
     let mut b = Builder::new(c.in_channels, src, c.bn_eps);
     let (f, d, bn) = (c.base_filters, c.depth, c.batch_norm);
     let transpose = c.up_mode == "transpose";
@@ -54,5 +55,5 @@ pub fn build(c: &UnetConfig, src: &mut dyn WeightSource) -> Graph {
     }
     let logits = b.conv("outc.conv", x, f, c.classes, 1, true);
     b.op("softmax", Op::Softmax, &[logits]);
-    b.g
+    (b.g, b.trainable)
 }

@@ -86,6 +86,31 @@ impl ArenaPlan {
     pub fn slot(&self, node: NodeId) -> Slot {
         self.slots[node]
     }
+
+    /// This plan for an input of `h x w`. Every activation's size is `h·w` times a constant of the
+    /// graph (its channels over its scale squared), so when both plans' sides are multiples of the
+    /// down-sampling factor the greedy placement scales exactly: same order, offsets times
+    /// `h·w / (h0·w0)`. Planning once at A x A and scaling is how tile searches stay fast.
+    pub fn scaled_to(&self, graph: &Graph, h: usize, w: usize) -> Result<ArenaPlan> {
+        let shapes = graph.shapes(h, w)?;
+        let (num, den) = (h * w, self.h * self.w);
+        let scale = |v: usize| {
+            debug_assert!((v * num).is_multiple_of(den), "sizes must scale exactly");
+            v * num / den
+        };
+        let s = |x: Slot| Slot { offset: scale(x.offset), len: scale(x.len) };
+        let plan = ArenaPlan {
+            h,
+            w,
+            slots: self.slots.iter().map(|&x| s(x)).collect(),
+            group_slot: self.group_slot.iter().map(|&x| s(x)).collect(),
+            arena_elems: scale(self.arena_elems),
+            shapes,
+            ..self.clone()
+        };
+        debug_assert!(plan.slots.iter().zip(&plan.shapes).all(|(x, sh)| x.len == sh.c * sh.h * sh.w));
+        Ok(plan)
+    }
 }
 
 /// (producer, concat) pairs where the producer's output would sit in the concat's buffer across a
@@ -339,8 +364,8 @@ impl ArenaPlan {
                 _ if self.in_place[t] => vec![],
                 _ => vec![self.slots[t]],
             };
-            for i in 0..t {
-                let end = if last[i] == usize::MAX { n } else { last[i] };
+            for (i, &l) in last.iter().enumerate().take(t) {
+                let end = if l == usize::MAX { n } else { l };
                 if end < t {
                     continue;
                 }

@@ -1,0 +1,109 @@
+//! `seamless plan`: how a model tiles an image under several memory budgets.
+
+use seamless::Model;
+use seamless::error::{Error, Result};
+use seamless::planner::tile_plan::parse_bytes;
+use seamless::planner::{MemoryModel, Precision, TileChoice, TilePlanner};
+
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// A model file (.safetensors) or a preset: unet-64, unet-F[-dD], fcdensenet-56/67/103.
+    model: String,
+    /// Comma-separated memory budgets, e.g. 1GiB,4GiB,16GiB,80GiB.
+    #[arg(long, default_value = "1GiB,4GiB,16GiB,80GiB")]
+    budget: String,
+    /// Image size WxH to tile (default: a 1-gigapixel slide).
+    #[arg(long, default_value = "32768x32768")]
+    image: String,
+    /// Element size of activations and weights.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Whose memory to count: the CPU executor (arena + convolution workspace) or a device
+    /// executor (arena + weights only).
+    #[arg(long, value_enum, default_value_t = MemoryModel::Cpu)]
+    memory: MemoryModel,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    budget_bytes: usize,
+    #[serde(flatten)]
+    choice: Option<TileChoice>,
+    error: Option<String>,
+}
+
+pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let bad = || Error::Usage(format!("--image '{s}': expected WxH, e.g. 32768x32768"));
+    let (w, h) = s.split_once('x').ok_or_else(bad)?;
+    let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+pub fn human(bytes: usize) -> String {
+    let b = bytes as f64;
+    match b {
+        _ if b >= 1024f64.powi(3) => format!("{:.2} GiB", b / 1024f64.powi(3)),
+        _ if b >= 1024f64.powi(2) => format!("{:.1} MiB", b / 1024f64.powi(2)),
+        _ => format!("{:.1} KiB", b / 1024.0),
+    }
+}
+
+pub fn run(a: PlanArgs) -> Result<()> {
+    let model = Model::open(&a.model)?;
+    let (w, h) = parse_size(&a.image)?;
+    let budgets: Vec<usize> = a.budget.split(',').map(parse_bytes).collect::<Result<_>>()?;
+    let planner = TilePlanner::new(&model, h, w, a.precision, a.memory)?;
+    let rows: Vec<Row> = budgets
+        .iter()
+        .map(|&b| match planner.choose(b) {
+            Ok(c) => Row { budget_bytes: b, choice: Some(c), error: None },
+            Err(Error::OutOfMemory { what, .. }) => Row { budget_bytes: b, choice: None, error: Some(what) },
+            Err(e) => Row { budget_bytes: b, choice: None, error: Some(e.to_string()) },
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("serialisable"));
+        return Ok(());
+    }
+    println!(
+        "{} ({} parameters), image {w}x{h}, {:?}, {:?} memory; exact halo {} px, A = {}",
+        model.origin,
+        model.params(),
+        a.precision,
+        a.memory,
+        model.exact_halo(),
+        model.align()
+    );
+    println!(
+        "{:>10}  {:>13}  {:>5}  {:>13}  {:>11}  {:>8}  {:>8}  {:>9}  {:>5}",
+        "budget", "tile", "halo", "window", "peak", "overhead", "tiles", "compute", "batch"
+    );
+    for r in &rows {
+        match &r.choice {
+            Some(c) => println!(
+                "{:>10}  {:>13}  {:>5}  {:>13}  {:>11}  {:>7.2}x  {:>8}  {:>8.3}x  {:>5}",
+                human(r.budget_bytes),
+                format!("{}x{}", c.tile_w, c.tile_h),
+                c.halo,
+                format!("{}x{}", c.window_w, c.window_h),
+                human(c.peak.total()),
+                c.halo_overhead,
+                c.tiles,
+                c.relative_compute,
+                c.batch
+            ),
+            None => println!("{:>10}  does not fit: {}", human(r.budget_bytes), r.error.as_deref().unwrap_or("")),
+        }
+    }
+    println!(
+        "overhead = ((T+2H)/T)^2 for an interior tile; compute = input pixels processed / image pixels \
+         (1.0 = whole image at once); batch = windows that fit at once"
+    );
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The largest tile that fits a memory budget, with its exact halo.
+//!
+//! Peak memory of a tiled run = weights + the arena of the largest window the grid produces +
+//! the backend's workspace for it. Tiles are multiples of A; the search finds a tile that fits
+//! while the next larger aligned one does not, square first, then stretched along the image's
+//! longer side when the image is narrower than the square tile.
+
+use serde::Serialize;
+
+use super::arena::ArenaPlan;
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::model::Model;
+use crate::tile_grid::{TileGrid, round_up};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+}
+
+/// Which executor's memory to account for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum MemoryModel {
+    /// The CPU executor: arena plus the convolution workspace (padded input, packed weights).
+    Cpu,
+    /// A device executor that allocates the arena and the weights only.
+    Device,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Peak {
+    pub arena_bytes: usize,
+    pub workspace_bytes: usize,
+    pub weight_bytes: usize,
+}
+
+impl Peak {
+    pub fn total(&self) -> usize {
+        self.arena_bytes + self.workspace_bytes + self.weight_bytes
+    }
+}
+
+/// Memory of one forward pass over an `h x w` window.
+pub fn peak(graph: &Graph, h: usize, w: usize, precision: Precision, mem: MemoryModel) -> Result<Peak> {
+    peak_of(graph, &ArenaPlan::new(graph, h, w)?, precision, mem)
+}
+
+fn peak_of(graph: &Graph, plan: &ArenaPlan, precision: Precision, mem: MemoryModel) -> Result<Peak> {
+    let workspace = match mem {
+        MemoryModel::Cpu => crate::cpu::workspace_elems(graph, plan) * 4,
+        MemoryModel::Device => 0,
+    };
+    Ok(Peak {
+        arena_bytes: plan.arena_elems * precision.bytes(),
+        workspace_bytes: workspace,
+        weight_bytes: graph.params() * precision.bytes(),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TileChoice {
+    pub tile_h: usize,
+    pub tile_w: usize,
+    pub halo: usize,
+    /// The largest input window of the grid.
+    pub window_h: usize,
+    pub window_w: usize,
+    pub peak: Peak,
+    pub tiles: usize,
+    /// ((T + 2H) / T)^2 for an interior tile.
+    pub halo_overhead: f64,
+    /// Input pixels processed over all windows / pixels of the padded image: compute relative to a
+    /// budget large enough for the whole image in one pass.
+    pub relative_compute: f64,
+    /// How many windows of this size would fit at once (a batch), at most the number of tiles.
+    pub batch: usize,
+}
+
+/// Plans for one image under one budget.
+pub struct TilePlanner<'a> {
+    pub model: &'a Model,
+    /// The arena plan at A x A, scaled to every window size asked about.
+    unit: ArenaPlan,
+    pub precision: Precision,
+    pub mem: MemoryModel,
+    pub padded_h: usize,
+    pub padded_w: usize,
+}
+
+impl<'a> TilePlanner<'a> {
+    pub fn new(
+        model: &'a Model,
+        image_h: usize,
+        image_w: usize,
+        precision: Precision,
+        mem: MemoryModel,
+    ) -> Result<Self> {
+        let a = model.align();
+        let unit = ArenaPlan::new(&model.graph, a, a)?;
+        Ok(TilePlanner { model, unit, precision, mem, padded_h: round_up(image_h, a), padded_w: round_up(image_w, a) })
+    }
+
+    /// Memory of one forward pass over an `h x w` window (multiples of A).
+    pub fn window_peak(&self, h: usize, w: usize) -> Result<Peak> {
+        let plan = self.unit.scaled_to(&self.model.graph, h, w)?;
+        peak_of(&self.model.graph, &plan, self.precision, self.mem)
+    }
+
+    fn grid(&self, th: usize, tw: usize) -> Result<TileGrid> {
+        let a = self.model.align();
+        TileGrid::new(self.padded_h, self.padded_w, th, tw, self.model.exact_halo(), a)
+    }
+
+    /// Peak memory of the grid with tiles `th x tw`: the largest over its distinct window shapes.
+    pub fn grid_peak(&self, th: usize, tw: usize) -> Result<(Peak, usize, usize)> {
+        let grid = self.grid(th, tw)?;
+        let mut shapes: Vec<(usize, usize)> = grid.tiles.iter().map(|t| (t.win_h, t.win_w)).collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        let mut worst: Option<(Peak, usize, usize)> = None;
+        for (h, w) in shapes {
+            let p = self.window_peak(h, w)?;
+            if worst.is_none_or(|(q, _, _)| p.total() > q.total()) {
+                worst = Some((p, h, w));
+            }
+        }
+        Ok(worst.expect("a grid has tiles"))
+    }
+
+    pub fn fits(&self, th: usize, tw: usize, budget: usize) -> Result<bool> {
+        Ok(self.grid_peak(th, tw)?.0.total() <= budget)
+    }
+
+    /// Largest multiple of A in [lo, hi] for which `ok` holds, given that it holds at `lo`.
+    fn search(&self, lo: usize, hi: usize, ok: &dyn Fn(usize) -> Result<bool>) -> Result<usize> {
+        let a = self.model.align();
+        if ok(hi)? {
+            return Ok(hi);
+        }
+        // In units of A: ok(good·A) holds, ok(bad·A) does not.
+        let (mut good, mut bad) = (lo / a, hi / a);
+        while bad - good > 1 {
+            let mid = (good + bad) / 2;
+            if ok(mid * a)? {
+                good = mid;
+            } else {
+                bad = mid;
+            }
+        }
+        Ok(good * a)
+    }
+
+    /// The largest tile that fits `budget` bytes.
+    pub fn choose(&self, budget: usize) -> Result<TileChoice> {
+        let a = self.model.align();
+        let (hp, wp) = (self.padded_h, self.padded_w);
+        if !self.fits(a, a, budget)? {
+            let (p, h, w) = self.grid_peak(a, a)?;
+            return Err(Error::OutOfMemory {
+                what: format!(
+                    "even the smallest tile ({a}x{a}, window {h}x{w}; weights {} B, arena {} B, workspace {} B) \
+                     exceeds the budget of {budget} B",
+                    p.weight_bytes, p.arena_bytes, p.workspace_bytes
+                ),
+                bytes: p.total(),
+            });
+        }
+        let side = self.search(a, hp.max(wp), &|t| self.fits(t.min(hp), t.min(wp), budget))?;
+        let (mut th, mut tw) = (side.min(hp), side.min(wp));
+        // Narrow images: a tile spanning the whole short side can grow along the long one.
+        if th == hp && tw < wp {
+            tw = self.search(tw, wp, &|t| self.fits(th, t, budget))?;
+        } else if tw == wp && th < hp {
+            th = self.search(th, hp, &|t| self.fits(t, tw, budget))?;
+        }
+        self.describe(th, tw, budget)
+    }
+
+    pub fn describe(&self, th: usize, tw: usize, budget: usize) -> Result<TileChoice> {
+        let grid = self.grid(th, tw)?;
+        let (p, window_h, window_w) = self.grid_peak(th, tw)?;
+        let halo = self.model.exact_halo();
+        let win: usize = grid.tiles.iter().map(|t| t.win_h * t.win_w).sum();
+        let per_window = p.arena_bytes + p.workspace_bytes;
+        let batch = budget.saturating_sub(p.weight_bytes).checked_div(per_window).unwrap_or(1).max(1);
+        Ok(TileChoice {
+            tile_h: th,
+            tile_w: tw,
+            halo,
+            window_h,
+            window_w,
+            peak: p,
+            tiles: grid.tiles.len(),
+            halo_overhead: ((th + 2 * halo) as f64 / th as f64) * ((tw + 2 * halo) as f64 / tw as f64),
+            relative_compute: win as f64 / (self.padded_h * self.padded_w) as f64,
+            batch: batch.min(grid.tiles.len()),
+        })
+    }
+}
+
+/// "4GiB", "512MiB", "1.5GB", "2e9", "1000000": bytes.
+pub fn parse_bytes(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.trim().parse().map_err(|_| Error::Usage(format!("'{s}' is not a size (e.g. 4GiB, 512MiB)")))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        _ => {
+            return Err(Error::Usage(format!(
+                "'{s}': unknown unit '{unit}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            )));
+        }
+    };
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Error::Usage(format!("'{s}': a size must be positive")));
+    }
+    Ok((v * mult) as usize)
+}
+
+/// Bytes of memory available to this process now (Linux: MemAvailable, and a cgroup limit if lower).
+pub fn available_host_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: usize =
+        meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut avail = kb * 1024;
+    if let Ok(limit) = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        && let (Ok(limit), Ok(used)) = (
+            limit.trim().parse::<usize>(),
+            std::fs::read_to_string("/sys/fs/cgroup/memory.current").map(|u| u.trim().parse::<usize>().unwrap_or(0)),
+        )
+    {
+        avail = avail.min(limit.saturating_sub(used));
+    }
+    Some(avail)
+}
