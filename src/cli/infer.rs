@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use seamless::backend::{Backend as Compute, CpuBackend};
+use seamless::cuda::{CudaBackend, Precision};
 use seamless::error::{Error, Result};
 use seamless::image_io::{Sink, read_image};
 use seamless::normalize::{self, Normalize};
@@ -32,9 +34,16 @@ pub struct InferArgs {
     /// Run the network on the whole image at once (the reference tiled runs must equal).
     #[arg(long)]
     pub whole: bool,
-    /// Compute backend. `auto` uses CUDA when available, else the CPU.
+    /// Compute backend. `auto` uses CUDA when a GPU and NVRTC are found, else the CPU (and says why).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Arithmetic on the GPU: f32 (exact f32, no TF32) or f16 (f16 storage, f32 accumulation,
+    /// tensor cores). The CPU backend computes in f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// CUDA device number (see `seamless doctor`).
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
     /// Write class labels (argmax) or per-class probabilities.
     #[arg(long, value_enum, default_value_t = OutputKind::Labels)]
     pub output_kind: OutputKind,
@@ -92,17 +101,33 @@ pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
     s.parse().map_err(|_| Error::Usage(format!("--halo '{s}': expected a number of pixels or 'exact'")))
 }
 
-/// Resolve `--backend`. The CUDA backend is not part of this build yet.
-pub fn select_backend(b: Backend, quiet: bool) -> Result<()> {
-    match b {
-        Backend::Cpu => Ok(()),
-        Backend::Cuda => Err(Error::Backend("this build has no CUDA backend yet; use --backend cpu (or auto)".into())),
-        Backend::Auto => {
-            if !quiet {
-                eprintln!("backend: cpu (this build has no CUDA backend yet)");
-            }
-            Ok(())
+/// Resolve `--backend`: the CUDA backend on `device` (compiling or loading its kernels), or the
+/// CPU. `auto` falls back to the CPU with one line saying why; an explicit `cuda` that cannot start
+/// is an error (exit code 6).
+pub fn select_backend(b: Backend, precision: Precision, device: usize, quiet: bool) -> Result<Box<dyn Compute>> {
+    let cuda = || -> Result<Box<dyn Compute>> {
+        let backend = CudaBackend::new(device, precision)?;
+        if !quiet {
+            eprintln!("backend: {}", backend.name());
         }
+        Ok(Box::new(backend))
+    };
+    match b {
+        Backend::Cuda => cuda(),
+        Backend::Cpu if precision == Precision::F16 => {
+            Err(Error::Usage("--precision f16 needs the CUDA backend; the CPU backend computes in f32".into()))
+        }
+        Backend::Cpu => Ok(Box::new(CpuBackend)),
+        Backend::Auto => cuda().or_else(|e| {
+            if !quiet {
+                let why = match e {
+                    Error::Backend(msg) => msg,
+                    other => other.to_string(),
+                };
+                eprintln!("backend: {} in f32 (CUDA not used: {why})", CpuBackend.name());
+            }
+            Ok(Box::new(CpuBackend))
+        }),
     }
 }
 
@@ -120,7 +145,9 @@ pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
 }
 
 /// The probabilities for `img` (already normalised), tiled or whole, with progress.
+#[allow(clippy::too_many_arguments)]
 pub fn compute(
+    backend: &dyn Compute,
     model: &Model,
     img: &Tensor,
     whole: bool,
@@ -130,10 +157,10 @@ pub fn compute(
     quiet: bool,
 ) -> Result<Tensor> {
     if whole {
-        return pipeline::infer_whole(model, img, pad);
+        return pipeline::infer_whole_on(backend, model, img, pad);
     }
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let out = pipeline::infer_tiled(model, img, pad, tile.0, tile.1, halo, &mut |done, total| {
+    let out = pipeline::infer_tiled_on(backend, model, img, pad, tile.0, tile.1, halo, &mut |done, total| {
         let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
         bar.set_position(done as u64);
     })?;
@@ -144,7 +171,7 @@ pub fn compute(
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    select_backend(a.backend, a.quiet)?;
+    let backend = select_backend(a.backend, a.precision, a.device, a.quiet)?;
     let model = Model::open(&a.model)?;
     let probs_out = a.output_kind == OutputKind::Probs;
     // Opened first: an unwritable output fails before any work is done.
@@ -172,7 +199,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         }
     }
     let t0 = Instant::now();
-    let probs = compute(&model, &img, a.whole, tile, halo, a.pad, a.quiet)?;
+    let probs = compute(backend.as_ref(), &model, &img, a.whole, tile, halo, a.pad, a.quiet)?;
     let secs = t0.elapsed().as_secs_f64();
     if probs_out {
         sink.write_probs(&probs)?;

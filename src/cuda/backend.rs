@@ -6,6 +6,7 @@
 //! copied asynchronously, every node is launched on the stream with activations freed after their
 //! last reader, and the output is copied back into pinned memory; the stream is synchronised once.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -29,13 +30,42 @@ fn driver_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Err
 /// What one precision keeps between tiles.
 struct State<T: Storage> {
     params: Option<GraphParams<T>>,
-    pinned_in: Option<PinnedHostSlice<T>>,
-    pinned_out: Option<PinnedHostSlice<T>>,
+    pinned_in: Pinned<T>,
+    pinned_out: Pinned<T>,
 }
 
 impl<T: Storage> State<T> {
     fn new() -> Self {
-        State { params: None, pinned_in: None, pinned_out: None }
+        State { params: None, pinned_in: Pinned::default(), pinned_out: Pinned::default() }
+    }
+}
+
+/// Pinned host buffers by length. cudarc copies a pinned buffer whole, so each must have exactly
+/// the tensor's length; a tile grid has few distinct window sizes (interior, right and bottom
+/// edges, corner), so a handful of buffers serve a whole image.
+struct Pinned<T> {
+    by_len: HashMap<usize, PinnedHostSlice<T>>,
+}
+
+impl<T> Default for Pinned<T> {
+    fn default() -> Self {
+        Pinned { by_len: HashMap::new() }
+    }
+}
+
+impl<T: Storage> Pinned<T> {
+    fn get(&mut self, ctx: &Arc<CudaContext>, len: usize) -> Result<&mut PinnedHostSlice<T>> {
+        if !self.by_len.contains_key(&len) {
+            if self.by_len.len() >= 8 {
+                self.by_len.clear();
+            }
+            // SAFETY: the memory starts uninitialised; callers write all of it (host side, or by a
+            // device copy they wait for) before reading it. Flags 0: ordinary cached pinned
+            // memory, since the host reads outputs back (write-combined would make that slow).
+            let buf = unsafe { ctx.alloc_pinned_with_flags::<T>(len, 0) }.map_err(driver_err("pinned allocation"))?;
+            self.by_len.insert(len, buf);
+        }
+        Ok(self.by_len.get_mut(&len).expect("inserted above"))
     }
 }
 
@@ -173,43 +203,25 @@ impl Backend for CudaBackend {
     }
 }
 
-/// A pinned staging buffer of at least `len` elements (grown, never shrunk).
-fn pinned<'a, T: Storage>(
-    ctx: &Arc<CudaContext>,
-    slot: &'a mut Option<PinnedHostSlice<T>>,
-    len: usize,
-) -> Result<&'a mut PinnedHostSlice<T>> {
-    if slot.as_ref().is_none_or(|p| p.len() < len) {
-        *slot = None;
-        // SAFETY: the memory starts uninitialised; callers write all of the first `len` elements
-        // (host side, or by a device copy they wait for) before reading them. Flags 0: ordinary
-        // cached pinned memory, since the host reads the output back (write-combined would be slow).
-        *slot =
-            Some(unsafe { ctx.alloc_pinned_with_flags::<T>(len.max(1), 0) }.map_err(driver_err("pinned allocation"))?);
-    }
-    Ok(slot.as_mut().expect("allocated above"))
-}
-
 /// The input window, converted to the storage type in pinned memory, copied asynchronously.
 fn upload_pinned<T: Storage>(
     ctx: &Arc<CudaContext>,
     s: &Arc<CudaStream>,
-    slot: &mut Option<PinnedHostSlice<T>>,
+    pinned: &mut Pinned<T>,
     t: &Tensor,
 ) -> Result<CudaSlice<T>> {
     let n = t.data.len();
-    let buf = pinned(ctx, slot, n)?;
-    // as_mut_slice waits until the previous tile's copy out of this buffer has finished.
-    let host = buf.as_mut_slice().map_err(driver_err("pinned buffer"))?;
-    for (d, &v) in host[..n].iter_mut().zip(&t.data) {
+    if n == 0 {
+        return s.alloc_zeros::<T>(0).map_err(driver_err("allocation"));
+    }
+    let buf = pinned.get(ctx, n)?;
+    // as_mut_slice first waits until the previous copy out of this buffer has finished.
+    for (d, &v) in buf.as_mut_slice().map_err(driver_err("pinned buffer"))?.iter_mut().zip(&t.data) {
         *d = T::from_f32(v);
     }
     // SAFETY: uninitialised memory, fully overwritten by the copy just below.
     let mut dev = unsafe { s.alloc::<T>(n) }.map_err(driver_err("allocation"))?;
-    if n > 0 {
-        s.memcpy_htod(&buf.as_slice().map_err(driver_err("pinned buffer"))?[..n], &mut dev)
-            .map_err(driver_err("copy to device"))?;
-    }
+    s.memcpy_htod(&*buf, &mut dev).map_err(driver_err("copy to device"))?;
     Ok(dev)
 }
 
@@ -218,18 +230,17 @@ fn upload_pinned<T: Storage>(
 fn download_pinned<T: Storage>(
     ctx: &Arc<CudaContext>,
     s: &Arc<CudaStream>,
-    slot: &mut Option<PinnedHostSlice<T>>,
+    pinned: &mut Pinned<T>,
     x: &CudaSlice<T>,
 ) -> Result<Vec<f32>> {
     let n = x.len();
     if n == 0 {
         return Ok(Vec::new());
     }
-    let buf = pinned(ctx, slot, n)?;
-    let host = buf.as_mut_slice().map_err(driver_err("pinned buffer"))?;
-    s.memcpy_dtoh(x, &mut host[..n]).map_err(driver_err("copy to host"))?;
+    let buf = pinned.get(ctx, n)?;
+    s.memcpy_dtoh(x, buf).map_err(driver_err("copy to host"))?;
     s.synchronize().map_err(driver_err("synchronize"))?;
-    Ok(host[..n].iter().map(|&v| v.to_f32()).collect())
+    Ok(buf.as_slice().map_err(driver_err("pinned buffer"))?.iter().map(|&v| v.to_f32()).collect())
 }
 
 /// The shape of an op's output for inputs of `ins` shapes (the ops the backend runs).
