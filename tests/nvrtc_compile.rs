@@ -46,3 +46,25 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         }
     }
 }
+
+/// With `SEAMLESS_CUDA_INCLUDE` naming a CUDA include folder (CI: `nvidia-cuda-runtime`'s), the
+/// header route works too: cuda_fp16.h and mma.h compile, for kernel variants that want WMMA.
+#[test]
+fn cuda_headers_from_the_include_path_compile() {
+    if let Err(reason) = nvrtc_or_skip() {
+        println!("skipped: {reason}");
+        return;
+    }
+    if std::env::var_os("SEAMLESS_CUDA_INCLUDE").is_none() {
+        println!("skipped: SEAMLESS_CUDA_INCLUDE is not set");
+        return;
+    }
+    let family = seamless::cuda::sources::Family {
+        name: "header_check",
+        source: "#include <cuda_fp16.h>\n#include <mma.h>\n\
+                 extern \"C\" __global__ void header_check(__half* p) { p[0] = __float2half(1.0f); }\n",
+        functions: &["header_check"],
+    };
+    let cubin = compile::compile_cubin(&family, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    assert!(compile::is_elf(&cubin));
+}
