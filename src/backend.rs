@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::cpu::Buffers;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::planner::ArenaPlan;
+use crate::planner::{ArenaPlan, MemoryModel, Precision};
 use crate::tensor::Tensor;
 
 pub trait Backend: Sync {
@@ -15,6 +15,10 @@ pub trait Backend: Sync {
     fn name(&self) -> String;
     /// Run the whole graph on one input window (CHW, f32) and return the graph's output.
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor>;
+    /// How the tile planner should count this backend's memory.
+    fn memory_model(&self) -> (Precision, MemoryModel) {
+        (Precision::F32, MemoryModel::Cpu)
+    }
 }
 
 /// The multi-threaded f32 CPU backend (src/cpu/): the planned executor, with plans cached per

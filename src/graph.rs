@@ -347,3 +347,31 @@ impl Graph {
         Ok(flops / (size * size) as f64)
     }
 }
+
+impl Graph {
+    /// True when some convolution carries a fused input scale-shift (see [`Conv2d::pre`]).
+    pub fn has_conv_pre(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(&n.op, Op::Conv2d(c) if c.pre.is_some()))
+    }
+
+    /// The same network with every fused input scale-shift split back into its own node, for
+    /// backends whose convolution kernels do not fuse it. Same values, one more buffer per layer.
+    pub fn without_conv_pre(&self) -> Graph {
+        let mut out = Graph::default();
+        let mut new_id = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let inputs: Vec<NodeId> = node.inputs.iter().map(|&j| new_id[j]).collect();
+            let id = match &node.op {
+                Op::Conv2d(c) if c.pre.is_some() => {
+                    let pre = c.pre.clone().expect("checked");
+                    let ss = out.add(format!("{}.pre", node.name), Op::ScaleShift(pre), &inputs);
+                    out.add(node.name.clone(), Op::Conv2d(Conv2d { pre: None, ..c.clone() }), &[ss])
+                }
+                op => out.add(node.name.clone(), op.clone(), &inputs),
+            };
+            new_id.push(id);
+        }
+        out.output = new_id[self.output];
+        out
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod graph;
 pub mod image_io;

@@ -166,9 +166,23 @@ pub fn infer_tiled(
     halo: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    infer_tiled_on(&CpuBackend::default(), model, img, pad, tile_h, tile_w, halo, progress)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn infer_tiled_on(
+    backend: &dyn Backend,
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    tile_h: usize,
+    tile_w: usize,
+    halo: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
     let a = model.align();
     let grid = TileGrid::new(round_up(img.h, a), round_up(img.w, a), tile_h, tile_w, halo, a)?;
-    infer_grid(model, img, pad, &grid, progress)
+    infer_grid_on(backend, model, img, pad, &grid, progress)
 }
 
 /// Class index per pixel (first maximum on ties).

@@ -11,6 +11,8 @@ use seamless::normalize::{self, Normalize};
 use seamless::pipeline::{self, PadMode};
 use seamless::tile_grid::{TileGrid, round_up};
 
+use seamless::cuda::Precision;
+
 use super::infer::{Backend, compute, parse_tile, select_backend};
 
 /// The demo U-Net, trained by tools/train_demo.py (see models/README.md).
@@ -37,15 +39,21 @@ pub struct DemoArgs {
     /// makes the demo tile even on a large machine.
     #[arg(long, default_value = "256MiB")]
     memory_budget: String,
+    /// Compute backend. `auto` uses CUDA when a GPU and NVRTC are found, else the CPU (and says why).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
+    /// Arithmetic on the GPU: f32 or f16 (tensor cores). The CPU backend computes in f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// CUDA device number (see `seamless doctor`).
+    #[arg(long, default_value_t = 0)]
+    device: usize,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
-    select_backend(a.backend, a.quiet)?;
     if a.size == 0 {
         return Err(Error::Usage("--size must be at least 1".into()));
     }
@@ -53,6 +61,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Some(p) => seamless::model::file::load(p)?,
         None => seamless::model::file::load_bytes(DEMO_UNET, "built-in demo U-Net")?,
     };
+    let (backend, budget) = select_backend(a.backend, a.precision, a.device, Some(&a.memory_budget), &model, a.quiet)?;
     if model.in_channels() != 1 {
         return Err(Error::Usage(format!("the demo slide has 1 channel; the model expects {}", model.in_channels())));
     }
@@ -66,8 +75,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let stats = normalize::statistics(&img, Normalize::Zscore);
     normalize::apply(&mut img, &stats);
 
-    let budget = super::infer::memory_budget(Some(&a.memory_budget))?;
-    let tile = parse_tile(&a.tile, &model, n, n, budget, a.quiet)?;
+    let tile = parse_tile(&a.tile, backend.as_ref(), &model, (n, n), budget, a.quiet)?;
     let halo = model.exact_halo();
     let al = model.align();
     let grid = TileGrid::new(round_up(n, al), round_up(n, al), tile.0, tile.1, halo, al)?;
@@ -87,7 +95,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         grid.overhead()
     );
     let t0 = Instant::now();
-    let probs = compute(&model, &img, false, tile, halo, PadMode::Zero, budget, a.quiet)?;
+    let probs = compute(backend.as_ref(), &model, &img, false, tile, halo, PadMode::Zero, a.quiet)?;
     let secs = t0.elapsed().as_secs_f64();
     let labels = pipeline::labels(&probs);
     let correct = labels.data.iter().zip(&truth).filter(|&(&l, &t)| l as u8 == t).count();
@@ -100,7 +108,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
 
     println!("slide            {n}x{n} px ({:.1} Mpx), seed {}", (n * n) as f64 / 1e6, a.seed);
     println!("tiles            {} of {}x{}, halo {halo} px (exact)", grid.tiles.len(), tile.0, tile.1);
-    println!("time             {secs:.2} s on the CPU, {:.3} Mpx/s", (n * n) as f64 / 1e6 / secs.max(1e-9));
+    println!("time             {secs:.2} s on {}, {:.3} Mpx/s", backend.name(), (n * n) as f64 / 1e6 / secs.max(1e-9));
     println!("pixel accuracy   {:.2}% against the generator's ground truth", 100.0 * correct as f64 / (n * n) as f64);
     println!(
         "wrote            {}, {}, {}",

@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use seamless::backend::CpuBackend;
+use seamless::backend::{Backend as Compute, CpuBackend};
+use seamless::cuda::CudaBackend;
 use seamless::error::{Error, Result};
 use seamless::image_io::{Sink, read_image};
 use seamless::normalize::{self, Normalize};
 use seamless::pipeline::{self, PadMode};
 use seamless::planner::tile_plan::{available_host_memory, parse_bytes};
-use seamless::planner::{MemoryModel, Precision, TilePlanner};
+use seamless::planner::{Precision, TilePlanner};
 use seamless::tile_grid::{TileGrid, round_up};
 
 use super::plan::human;
@@ -41,9 +42,16 @@ pub struct InferArgs {
     /// Run the network on the whole image at once (the reference tiled runs must equal).
     #[arg(long)]
     pub whole: bool,
-    /// Compute backend. `auto` uses CUDA when available, else the CPU.
+    /// Compute backend. `auto` uses CUDA when a GPU and NVRTC are found, else the CPU (and says why).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Arithmetic on the GPU: f32 (exact f32, no TF32) or f16 (f16 storage, f32 accumulation,
+    /// tensor cores). The CPU backend computes in f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// CUDA device number (see `seamless doctor`).
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
     /// Write class labels (argmax) or per-class probabilities.
     #[arg(long, value_enum, default_value_t = OutputKind::Labels)]
     pub output_kind: OutputKind,
@@ -83,8 +91,16 @@ pub fn memory_budget(arg: Option<&str>) -> Result<usize> {
 }
 
 /// Tile size to use when the user says `auto`: the largest that fits the budget (the planner).
-pub fn auto_tile(model: &Model, h: usize, w: usize, budget: usize, quiet: bool) -> Result<(usize, usize)> {
-    let choice = TilePlanner::new(model, h, w, Precision::F32, MemoryModel::Cpu)?.choose(budget)?;
+pub fn auto_tile(
+    backend: &dyn Compute,
+    model: &Model,
+    h: usize,
+    w: usize,
+    budget: usize,
+    quiet: bool,
+) -> Result<(usize, usize)> {
+    let (precision, mem) = backend.memory_model();
+    let choice = TilePlanner::new(model, h, w, precision, mem)?.choose(budget)?;
     if !quiet {
         eprintln!(
             "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), halo overhead {:.2}x",
@@ -101,9 +117,16 @@ pub fn auto_tile(model: &Model, h: usize, w: usize, budget: usize, quiet: bool) 
     Ok((choice.tile_h, choice.tile_w))
 }
 
-pub fn parse_tile(s: &str, model: &Model, h: usize, w: usize, budget: usize, quiet: bool) -> Result<(usize, usize)> {
+pub fn parse_tile(
+    s: &str,
+    backend: &dyn Compute,
+    model: &Model,
+    (h, w): (usize, usize),
+    budget: usize,
+    quiet: bool,
+) -> Result<(usize, usize)> {
     if s == "auto" {
-        return auto_tile(model, h, w, budget, quiet);
+        return auto_tile(backend, model, h, w, budget, quiet);
     }
     let num =
         |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
@@ -123,17 +146,54 @@ pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
     s.parse().map_err(|_| Error::Usage(format!("--halo '{s}': expected a number of pixels or 'exact'")))
 }
 
-/// Resolve `--backend`. The CUDA backend is not part of this build yet.
-pub fn select_backend(b: Backend, quiet: bool) -> Result<()> {
-    match b {
-        Backend::Cpu => Ok(()),
-        Backend::Cuda => Err(Error::Backend("this build has no CUDA backend yet; use --backend cpu (or auto)".into())),
-        Backend::Auto => {
-            if !quiet {
-                eprintln!("backend: cpu (this build has no CUDA backend yet)");
-            }
-            Ok(())
+/// Resolve `--backend`: the CUDA backend on `device` (compiling or loading its kernels), or the
+/// CPU. `auto` falls back to the CPU with one line saying why; an explicit `cuda` that cannot start
+/// is an error (exit code 6).
+///
+/// Also resolves the memory budget: `--memory-budget`, else the device's free memory (CUDA) or the
+/// host's available memory (CPU), minus a margin of 10% (at least 256 MiB). The CPU backend then
+/// refuses windows whose buffers exceed the budget less the weights, as a device would.
+pub fn select_backend(
+    b: Backend,
+    precision: Precision,
+    device: usize,
+    budget_arg: Option<&str>,
+    model: &Model,
+    quiet: bool,
+) -> Result<(Box<dyn Compute>, usize)> {
+    let margin = |avail: usize| avail.saturating_sub((avail / 10).max(256 << 20));
+    let cuda = || -> Result<(Box<dyn Compute>, usize)> {
+        let backend = CudaBackend::new(device, precision)?;
+        if !quiet {
+            eprintln!("backend: {}", backend.name());
         }
+        let budget = match budget_arg {
+            Some(s) => parse_bytes(s)?,
+            None => margin(backend.info().free_bytes),
+        };
+        Ok((Box::new(backend), budget))
+    };
+    let cpu = || -> Result<(Box<dyn Compute>, usize)> {
+        let budget = memory_budget(budget_arg)?;
+        let limit = budget.saturating_sub(model.graph.params() * 4);
+        Ok((Box::new(CpuBackend::with_limit(Some(limit))), budget))
+    };
+    match b {
+        Backend::Cuda => cuda(),
+        Backend::Cpu if precision == Precision::F16 => {
+            Err(Error::Usage("--precision f16 needs the CUDA backend; the CPU backend computes in f32".into()))
+        }
+        Backend::Cpu => cpu(),
+        Backend::Auto => cuda().or_else(|e| {
+            if !quiet {
+                let why = match e {
+                    Error::Backend(msg) => msg,
+                    other => other.to_string(),
+                };
+                eprintln!("backend: {} in f32 (CUDA not used: {why})", CpuBackend::default().name());
+            }
+            cpu()
+        }),
     }
 }
 
@@ -150,30 +210,28 @@ pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
     pb
 }
 
-/// The probabilities for `img` (already normalised), tiled or whole, with progress. Windows whose
-/// buffers would exceed the budget (after the weights) are refused by the backend and retried as
-/// smaller tiles.
+/// The probabilities for `img` (already normalised), tiled or whole, with progress. Windows the
+/// backend refuses for lack of memory are retried as smaller tiles, with a warning.
 #[allow(clippy::too_many_arguments)]
 pub fn compute(
+    backend: &dyn Compute,
     model: &Model,
     img: &Tensor,
     whole: bool,
     tile: (usize, usize),
     halo: usize,
     pad: PadMode,
-    budget: usize,
     quiet: bool,
 ) -> Result<Tensor> {
     if whole {
-        return pipeline::infer_whole(model, img, pad);
+        return pipeline::infer_whole_on(backend, model, img, pad);
     }
-    let backend = CpuBackend::with_limit(Some(budget.saturating_sub(model.graph.params() * 4)));
     let al = model.align();
     let grid = TileGrid::new(round_up(img.h, al), round_up(img.w, al), tile.0, tile.1, halo, al)?;
     let mut pb: Option<indicatif::ProgressBar> = None;
     let mut notes = Vec::new();
     let out = pipeline::infer_grid_with(
-        &backend,
+        backend,
         model,
         img,
         pad,
@@ -197,8 +255,9 @@ pub fn compute(
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    select_backend(a.backend, a.quiet)?;
     let model = Model::open(&a.model)?;
+    let (backend, budget) =
+        select_backend(a.backend, a.precision, a.device, a.memory_budget.as_deref(), &model, a.quiet)?;
     let probs_out = a.output_kind == OutputKind::Probs;
     // Opened first: an unwritable output fails before any work is done.
     let sink = Sink::create(&a.output, probs_out)?;
@@ -211,8 +270,8 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let stats = normalize::statistics(&img, a.normalize);
     normalize::apply(&mut img, &stats);
-    let budget = memory_budget(a.memory_budget.as_deref())?;
-    let tile = if a.whole { (0, 0) } else { parse_tile(&a.tile, &model, img.h, img.w, budget, a.quiet)? };
+    let tile =
+        if a.whole { (0, 0) } else { parse_tile(&a.tile, backend.as_ref(), &model, (img.h, img.w), budget, a.quiet)? };
     let halo = parse_halo(&a.halo, &model)?;
     let a_ = model.align();
     // Validate the grid before the long computation.
@@ -226,7 +285,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         }
     }
     let t0 = Instant::now();
-    let probs = compute(&model, &img, a.whole, tile, halo, a.pad, budget, a.quiet)?;
+    let probs = compute(backend.as_ref(), &model, &img, a.whole, tile, halo, a.pad, a.quiet)?;
     let secs = t0.elapsed().as_secs_f64();
     if probs_out {
         sink.write_probs(&probs)?;

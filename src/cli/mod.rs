@@ -1,6 +1,7 @@
 //! Argument parsing (clap) and the subcommands.
 
 mod demo;
+mod doctor;
 mod infer;
 mod info;
 mod plan;
@@ -50,6 +51,8 @@ enum Command {
     Synth(SynthArgs),
     /// Write a model file with seeded random weights for an architecture (testing, benchmarking).
     RandomModel(RandomModelArgs),
+    /// Check the GPU setup: driver, NVRTC, device and memory; compile every kernel; a smoke test.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +111,7 @@ pub fn main() -> i32 {
         Command::Plan(a) => plan::run(a),
         Command::Synth(a) => synth(a),
         Command::RandomModel(a) => random_model(a),
+        Command::Doctor(a) => doctor::run(a),
     };
     match result {
         Ok(()) => 0,

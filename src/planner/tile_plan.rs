@@ -13,13 +13,23 @@ use crate::graph::Graph;
 use crate::model::Model;
 use crate::tile_grid::{TileGrid, round_up};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum Precision {
+    /// f32 storage and true f32 arithmetic (no TF32, no FMA contraction).
+    #[default]
     F32,
+    /// f16 storage, f32 accumulation; convolutions on tensor cores (CUDA only).
     F16,
 }
 
 impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
     pub fn bytes(self) -> usize {
         match self {
             Precision::F32 => 4,

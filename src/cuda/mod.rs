@@ -1,0 +1,30 @@
+//! The CUDA backend: hand-written kernels (`kernels/<family>.cu`) compiled at run time by NVRTC
+//! and launched through cudarc's driver API, f32 and f16, with the same op set and the same
+//! exactness contract as the CPU backend (every output element is accumulated in an order fixed by
+//! the layer, never by the tile).
+//!
+//! Everything is loaded dynamically: the crate builds and its CPU path runs on machines with no
+//! CUDA. Nothing here calls into cudarc before [`libs`] has checked that the library is loadable,
+//! because cudarc panics on a missing library.
+//!
+//! - [`libs`]: finding libcuda and libnvrtc (and why not).
+//! - [`sources`]: the kernel sources, one family per file, and the functions each must export.
+//! - [`compile`]: NVRTC options, compilation to cubin, the on-disk kernel cache.
+//! - [`device`]: opening a device and describing it.
+//! - [`weights`]: layer parameters in the layouts the kernels read (f16 mma fragments).
+//! - [`kernels`]: loaded modules and one launch wrapper per op.
+//! - [`backend`]: [`CudaBackend`], the graph executor implementing [`crate::backend::Backend`].
+
+pub mod backend;
+pub mod compile;
+pub mod device;
+pub mod kernels;
+pub mod libs;
+pub mod sources;
+pub mod storage;
+pub mod weights;
+
+pub use backend::CudaBackend;
+
+/// Arithmetic of the CUDA backend (the planner's precision: element sizes follow from it).
+pub use crate::planner::Precision;

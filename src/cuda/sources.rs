@@ -1,0 +1,77 @@
+//! The kernel sources, embedded in the binary, and what each family must export. One family per
+//! file under `kernels/`, each the twin of the CPU module of the same name under `src/cpu/`.
+
+/// Helpers every family uses (f16 conversions, storage load/store); prepended to each source so
+/// that no include path or CUDA header is needed.
+pub const COMMON: &str = include_str!("../../kernels/common.cuh");
+
+/// One `kernels/<name>.cu` file: its source and the `extern "C"` kernels the launch wrappers use.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub functions: &'static [&'static str],
+}
+
+impl Family {
+    /// The text handed to NVRTC: the common helpers, then the family's file with line numbers
+    /// that match it (so compiler messages point into `kernels/<name>.cu`).
+    pub fn full_source(&self) -> String {
+        format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", self.name, self.source)
+    }
+}
+
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "conv",
+        source: include_str!("../../kernels/conv.cu"),
+        functions: &[
+            "conv2d_k1_f32",
+            "conv2d_k1_f16",
+            "conv2d_k3_f32",
+            "conv2d_k3_f16",
+            "conv2d_k5_f32",
+            "conv2d_k5_f16",
+            "conv2d_k7_f32",
+            "conv2d_k7_f16",
+        ],
+    },
+    Family {
+        name: "conv_transpose",
+        source: include_str!("../../kernels/conv_transpose.cu"),
+        functions: &[
+            "conv_transpose2d_k2_f32",
+            "conv_transpose2d_k2_f16",
+            "conv_transpose2d_k3_f32",
+            "conv_transpose2d_k3_f16",
+        ],
+    },
+    Family {
+        name: "upsample",
+        source: include_str!("../../kernels/upsample.cu"),
+        functions: &["upsample2_f32", "upsample2_f16"],
+    },
+    Family {
+        name: "pool",
+        source: include_str!("../../kernels/pool.cu"),
+        functions: &["max_pool2_f32", "max_pool2_f16"],
+    },
+    Family {
+        name: "concat",
+        source: include_str!("../../kernels/concat.cu"),
+        functions: &["copy_into_f32", "copy_into_f16"],
+    },
+    Family {
+        name: "elementwise",
+        source: include_str!("../../kernels/elementwise.cu"),
+        functions: &["scale_shift_f32", "scale_shift_f16", "relu_f32", "relu_f16"],
+    },
+    Family {
+        name: "softmax",
+        source: include_str!("../../kernels/softmax.cu"),
+        functions: &["softmax_f32", "softmax_f16", "argmax_f32", "argmax_f16"],
+    },
+];
+
+/// Kernel sizes the conv family is instantiated for.
+pub const CONV_KERNEL_SIZES: &[usize] = &[1, 3, 5, 7];

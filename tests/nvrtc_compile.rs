@@ -1,0 +1,70 @@
+//! Every kernel family compiles with NVRTC to cubin for sm_80 (A100) and sm_90 (H100/H200), and
+//! the cubin exports every kernel the launch wrappers call. Needs only libnvrtc, no GPU: CI
+//! installs it from PyPI (`nvidia-cuda-nvrtc`) and sets SEAMLESS_REQUIRE_NVRTC=1 so that a missing
+//! library fails instead of skipping.
+
+use seamless::cuda::{compile, libs, sources::FAMILIES};
+
+/// Ok(()) to run, Err(reason) to skip; panics when skipping is not allowed.
+fn nvrtc_or_skip() -> Result<(), String> {
+    match libs::require_nvrtc() {
+        Ok(()) => Ok(()),
+        Err(e) if std::env::var_os("SEAMLESS_REQUIRE_NVRTC").is_some_and(|v| v == "1") => {
+            panic!("SEAMLESS_REQUIRE_NVRTC=1 but NVRTC cannot be used: {e}")
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if let Err(reason) = nvrtc_or_skip() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let (major, minor) = compile::nvrtc_version().unwrap();
+    println!("NVRTC {major}.{minor}");
+    for arch in ["sm_80", "sm_90"] {
+        for family in FAMILIES {
+            let t0 = std::time::Instant::now();
+            let cubin = compile::compile_cubin(family, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(compile::is_elf(&cubin), "{} for {arch}: not an ELF cubin", family.name);
+            for f in family.functions {
+                assert!(
+                    cubin.windows(f.len() + 1).any(|w| &w[..f.len()] == f.as_bytes() && w[f.len()] == 0),
+                    "kernels/{}.cu for {arch}: kernel {f} missing from the cubin",
+                    family.name
+                );
+            }
+            println!(
+                "{arch} {:<16} {:>7} bytes, {} kernels, {:.2} s",
+                family.name,
+                cubin.len(),
+                family.functions.len(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// With `SEAMLESS_CUDA_INCLUDE` naming a CUDA include folder (CI: `nvidia-cuda-runtime`'s), the
+/// header route works too: cuda_fp16.h and mma.h compile, for kernel variants that want WMMA.
+#[test]
+fn cuda_headers_from_the_include_path_compile() {
+    if let Err(reason) = nvrtc_or_skip() {
+        println!("skipped: {reason}");
+        return;
+    }
+    if std::env::var_os("SEAMLESS_CUDA_INCLUDE").is_none() {
+        println!("skipped: SEAMLESS_CUDA_INCLUDE is not set");
+        return;
+    }
+    let family = seamless::cuda::sources::Family {
+        name: "header_check",
+        source: "#include <cuda_fp16.h>\n#include <mma.h>\n\
+                 extern \"C\" __global__ void header_check(__half* p) { p[0] = __float2half(1.0f); }\n",
+        functions: &["header_check"],
+    };
+    let cubin = compile::compile_cubin(&family, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+    assert!(compile::is_elf(&cubin));
+}
