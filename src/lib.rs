@@ -17,6 +17,7 @@ pub mod output;
 pub mod pipeline;
 pub mod planner;
 pub mod receptive_field;
+pub mod slide;
 pub mod synth;
 pub mod tensor;
 pub mod tile_grid;

@@ -169,7 +169,10 @@ fn bad_inputs_give_clear_errors_and_leave_no_output() {
     run(infer(&m, &f.path("absent.npy"), &[]), 4, "cannot open");
     let tiff = f.path("img.tif");
     std::fs::write(&tiff, b"II*\0").unwrap();
-    run(infer(&m, &tiff, &[]), 4, "unknown image format");
+    run(infer(&m, &tiff, &[]), 4, "not a readable TIFF");
+    let bmp = f.path("img.bmp");
+    std::fs::write(&bmp, b"BM").unwrap();
+    run(infer(&m, &bmp, &[]), 4, "unknown image format");
 
     // Tiling parameters.
     run(infer(&m, &img, &["--tile", "30"]), 2, "not a positive multiple of the model's down-sampling factor 4");
@@ -232,7 +235,7 @@ fn output_that_is_a_directory_is_refused() {
         "-q",
     ]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is a directory"));
+    assert!(stderr(&o).contains("a directory where a file goes"), "{}", stderr(&o));
 }
 
 #[test]

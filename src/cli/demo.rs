@@ -75,7 +75,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let stats = normalize::statistics(&img, Normalize::Zscore);
     normalize::apply(&mut img, &stats);
 
-    let tile = parse_tile(&a.tile, backend.as_ref(), &model, (n, n), budget, a.quiet)?;
+    let tile = parse_tile(&a.tile, backend.as_ref(), &model, (n, n), budget, 1, a.quiet)?;
     let halo = model.exact_halo();
     let al = model.align();
     let grid = TileGrid::new(round_up(n, al), round_up(n, al), tile.0, tile.1, halo, al)?;

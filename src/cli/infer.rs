@@ -6,11 +6,12 @@ use std::time::Instant;
 use seamless::backend::{Backend as Compute, CpuBackend};
 use seamless::cuda::CudaBackend;
 use seamless::error::{Error, Result};
-use seamless::image_io::{Sink, read_image};
-use seamless::normalize::{self, Normalize};
+use seamless::normalize::{NormSpec, Normalize};
 use seamless::pipeline::{self, PadMode};
 use seamless::planner::tile_plan::{available_host_memory, parse_bytes};
 use seamless::planner::{Precision, TilePlanner};
+use seamless::slide::stream::{self, StreamOptions};
+use seamless::slide::{self, Format};
 use seamless::tile_grid::{TileGrid, round_up};
 
 use super::plan::human;
@@ -21,12 +22,34 @@ pub struct InferArgs {
     /// Model file (.safetensors, see docs/model-format.md) or a preset name (random weights).
     #[arg(long)]
     pub model: String,
-    /// Input image: .npy (H,W) or (H,W,C), or .png.
+    /// Input image: TIFF/BigTIFF (.tif, tiled or striped), OME-Zarr (.zarr), .npy (H,W) or
+    /// (H,W,C), .png, or synth:WxH[:seed] (a generated slide). Read a window at a time.
     #[arg(long)]
-    pub input: PathBuf,
-    /// Output: labels as .npy (uint8/uint16) or .png; probabilities as .npy float32 (H,W,classes).
+    pub input: String,
+    /// Input format, when the extension does not say.
+    #[arg(long, value_enum)]
+    pub input_format: Option<Format>,
+    /// Output: tiled BigTIFF (.tif), OME-Zarr (.zarr), .npy, or .png (labels only). Labels are
+    /// uint8 (uint16 past 256 classes); probabilities float32 (or f16, --probs-f16), (H,W,classes).
+    /// Written under OUTPUT.partial and renamed when complete.
     #[arg(long)]
     pub output: PathBuf,
+    /// Output format, when the extension does not say.
+    #[arg(long, value_enum)]
+    pub output_format: Option<Format>,
+    /// Write probabilities as float16.
+    #[arg(long)]
+    pub probs_f16: bool,
+    /// Continue an interrupted run from OUTPUT.partial and its journal, skipping finished tiles.
+    #[arg(long)]
+    pub resume: bool,
+    /// Compute only tiles i, i+n, i+2n, ... (0-based), so n machines fill one OME-Zarr output
+    /// together; the last shard to finish moves it into place.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<String>,
+    /// Write a JSON summary of the run (tiles, time, throughput, peak memory) to this file.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
     /// Output tile size: N (square), HxW, or auto. Must be a multiple of the model's
     /// down-sampling factor A (see `seamless info`).
     #[arg(long, default_value = "auto")]
@@ -55,9 +78,18 @@ pub struct InferArgs {
     /// Write class labels (argmax) or per-class probabilities.
     #[arg(long, value_enum, default_value_t = OutputKind::Labels)]
     pub output_kind: OutputKind,
-    /// Global input normalisation, computed over the whole image.
+    /// Global input normalisation, computed over the whole image in a streamed first pass.
     #[arg(long, value_enum, default_value_t = Normalize::Zscore)]
     pub normalize: Normalize,
+    /// Percentiles mapped to 0 and 1 by `--normalize percentile`.
+    #[arg(long, default_value = "1,99")]
+    pub percentiles: String,
+    /// Scale for `--normalize fixed`: value * scale + offset.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Offset for `--normalize fixed`.
+    #[arg(long, default_value_t = 0.0)]
+    pub offset: f64,
     /// How the image is padded to a multiple of A (the same for tiled and whole runs).
     #[arg(long, value_enum, default_value_t = PadMode::Zero)]
     pub pad: PadMode,
@@ -94,13 +126,13 @@ pub fn memory_budget(arg: Option<&str>) -> Result<usize> {
 pub fn auto_tile(
     backend: &dyn Compute,
     model: &Model,
-    h: usize,
-    w: usize,
+    (h, w): (usize, usize),
     budget: usize,
+    multiple: usize,
     quiet: bool,
 ) -> Result<(usize, usize)> {
     let (precision, mem) = backend.memory_model();
-    let choice = TilePlanner::new(model, h, w, precision, mem)?.choose(budget)?;
+    let choice = TilePlanner::new(model, h, w, precision, mem)?.with_multiple(multiple).choose(budget)?;
     if !quiet {
         eprintln!(
             "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), halo overhead {:.2}x",
@@ -123,10 +155,11 @@ pub fn parse_tile(
     model: &Model,
     (h, w): (usize, usize),
     budget: usize,
+    multiple: usize,
     quiet: bool,
 ) -> Result<(usize, usize)> {
     if s == "auto" {
-        return auto_tile(backend, model, h, w, budget, quiet);
+        return auto_tile(backend, model, (h, w), budget, multiple, quiet);
     }
     let num =
         |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
@@ -256,52 +289,110 @@ pub fn compute(
 
 pub fn run(a: InferArgs) -> Result<()> {
     let model = Model::open(&a.model)?;
-    let (backend, budget) =
-        select_backend(a.backend, a.precision, a.device, a.memory_budget.as_deref(), &model, a.quiet)?;
-    let probs_out = a.output_kind == OutputKind::Probs;
-    // Opened first: an unwritable output fails before any work is done.
-    let sink = Sink::create(&a.output, probs_out)?;
-    let mut img = read_image(&a.input)?;
-    if img.c != model.in_channels() {
+    let format = a.output_format.or_else(|| slide::format_of(&a.output)).ok_or_else(|| Error::Output {
+        path: a.output.clone(),
+        msg: "unknown output format (use .tif/.tiff, .zarr, .npy or .png, or --output-format)".into(),
+    })?;
+    let src = slide::open_source(&a.input, a.input_format)?;
+    let (ih, iw, ic) = src.shape();
+    if ic != model.in_channels() {
         return Err(Error::Input {
-            path: a.input.clone(),
-            msg: format!("has {} channel(s), the model expects {}", img.c, model.in_channels()),
+            path: PathBuf::from(&a.input),
+            msg: format!("has {ic} channel(s), the model expects {}", model.in_channels()),
         });
     }
-    let stats = normalize::statistics(&img, a.normalize);
-    normalize::apply(&mut img, &stats);
-    let tile =
-        if a.whole { (0, 0) } else { parse_tile(&a.tile, backend.as_ref(), &model, (img.h, img.w), budget, a.quiet)? };
-    let halo = parse_halo(&a.halo, &model)?;
-    let a_ = model.align();
-    // Validate the grid before the long computation.
-    if !a.whole {
-        seamless::tile_grid::TileGrid::new(round_up(img.h, a_), round_up(img.w, a_), tile.0, tile.1, halo, a_)?;
-        if halo < model.exact_halo() && !a.quiet {
-            eprintln!(
-                "warning: halo {halo} is below the exact halo {}; the output will differ from the whole-image run",
-                model.exact_halo()
-            );
-        }
-    }
-    let t0 = Instant::now();
-    let probs = compute(backend.as_ref(), &model, &img, a.whole, tile, halo, a.pad, a.quiet)?;
-    let secs = t0.elapsed().as_secs_f64();
-    if probs_out {
-        sink.write_probs(&probs)?;
+    let (backend, budget) =
+        select_backend(a.backend, a.precision, a.device, a.memory_budget.as_deref(), &model, a.quiet)?;
+    let multiple = if format == Format::Tiff { 16 } else { 1 };
+    let tile = if a.whole {
+        (0, 0)
     } else {
-        sink.write_labels(&pipeline::labels(&probs), model.classes())?;
+        parse_tile(&a.tile, backend.as_ref(), &model, (ih, iw), budget, multiple, a.quiet)?
+    };
+    let halo = parse_halo(&a.halo, &model)?;
+    if !a.whole && halo < model.exact_halo() && !a.quiet {
+        eprintln!(
+            "warning: halo {halo} is below the exact halo {}; the output will differ from the whole-image run",
+            model.exact_halo()
+        );
+    }
+    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    let mut norm = NormSpec::new(a.normalize);
+    norm.scale = a.scale;
+    norm.offset = a.offset;
+    norm.percentiles = parse_percentiles(&a.percentiles)?;
+    let opts = StreamOptions {
+        tile,
+        halo,
+        whole: a.whole,
+        pad: a.pad,
+        norm,
+        kind: match a.output_kind {
+            OutputKind::Labels => stream::OutputKind::Labels,
+            OutputKind::Probs => stream::OutputKind::Probs,
+        },
+        probs_f16: a.probs_f16,
+        format,
+        resume: a.resume,
+        shard,
+        abort_after: std::env::var("SEAMLESS_TEST_ABORT_AFTER_TILES").ok().and_then(|v| v.parse().ok()),
+    };
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    let t0 = Instant::now();
+    let summary = stream::run(
+        src,
+        &model,
+        backend.as_ref(),
+        &a.output,
+        &opts,
+        &mut |done, total, mpx| {
+            let bar = pb.get_or_insert_with(|| progress_bar(total, a.quiet));
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(format!("{:.2} Mpx/s", mpx / t0.elapsed().as_secs_f64().max(1e-9)));
+        },
+        &mut |note| {
+            if !a.quiet {
+                eprintln!("{note}");
+            }
+        },
+    )?;
+    if let Some(bar) = pb {
+        bar.finish_and_clear();
+    }
+    if let Some(path) = &a.summary {
+        let mut f = seamless::output::AtomicFile::create(path)?;
+        f.write_all(serde_json::to_string_pretty(&summary).expect("serialisable").as_bytes())?;
+        f.commit()?;
     }
     if !a.quiet {
-        let mpx = (img.h * img.w) as f64 / 1e6;
         let how = if a.whole { "whole image".to_string() } else { format!("tiles {}x{}, halo {halo}", tile.0, tile.1) };
+        let state = if summary.complete { "" } else { " (this shard is done; the output completes with the others)" };
         eprintln!(
-            "{}x{} px, {how}: {secs:.2} s, {:.3} Mpx/s -> {}",
-            img.w,
-            img.h,
-            mpx / secs.max(1e-9),
+            "{iw}x{ih} px, {how}: {} tiles ({} resumed) in {:.2} s, {:.3} Mpx/s, peak memory {} -> {}{state}",
+            summary.tiles_total,
+            summary.tiles_resumed,
+            summary.seconds,
+            summary.megapixels_per_second,
+            summary.peak_rss_bytes.map(human).unwrap_or_else(|| "?".into()),
             a.output.display()
         );
     }
     Ok(())
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || Error::Usage(format!("--shard '{s}': expected i/n with 0 <= i < n, e.g. 0/4"));
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn parse_percentiles(s: &str) -> Result<(f64, f64)> {
+    let bad = || Error::Usage(format!("--percentiles '{s}': expected LOW,HIGH, e.g. 1,99"));
+    let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
+    Ok((lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?))
 }

@@ -63,7 +63,8 @@ struct SynthArgs {
     height: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write the image (uint8, .npy or .png).
+    /// Where to write the image (uint8): .tif (tiled BigTIFF), .zarr, .npy or .png. Generated in
+    /// bands, so any size fits in memory (except PNG).
     #[arg(long)]
     image: PathBuf,
     /// Where to write the mask (uint8, 0 background / 1 cell).
@@ -93,6 +94,7 @@ struct RandomModelArgs {
 }
 
 pub fn main() -> i32 {
+    ignore_file_size_signal();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -122,14 +124,33 @@ pub fn main() -> i32 {
     }
 }
 
+/// Generated band by band, so a slide of any size streams to TIFF, OME-Zarr or .npy.
 fn synth(a: SynthArgs) -> Result<()> {
+    use seamless::slide::{Format, OutSpec, OutType, format_of, stream::write_bands};
     if a.width == 0 || a.height == 0 {
         return Err(Error::Usage("--width and --height must be at least 1".into()));
     }
-    let (img, lab) = seamless::synth::generate(a.seed, 0, 0, a.width, a.height);
-    write_u8_image(&a.image, a.width, a.height, &img)?;
-    if let Some(p) = &a.labels {
-        write_u8_image(p, a.width, a.height, &lab)?;
+    let spec = OutSpec { height: a.height, width: a.width, channels: 1, out: OutType::U8, chunk: 256 };
+    for (path, want_labels) in [(Some(&a.image), false), (a.labels.as_ref(), true)] {
+        let Some(path) = path else { continue };
+        let format = format_of(path).ok_or_else(|| Error::Output {
+            path: path.clone(),
+            msg: "unknown format (use .tif, .zarr, .npy or .png)".into(),
+        })?;
+        let (w, seed) = (a.width, a.seed);
+        let mut band = |y0: usize, rows: usize| -> Result<seamless::Tensor> {
+            let (img, lab) = seamless::synth::generate(seed, 0, y0 as i64, w, rows);
+            let v = if want_labels { lab } else { img };
+            Ok(seamless::Tensor::from_vec(1, rows, w, v.into_iter().map(f32::from).collect()))
+        };
+        match format {
+            Format::Png => {
+                let t = band(0, a.height)?;
+                let bytes: Vec<u8> = t.data.iter().map(|&v| v as u8).collect();
+                write_u8_image(path, a.width, a.height, &bytes)?;
+            }
+            _ => write_bands(path, format, spec, &mut band)?,
+        }
     }
     Ok(())
 }
@@ -158,4 +179,13 @@ fn random_model(a: RandomModelArgs) -> Result<()> {
     save_random(&config, a.seed, a.f16, &a.out, &format!("random weights, seed {}", a.seed))?;
     eprintln!("wrote {} ({} {})", a.out.display(), config.architecture(), config.config_json());
     Ok(())
+}
+
+/// A write past a file-size limit (`ulimit -f`) should fail like a full disk — an error the run
+/// reports, leaving a resumable partial output — instead of killing the process with SIGXFSZ.
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN at start-up, before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }

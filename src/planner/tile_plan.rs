@@ -105,9 +105,24 @@ pub struct TilePlanner<'a> {
     pub mem: MemoryModel,
     pub padded_h: usize,
     pub padded_w: usize,
+    /// Tiles are multiples of this: A, or a multiple of it an output format needs (TIFF: 16).
+    pub step: usize,
 }
 
 impl<'a> TilePlanner<'a> {
+    /// Tiles that are also multiples of `m` (e.g. 16 for TIFF output tiles).
+    pub fn with_multiple(mut self, m: usize) -> Self {
+        let a = self.model.align();
+        let gcd = |mut x: usize, mut y: usize| {
+            while y != 0 {
+                (x, y) = (y, x % y);
+            }
+            x
+        };
+        self.step = a / gcd(a, m.max(1)) * m.max(1);
+        self
+    }
+
     pub fn new(
         model: &'a Model,
         image_h: usize,
@@ -117,7 +132,15 @@ impl<'a> TilePlanner<'a> {
     ) -> Result<Self> {
         let a = model.align();
         let unit = ArenaPlan::new(&model.graph, a, a)?;
-        Ok(TilePlanner { model, unit, precision, mem, padded_h: round_up(image_h, a), padded_w: round_up(image_w, a) })
+        Ok(TilePlanner {
+            model,
+            unit,
+            precision,
+            mem,
+            padded_h: round_up(image_h, a),
+            padded_w: round_up(image_w, a),
+            step: a,
+        })
     }
 
     /// Memory of one forward pass over an `h x w` window (multiples of A).
@@ -151,9 +174,9 @@ impl<'a> TilePlanner<'a> {
         Ok(self.grid_peak(th, tw)?.0.total() <= budget)
     }
 
-    /// Largest multiple of A in [lo, hi] for which `ok` holds, given that it holds at `lo`.
+    /// Largest multiple of the step in [lo, hi] for which `ok` holds, given that it holds at `lo`.
     fn search(&self, lo: usize, hi: usize, ok: &dyn Fn(usize) -> Result<bool>) -> Result<usize> {
-        let a = self.model.align();
+        let a = self.step;
         if ok(hi)? {
             return Ok(hi);
         }
@@ -172,7 +195,7 @@ impl<'a> TilePlanner<'a> {
 
     /// The largest tile that fits `budget` bytes.
     pub fn choose(&self, budget: usize) -> Result<TileChoice> {
-        let a = self.model.align();
+        let a = self.step;
         let (hp, wp) = (self.padded_h, self.padded_w);
         if !self.fits(a, a, budget)? {
             let (p, h, w) = self.grid_peak(a, a)?;

@@ -1,0 +1,158 @@
+//! Whole-slide I/O: image sources that read only the windows a tile needs, and sinks that write
+//! each tile's interior as soon as it is done, so host memory stays bounded whatever the image
+//! size. Formats by extension (overridable): TIFF/BigTIFF, OME-Zarr (v2 and v3), .npy
+//! (memory-mapped), PNG (small images only: decoded whole), and `synth:WxH[:seed]` (generated).
+
+pub mod npy;
+pub mod stream;
+pub mod synth_source;
+pub mod tiff_io;
+pub mod zarr_io;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// An image that can be read a window at a time.
+pub trait Source: Send {
+    /// (height, width, channels).
+    fn shape(&self) -> (usize, usize, usize);
+    /// Raw values of the region `[y0, y0+h) x [x0, x0+w)` (inside the image) as f32, CHW.
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor>;
+    /// Sample type name, for messages and summaries.
+    fn sample_type(&self) -> &'static str;
+}
+
+/// Element type of an output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum OutType {
+    U8,
+    U16,
+    F16,
+    F32,
+}
+
+impl OutType {
+    pub fn bytes(self) -> usize {
+        match self {
+            OutType::U8 => 1,
+            OutType::U16 | OutType::F16 => 2,
+            OutType::F32 => 4,
+        }
+    }
+}
+
+/// What a sink holds: `channels` planes of `out` values over `height x width`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutSpec {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub out: OutType,
+    /// Chunk (TIFF tile, Zarr chunk) edge, chosen to divide the compute tile so that every compute
+    /// tile writes whole chunks.
+    pub chunk: usize,
+}
+
+/// Where a tiled run writes. Regions are written once each, in any order.
+pub trait Sink: Send {
+    /// Write the region at `(y0, x0)` from `t` (CHW, f32 values converted to the output type).
+    fn write(&mut self, y0: usize, x0: usize, t: &Tensor) -> Result<()>;
+    /// Make everything written so far durable; returns state to journal for `--resume`.
+    fn sync(&mut self) -> Result<serde_json::Value>;
+    /// Complete the output (directories, metadata). The caller renames it into place.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Format {
+    Tiff,
+    Zarr,
+    Npy,
+    Png,
+}
+
+pub fn format_of(path: &Path) -> Option<Format> {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let name = name.trim_end_matches('/');
+    if name.ends_with(".tif") || name.ends_with(".tiff") || name.ends_with(".btf") || name.ends_with(".tf8") {
+        Some(Format::Tiff)
+    } else if name.ends_with(".zarr") {
+        Some(Format::Zarr)
+    } else if name.ends_with(".npy") {
+        Some(Format::Npy)
+    } else if name.ends_with(".png") {
+        Some(Format::Png)
+    } else {
+        None
+    }
+}
+
+pub(crate) fn input_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Input { path: path.to_path_buf(), msg: msg.into() }
+}
+
+pub(crate) fn output_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Output { path: path.to_path_buf(), msg: msg.into() }
+}
+
+/// Open an image for windowed reading.
+pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>> {
+    if let Some(rest) = spec.strip_prefix("synth:") {
+        return Ok(Box::new(synth_source::SynthSource::parse(rest)?));
+    }
+    let path = PathBuf::from(spec);
+    let format = format.or_else(|| format_of(&path)).ok_or_else(|| {
+        input_err(&path, "unknown image format (supported: .tif/.tiff, .zarr, .npy, .png, synth:WxH)")
+    })?;
+    if !path.exists() {
+        return Err(input_err(&path, "cannot open: no such file or directory"));
+    }
+    let src: Box<dyn Source> = match format {
+        Format::Tiff => Box::new(tiff_io::TiffSource::open(&path)?),
+        Format::Zarr => Box::new(zarr_io::ZarrSource::open(&path)?),
+        Format::Npy => Box::new(npy::NpySource::open(&path)?),
+        Format::Png => Box::new(InMemory::new(crate::image_io::read_image(&path)?)),
+    };
+    let (h, w, c) = src.shape();
+    if h == 0 || w == 0 || c == 0 {
+        return Err(input_err(&path, format!("empty image ({h}x{w} with {c} channels)")));
+    }
+    Ok(src)
+}
+
+/// A decoded image held in memory (PNG, small inputs).
+pub struct InMemory {
+    img: Tensor,
+}
+
+impl InMemory {
+    pub fn new(img: Tensor) -> InMemory {
+        InMemory { img }
+    }
+}
+
+impl Source for InMemory {
+    fn shape(&self) -> (usize, usize, usize) {
+        (self.img.h, self.img.w, self.img.c)
+    }
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
+        Ok(self.img.window(y0, x0, h, w))
+    }
+    fn sample_type(&self) -> &'static str {
+        "f32"
+    }
+}
+
+/// Convert a f32 value to the output type (labels are small integers; probabilities in [0, 1]).
+pub(crate) fn encode(v: f32, out: OutType, dst: &mut Vec<u8>) {
+    match out {
+        OutType::U8 => dst.push(v as u8),
+        OutType::U16 => dst.extend_from_slice(&(v as u16).to_le_bytes()),
+        OutType::F16 => dst.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+        OutType::F32 => dst.extend_from_slice(&v.to_le_bytes()),
+    }
+}

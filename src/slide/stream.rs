@@ -1,0 +1,589 @@
+//! The streaming run: statistics pass(es), then tiles flowing reader -> compute -> writer on three
+//! threads joined by bounded queues, so reading/decoding, compute and writing overlap and at most
+//! a few windows are in memory at once. Output goes to `<out>.partial` (a journal beside it lists
+//! finished tiles) and is renamed into place when complete; `--resume` continues from the journal,
+//! `--shard i/n` computes every n-th tile into a shared OME-Zarr.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Format, OutSpec, OutType, Sink, Source, npy::NpySink, output_err, tiff_io::TiffSink, zarr_io::ZarrSink};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::normalize::{self, NormSpec};
+use crate::pipeline::PadMode;
+use crate::tensor::Tensor;
+use crate::tile_grid::{Tile, TileGrid, round_up};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputKind {
+    Labels,
+    Probs,
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub tile: (usize, usize),
+    pub halo: usize,
+    /// One window over the whole padded image, no halo: the reference run.
+    pub whole: bool,
+    pub pad: PadMode,
+    pub norm: NormSpec,
+    pub kind: OutputKind,
+    /// Probabilities as f16 instead of f32.
+    pub probs_f16: bool,
+    pub format: Format,
+    pub resume: bool,
+    /// (i, n): compute tiles with index % n == i.
+    pub shard: Option<(usize, usize)>,
+    /// Test hook: abort the process (no clean-up) after this many tiles are journaled.
+    pub abort_after: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub output: String,
+    pub complete: bool,
+    pub image: (usize, usize, usize),
+    pub tile: (usize, usize),
+    pub halo: usize,
+    pub tiles_total: usize,
+    pub tiles_computed: usize,
+    pub tiles_resumed: usize,
+    pub seconds: f64,
+    pub megapixels_per_second: f64,
+    pub normalization: Vec<(f64, f64)>,
+    pub peak_rss_bytes: Option<usize>,
+    pub retries: Vec<String>,
+}
+
+/// What must match for a partial output to be resumed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct JournalHeader {
+    version: u32,
+    model: String,
+    image: (usize, usize, usize),
+    tile: (usize, usize),
+    halo: usize,
+    pad: String,
+    stats: Vec<(u64, u64)>,
+    spec: OutSpec,
+    shard: Option<(usize, usize)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalEntry {
+    tile: usize,
+    sink: serde_json::Value,
+}
+
+/// Peak resident memory of this process so far (Linux), in bytes.
+pub fn peak_rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: usize = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Largest divisor of `n` that is a multiple of `m` and at most `cap`, if any.
+fn divisor(n: usize, m: usize, cap: usize) -> Option<usize> {
+    (1..=cap / m).rev().map(|k| k * m).find(|&d| n.is_multiple_of(d))
+}
+
+/// Chunk edge for the output: divides every tile stride so each tile writes whole chunks.
+pub fn chunk_for(format: Format, tile: (usize, usize), single_tile: bool) -> Result<usize> {
+    if single_tile {
+        return Ok(256);
+    }
+    let g = gcd(tile.0, tile.1);
+    match format {
+        Format::Tiff => divisor(g, 16, 1024).ok_or_else(|| {
+            Error::Tiling(format!(
+                "TIFF output needs tiles that are multiples of 16 (TIFF tile sizes are); {}x{} is not — \
+                 choose a multiple of 16 that is also a multiple of the model's A",
+                tile.0, tile.1
+            ))
+        }),
+        _ => Ok(divisor(g, 1, 1024).unwrap_or(g)),
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+fn journal_path(out: &Path, format: Format, shard: Option<(usize, usize)>) -> PathBuf {
+    match (format, shard) {
+        (Format::Zarr, Some((i, n))) => partial_path(out).join(format!("seamless-shard-{i}-of-{n}.journal")),
+        (Format::Zarr, None) => partial_path(out).join("seamless.journal"),
+        _ => {
+            let mut s = partial_path(out).into_os_string();
+            s.push(".journal");
+            PathBuf::from(s)
+        }
+    }
+}
+
+fn remove_any(p: &Path) {
+    if p.is_dir() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Read the window `[y0, y0+h) x [x0, x0+w)` of the image padded to `(ph, pw)` (zeros or
+/// mirrored), normalised.
+fn read_window(src: &mut dyn Source, t: &Tile, pad: PadMode, stats: &[(f64, f64)]) -> Result<Tensor> {
+    let (ih, iw, c) = src.shape();
+    let (y0, x0, h, w) = (t.win_y0, t.win_x0, t.win_h, t.win_w);
+    let inside = |v0: usize, n: usize, size: usize| (v0.min(size), (v0 + n).min(size));
+    let (ry0, ry1) = inside(y0, h, ih);
+    let (rx0, rx1) = inside(x0, w, iw);
+    let mut win = Tensor::zeros(c, h, w);
+    if ry1 > ry0 && rx1 > rx0 {
+        let mut part = src.read(ry0, rx0, ry1 - ry0, rx1 - rx0)?;
+        normalize::apply(&mut part, stats);
+        win.paste(&part, 0, 0, ry0 - y0, rx0 - x0, ry1 - ry0, rx1 - rx0);
+    }
+    if pad == PadMode::Reflect && (y0 + h > ih || x0 + w > iw) {
+        // Mirrored rows/columns past the edge, read from the image (numpy's 'reflect').
+        let reflect = |i: usize, n: usize| -> usize {
+            if n == 1 {
+                return 0;
+            }
+            let p = 2 * (n - 1);
+            let m = i % p;
+            if m < n { m } else { p - m }
+        };
+        let ys: Vec<usize> = (y0..y0 + h).map(|y| reflect(y, ih)).collect();
+        let xs: Vec<usize> = (x0..x0 + w).map(|x| reflect(x, iw)).collect();
+        let (sy0, sy1) = (*ys.iter().min().unwrap(), *ys.iter().max().unwrap() + 1);
+        let (sx0, sx1) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap() + 1);
+        let mut block = src.read(sy0, sx0, sy1 - sy0, sx1 - sx0)?;
+        normalize::apply(&mut block, stats);
+        for ch in 0..c {
+            for (wy, &sy) in ys.iter().enumerate() {
+                for (wx, &sx) in xs.iter().enumerate() {
+                    if y0 + wy >= ih || x0 + wx >= iw {
+                        win.data[(ch * h + wy) * w + wx] = block.at(ch, sy - sy0, sx - sx0);
+                    }
+                }
+            }
+        }
+    }
+    Ok(win)
+}
+
+/// The network's output for `t`'s interior from its window, retrying as smaller tiles (cut from
+/// the same window) when the backend runs out of memory.
+fn compute_tile(
+    backend: &dyn Backend,
+    model: &Model,
+    t: &Tile,
+    win: &Tensor,
+    halo: usize,
+    dims: (usize, usize),
+    retries: &mut Vec<String>,
+) -> Result<Tensor> {
+    let a = model.align();
+    match backend.run(&model.graph, win) {
+        Ok(y) => Ok(y.window(t.y0 - t.win_y0, t.x0 - t.win_x0, t.h, t.w)),
+        Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
+            let (sh, sw) = ((t.h / 2).max(a) / a * a, (t.w / 2).max(a) / a * a);
+            retries.push(format!(
+                "out of memory for {what} ({bytes} bytes); tile at ({}, {}) retried as {sh}x{sw} tiles",
+                t.y0, t.x0
+            ));
+            let mut out = Tensor::zeros(model.classes(), t.h, t.w);
+            for y0 in (t.y0..t.y0 + t.h).step_by(sh) {
+                for x0 in (t.x0..t.x0 + t.w).step_by(sw) {
+                    let (h, w) = (sh.min(t.y0 + t.h - y0), sw.min(t.x0 + t.w - x0));
+                    let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
+                    let (wy1, wx1) = ((y0 + h + halo).min(dims.0), (x0 + w + halo).min(dims.1));
+                    let sub = Tile { y0, x0, h, w, win_y0: wy0, win_x0: wx0, win_h: wy1 - wy0, win_w: wx1 - wx0 };
+                    let sub_win = win.window(wy0 - t.win_y0, wx0 - t.win_x0, sub.win_h, sub.win_w);
+                    let y = compute_tile(backend, model, &sub, &sub_win, halo, dims, retries)?;
+                    out.paste(&y, 0, 0, y0 - t.y0, x0 - t.x0, h, w);
+                }
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn open_sink(
+    format: Format,
+    path: &Path,
+    spec: OutSpec,
+    journal: Option<&[serde_json::Value]>,
+) -> Result<Box<dyn Sink>> {
+    Ok(match format {
+        Format::Npy => Box::new(NpySink::create(path, spec, journal.is_some())?),
+        Format::Tiff => Box::new(TiffSink::create(path, spec, journal)?),
+        Format::Zarr => Box::new(ZarrSink::create(path, spec)?),
+        Format::Png => Box::new(PngSink::new(path, spec)?),
+    })
+}
+
+/// PNG holds small label images: the whole image is kept and encoded at the end.
+struct PngSink {
+    path: PathBuf,
+    img: Tensor,
+    classes_wide: bool,
+}
+
+impl PngSink {
+    fn new(path: &Path, spec: OutSpec) -> Result<PngSink> {
+        if spec.channels != 1 {
+            return Err(output_err(path, "PNG holds labels only; write probabilities to .npy, .tif or .zarr"));
+        }
+        Ok(PngSink {
+            path: path.to_path_buf(),
+            img: Tensor::zeros(1, spec.height, spec.width),
+            classes_wide: spec.out == OutType::U16,
+        })
+    }
+}
+
+impl Sink for PngSink {
+    fn write(&mut self, y0: usize, x0: usize, t: &Tensor) -> Result<()> {
+        self.img.paste(t, 0, 0, y0, x0, t.h, t.w);
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        let file = File::create(&self.path).map_err(|e| output_err(&self.path, format!("cannot create: {e}")))?;
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), self.img.w as u32, self.img.h as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        let bytes: Vec<u8> = if self.classes_wide {
+            enc.set_depth(png::BitDepth::Sixteen);
+            self.img.data.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect()
+        } else {
+            enc.set_depth(png::BitDepth::Eight);
+            self.img.data.iter().map(|&v| v as u8).collect()
+        };
+        let err = |e: png::EncodingError| output_err(&self.path, format!("write failed: {e}"));
+        let mut wr = enc.write_header().map_err(err)?;
+        wr.write_image_data(&bytes).map_err(err)?;
+        wr.finish().map_err(err)
+    }
+}
+
+/// Run `model` over `src` into `out`. `progress(done, total, megapixels_done)` after each tile.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    mut src: Box<dyn Source>,
+    model: &Model,
+    backend: &dyn Backend,
+    out: &Path,
+    opts: &StreamOptions,
+    progress: &mut dyn FnMut(usize, usize, f64),
+    note: &mut dyn FnMut(&str),
+) -> Result<Summary> {
+    let t0 = Instant::now();
+    let (ih, iw, ic) = src.shape();
+    if ic != model.in_channels() {
+        return Err(Error::Shape(format!("the image has {ic} channel(s), the model expects {}", model.in_channels())));
+    }
+    let a = model.align();
+    let (ph, pw) = (round_up(ih, a), round_up(iw, a));
+    let (tile, halo) = if opts.whole { ((ph, pw), 0) } else { (opts.tile, opts.halo) };
+    let grid = TileGrid::new(ph, pw, tile.0, tile.1, halo, a)?;
+    if opts.shard.is_some() && opts.format != Format::Zarr {
+        return Err(Error::Usage("--shard needs an OME-Zarr output (.zarr): the shards fill it together".into()));
+    }
+    if let Some((i, n)) = opts.shard
+        && (n == 0 || i >= n)
+    {
+        return Err(Error::Usage(format!("--shard {i}/{n}: need 0 <= i < n")));
+    }
+    let (channels, out_type) = match opts.kind {
+        OutputKind::Labels => (1, if model.classes() > 256 { OutType::U16 } else { OutType::U8 }),
+        OutputKind::Probs => (model.classes(), if opts.probs_f16 { OutType::F16 } else { OutType::F32 }),
+    };
+    let chunk = chunk_for(opts.format, tile, grid.tiles.len() == 1)?;
+    let spec = OutSpec { height: ih, width: iw, channels, out: out_type, chunk };
+    if opts.kind == OutputKind::Probs && opts.format == Format::Png {
+        return Err(output_err(out, "PNG holds labels only; write probabilities to .npy, .tif or .zarr"));
+    }
+
+    // Statistics over the whole image, streamed in bands.
+    let stats = normalize::statistics_with(&opts.norm, ic, &mut |f| {
+        for y0 in (0..ih).step_by(normalize::BAND) {
+            f(&src.read(y0, 0, normalize::BAND.min(ih - y0), iw)?);
+        }
+        Ok(())
+    })?;
+
+    // The partial output and its journal.
+    let partial = partial_path(out);
+    let jpath = journal_path(out, opts.format, opts.shard);
+    let header = JournalHeader {
+        version: 1,
+        model: format!("{} {}", model.config.config_json(), model_fingerprint(model)),
+        image: (ih, iw, ic),
+        tile,
+        halo,
+        pad: format!("{:?}", opts.pad),
+        stats: stats.iter().map(|&(s, o)| (s.to_bits(), o.to_bits())).collect(),
+        spec,
+        shard: opts.shard,
+    };
+    let (done, sink_journal) = if opts.resume && jpath.exists() {
+        read_journal(&jpath, &header)?
+    } else {
+        if partial.exists() && opts.shard.is_none() {
+            note(&format!("removing an earlier unfinished output {} (use --resume to continue it)", partial.display()));
+            remove_any(&partial);
+            remove_any(&jpath);
+        }
+        (HashSet::new(), Vec::new())
+    };
+    if let Some(parent) = partial.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(output_err(out, format!("directory {} does not exist", parent.display())));
+    }
+    if out.exists() && opts.shard.is_none() && out.is_dir() != (opts.format == Format::Zarr) {
+        return Err(output_err(out, "exists and is not an output of this kind (a directory where a file goes?)"));
+    }
+    let resuming = !done.is_empty();
+    let sink = open_sink(opts.format, &partial, spec, resuming.then_some(&sink_journal[..]))?;
+    let mut journal = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&jpath)
+        .map_err(|e| output_err(out, format!("cannot write the journal {}: {e}", jpath.display())))?;
+    if !resuming {
+        journal.set_len(0).ok();
+        writeln!(journal, "{}", serde_json::to_string(&header).expect("serialisable"))
+            .map_err(|e| output_err(out, format!("journal: {e}")))?;
+    }
+
+    let todo: Vec<(usize, Tile)> = grid
+        .tiles
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(i, _)| opts.shard.is_none_or(|(s, n)| i % n == s))
+        .filter(|(i, _)| !done.contains(i))
+        .collect();
+    let total = todo.len() + done.len();
+    let resumed = done.len();
+    if resumed > 0 {
+        note(&format!("resuming: {resumed} of {total} tiles already done"));
+    }
+    let mut retries = Vec::new();
+    let mut computed = 0usize;
+    let mut mpx = 0f64;
+    let abort_after = opts.abort_after;
+
+    // Reader -> compute (this thread) -> writer, bounded queues of two tiles each.
+    let result: Result<Box<dyn Sink>> = std::thread::scope(|scope| {
+        let (win_tx, win_rx) = sync_channel::<Result<(usize, Tile, Tensor)>>(2);
+        let (out_tx, out_rx) = sync_channel::<(usize, Tile, Tensor)>(2);
+        let pad = opts.pad;
+        let stats_r = &stats;
+        let todo_r = &todo;
+        let reader = scope.spawn(move || {
+            for &(i, t) in todo_r {
+                let w = read_window(src.as_mut(), &t, pad, stats_r).map(|w| (i, t, w));
+                let failed = w.is_err();
+                if win_tx.send(w).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let jpath_w = &jpath;
+        let writer = scope.spawn(move || -> Result<(Box<dyn Sink>, usize)> {
+            let mut sink = sink;
+            let mut n = 0;
+            for (i, t, y) in out_rx {
+                let visible = y.window(0, 0, t.h.min(ih.saturating_sub(t.y0)), t.w.min(iw.saturating_sub(t.x0)));
+                if visible.h > 0 && visible.w > 0 {
+                    sink.write(t.y0, t.x0, &visible)?;
+                }
+                let delta = sink.sync()?;
+                let line = serde_json::to_string(&JournalEntry { tile: i, sink: delta }).expect("serialisable");
+                writeln!(journal, "{line}")
+                    .and_then(|_| journal.sync_data())
+                    .map_err(|e| output_err(jpath_w, format!("journal: {e}")))?;
+                n += 1;
+                if abort_after == Some(n) {
+                    std::process::abort();
+                }
+            }
+            Ok((sink, n))
+        });
+        let mut failure = None;
+        for item in win_rx {
+            let (i, t, win) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let y = match compute_tile(backend, model, &t, &win, halo, (ph, pw), &mut retries) {
+                Ok(y) => y,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let y = match opts.kind {
+                OutputKind::Labels => crate::cpu::softmax::argmax(&y),
+                OutputKind::Probs => y,
+            };
+            if out_tx.send((i, t, y)).is_err() {
+                break; // the writer failed; its error is reported below
+            }
+            computed += 1;
+            mpx += (t.h.min(ih.saturating_sub(t.y0)) * t.w.min(iw.saturating_sub(t.x0))) as f64 / 1e6;
+            progress(resumed + computed, total, mpx);
+        }
+        drop(out_tx);
+        let _ = reader.join();
+        let written = writer.join().map_err(|_| Error::Backend("the writer thread panicked".into()))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let (sink, n) = written?;
+        debug_assert_eq!(n, computed);
+        Ok(sink)
+    });
+    let sink = result?;
+    for r in &retries {
+        note(r);
+    }
+
+    // Complete: finish the container, then move it into place (shards: the last one does).
+    let complete = match opts.shard {
+        None => {
+            sink.finish()?;
+            remove_any(out);
+            std::fs::rename(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))?;
+            remove_any(&jpath);
+            true
+        }
+        Some((i, n)) => {
+            sink.finish()?;
+            std::fs::write(partial.join(format!("seamless-shard-{i}-of-{n}.done")), b"")
+                .map_err(|e| output_err(out, format!("cannot mark shard done: {e}")))?;
+            let all = (0..n).all(|k| partial.join(format!("seamless-shard-{k}-of-{n}.done")).exists());
+            if all {
+                for k in 0..n {
+                    let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.done")));
+                    let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.journal")));
+                }
+                match std::fs::rename(&partial, out) {
+                    Ok(()) => true,
+                    // Another shard finished at the same moment and moved it already.
+                    Err(_) if out.exists() && !partial.exists() => true,
+                    Err(e) => return Err(output_err(out, format!("cannot move into place: {e}"))),
+                }
+            } else {
+                false
+            }
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(Summary {
+        output: out.display().to_string(),
+        complete,
+        image: (ih, iw, ic),
+        tile,
+        halo,
+        tiles_total: total,
+        tiles_computed: computed,
+        tiles_resumed: resumed,
+        seconds: secs,
+        megapixels_per_second: mpx / secs.max(1e-9),
+        normalization: stats,
+        peak_rss_bytes: peak_rss(),
+        retries,
+    })
+}
+
+/// A cheap fingerprint of the weights, so a resume with another model is refused.
+fn model_fingerprint(model: &Model) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for node in &model.graph.nodes {
+        if let crate::graph::Op::Conv2d(c) = &node.op {
+            for v in c.weight.iter().step_by(97).chain(&c.bias) {
+                h = (h ^ v.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+fn read_journal(path: &Path, want: &JournalHeader) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
+    let bad = |m: String| Error::Output { path: path.to_path_buf(), msg: m };
+    let file = File::open(path).map_err(|e| bad(format!("cannot read the journal: {e}")))?;
+    let mut lines = BufReader::new(file).lines();
+    let head: JournalHeader = lines
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .ok_or_else(|| bad("the journal is unreadable; rerun without --resume".into()))?;
+    if &head != want {
+        return Err(bad(
+            "the unfinished output was made with other settings (model, image, tile, halo, normalisation or \
+             output type differ); rerun without --resume to start over"
+                .into(),
+        ));
+    }
+    let (mut done, mut sink) = (HashSet::new(), Vec::new());
+    for line in lines.map_while(|l| l.ok()) {
+        // A torn last line (killed mid-write) is ignored: that tile is simply redone.
+        if let Ok(e) = serde_json::from_str::<JournalEntry>(&line) {
+            done.insert(e.tile);
+            sink.push(e.sink);
+        }
+    }
+    Ok((done, sink))
+}
+
+/// Write an image produced band by band (`band(y0, rows)` gives rows `y0..y0+rows`, all columns)
+/// to `out` in `format`, under a temporary name renamed when complete. Memory: one band.
+pub fn write_bands(
+    out: &Path,
+    format: Format,
+    spec: OutSpec,
+    band: &mut dyn FnMut(usize, usize) -> Result<Tensor>,
+) -> Result<()> {
+    let partial = partial_path(out);
+    remove_any(&partial);
+    let mut sink = open_sink(format, &partial, spec, None)?;
+    let rows = spec.chunk.max(1);
+    let result = (|| {
+        for y0 in (0..spec.height).step_by(rows) {
+            let t = band(y0, rows.min(spec.height - y0))?;
+            sink.write(y0, 0, &t)?;
+        }
+        sink.finish()
+    })();
+    if let Err(e) = result {
+        remove_any(&partial);
+        return Err(e);
+    }
+    remove_any(out);
+    std::fs::rename(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))
+}

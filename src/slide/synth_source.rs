@@ -1,0 +1,42 @@
+//! `synth:WxH[:seed]`: the synthetic cell generator as an image source of any size, generated a
+//! window at a time (nothing is stored).
+
+use super::Source;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub struct SynthSource {
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+}
+
+impl SynthSource {
+    /// `WxH` or `WxH:seed`.
+    pub fn parse(spec: &str) -> Result<SynthSource> {
+        let bad = || Error::Usage(format!("synth:{spec}: expected synth:WxH or synth:WxH:seed"));
+        let (size, seed) = match spec.split_once(':') {
+            Some((s, seed)) => (s, seed.parse().map_err(|_| bad())?),
+            None => (spec, 1),
+        };
+        let (w, h) = size.split_once('x').ok_or_else(bad)?;
+        let (width, height): (usize, usize) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+        if width == 0 || height == 0 {
+            return Err(bad());
+        }
+        Ok(SynthSource { width, height, seed })
+    }
+}
+
+impl Source for SynthSource {
+    fn shape(&self) -> (usize, usize, usize) {
+        (self.height, self.width, 1)
+    }
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
+        let (img, _) = crate::synth::generate(self.seed, x0 as i64, y0 as i64, w, h);
+        Ok(Tensor::from_vec(1, h, w, img.into_iter().map(f32::from).collect()))
+    }
+    fn sample_type(&self) -> &'static str {
+        "u8"
+    }
+}

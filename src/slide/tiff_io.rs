@@ -1,0 +1,321 @@
+//! TIFF and BigTIFF. Reading (tiled or striped; 8/16-bit integer or 32-bit float samples; one or
+//! more channels, chunky; any compression the `tiff` crate decodes: none, LZW, Deflate, PackBits)
+//! decodes only the chunks a window touches, keeping a small cache of recent ones. Writing produces
+//! a tiled, Deflate-compressed BigTIFF whose tiles are appended as compute tiles finish; the
+//! directory goes at the end. (The `tiff` crate's encoder writes whole images or strips, so the
+//! container is written here: a header, tiles, one IFD.)
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::ZlibEncoder;
+use tiff::ColorType;
+use tiff::decoder::{ChunkType, Decoder, DecodingResult};
+
+use super::{OutSpec, OutType, Sink, Source, encode, input_err, output_err};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+pub struct TiffSource {
+    dec: Decoder<BufReader<File>>,
+    path: PathBuf,
+    h: usize,
+    w: usize,
+    c: usize,
+    chunk_w: usize,
+    chunk_h: usize,
+    tiled: bool,
+    sample: &'static str,
+    cache: HashMap<u32, (usize, usize, Vec<f32>)>,
+    order: VecDeque<u32>,
+}
+
+/// Decoded chunks kept for windows that overlap (halos): about 64 MiB of f32 samples.
+const CACHE_VALUES: usize = 16 << 20;
+
+impl TiffSource {
+    pub fn open(path: &Path) -> Result<TiffSource> {
+        let bad = |e: tiff::TiffError| input_err(path, format!("not a readable TIFF: {e}"));
+        let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+        let mut dec = Decoder::new(BufReader::new(file)).map_err(bad)?;
+        let (w, h) = dec.dimensions().map_err(bad)?;
+        let (c, sample) = match dec.colortype().map_err(bad)? {
+            ColorType::Gray(8) => (1, "u8"),
+            ColorType::Gray(16) => (1, "u16"),
+            ColorType::Gray(32) => (1, "f32 or u32"),
+            ColorType::RGB(8) => (3, "u8"),
+            ColorType::RGB(16) => (3, "u16"),
+            ColorType::RGB(32) => (3, "f32 or u32"),
+            ColorType::RGBA(8) => (4, "u8"),
+            ColorType::Multiband { bit_depth: 8, num_samples } => (num_samples as usize, "u8"),
+            ColorType::Multiband { bit_depth: 16, num_samples } => (num_samples as usize, "u16"),
+            ColorType::Multiband { bit_depth: 32, num_samples } => (num_samples as usize, "f32 or u32"),
+            other => {
+                return Err(input_err(
+                    path,
+                    format!("unsupported TIFF sample layout {other:?} (8/16-bit integer or 32-bit float)"),
+                ));
+            }
+        };
+        if let Ok(Some(2)) = dec.find_tag_unsigned::<u16>(tiff::tags::Tag::PlanarConfiguration) {
+            return Err(input_err(path, "planar (separate) TIFF channels are not supported; use chunky (interleaved)"));
+        }
+        let tiled = dec.get_chunk_type() == ChunkType::Tile;
+        let (cw, ch) = dec.chunk_dimensions();
+        Ok(TiffSource {
+            dec,
+            path: path.to_path_buf(),
+            h: h as usize,
+            w: w as usize,
+            c,
+            chunk_w: cw as usize,
+            chunk_h: ch as usize,
+            tiled,
+            sample,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+        })
+    }
+
+    /// Chunk `index` as (width, height, interleaved f32 samples).
+    fn chunk(&mut self, index: u32) -> Result<&(usize, usize, Vec<f32>)> {
+        if !self.cache.contains_key(&index) {
+            let data = self.dec.read_chunk(index).map_err(|e| {
+                input_err(&self.path, format!("cannot decode chunk {index} (corrupt or truncated?): {e}"))
+            })?;
+            let (cw, chh) = self.dec.chunk_data_dimensions(index);
+            let values: Vec<f32> = match data {
+                DecodingResult::U8(v) => v.into_iter().map(f32::from).collect(),
+                DecodingResult::U16(v) => v.into_iter().map(f32::from).collect(),
+                DecodingResult::U32(v) => v.into_iter().map(|x| x as f32).collect(),
+                DecodingResult::F32(v) => v,
+                DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+                DecodingResult::I8(v) => v.into_iter().map(f32::from).collect(),
+                DecodingResult::I16(v) => v.into_iter().map(f32::from).collect(),
+                _ => return Err(input_err(&self.path, "unsupported TIFF sample type")),
+            };
+            // A chunk holds its padded size for tiles, its data size for strips.
+            let stride_w = if self.tiled { self.chunk_w } else { cw as usize };
+            if values.len() < stride_w * (chh as usize) * self.c {
+                return Err(input_err(&self.path, format!("chunk {index} is shorter than its dimensions (corrupt?)")));
+            }
+            let cap = (CACHE_VALUES / (self.chunk_w * self.chunk_h * self.c).max(1)).max(4);
+            while self.order.len() >= cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.cache.remove(&old);
+                }
+            }
+            self.cache.insert(index, (stride_w, chh as usize, values));
+            self.order.push_back(index);
+        }
+        Ok(&self.cache[&index])
+    }
+}
+
+impl Source for TiffSource {
+    fn shape(&self) -> (usize, usize, usize) {
+        (self.h, self.w, self.c)
+    }
+
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
+        let mut t = Tensor::zeros(self.c, h, w);
+        let (cw, chh, c, tiled, img_w) = (self.chunk_w, self.chunk_h, self.c, self.tiled, self.w);
+        let across = if self.tiled { self.w.div_ceil(cw) } else { 1 };
+        for cy in y0 / chh..(y0 + h).div_ceil(chh) {
+            let (cx0, cx1) = if self.tiled { (x0 / cw, (x0 + w).div_ceil(cw)) } else { (0, 1) };
+            for cx in cx0..cx1 {
+                let index = (cy * across + cx) as u32;
+                let (stride, rows, ref vals) = *self.chunk(index)?;
+                let (ox, oy) = (if tiled { cx * cw } else { 0 }, cy * chh);
+                let ys = y0.max(oy)..(y0 + h).min(oy + rows);
+                let xs = x0.max(ox)..(x0 + w).min(ox + stride).min(img_w);
+                for y in ys {
+                    for x in xs.clone() {
+                        let src = ((y - oy) * stride + (x - ox)) * c;
+                        for ch in 0..c {
+                            t.data[(ch * h + y - y0) * w + x - x0] = vals[src + ch];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    fn sample_type(&self) -> &'static str {
+        self.sample
+    }
+}
+
+/// Tiled, Deflate-compressed BigTIFF, tiles appended in completion order.
+pub struct TiffSink {
+    file: File,
+    path: PathBuf,
+    spec: OutSpec,
+    pos: u64,
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+    /// Tiles written since the last sync: (index, offset, bytes).
+    fresh: Vec<(usize, u64, u64)>,
+}
+
+impl TiffSink {
+    fn across(spec: &OutSpec) -> usize {
+        spec.width.div_ceil(spec.chunk)
+    }
+
+    /// A new file, or (resuming) the partial one with the tiles `journal` lists.
+    pub fn create(path: &Path, spec: OutSpec, journal: Option<&[serde_json::Value]>) -> Result<TiffSink> {
+        if !spec.chunk.is_multiple_of(16) || spec.chunk == 0 {
+            return Err(output_err(path, format!("TIFF tile size {} is not a multiple of 16", spec.chunk)));
+        }
+        let err = |e: std::io::Error| output_err(path, format!("cannot create: {e}"));
+        let n = Self::across(&spec) * spec.height.div_ceil(spec.chunk);
+        // Resuming reopens without truncating, then cuts back to what the journal says is durable.
+        let file = match journal {
+            Some(_) => std::fs::OpenOptions::new().read(true).write(true).open(path),
+            None => File::create(path),
+        }
+        .map_err(err)?;
+        let mut sink = TiffSink {
+            file,
+            path: path.to_path_buf(),
+            spec,
+            pos: 16,
+            offsets: vec![0; n],
+            counts: vec![0; n],
+            fresh: Vec::new(),
+        };
+        if let Some(entries) = journal {
+            for e in entries.iter().flat_map(|v| v.as_array().cloned().unwrap_or_default()) {
+                let t: (usize, u64, u64) =
+                    serde_json::from_value(e).map_err(|e| output_err(path, format!("journal: {e}")))?;
+                sink.offsets[t.0] = t.1;
+                sink.counts[t.0] = t.2;
+                sink.pos = sink.pos.max(t.1 + t.2);
+            }
+            sink.file.set_len(sink.pos).map_err(err)?;
+        } else {
+            // BigTIFF header: little-endian, version 43, 8-byte offsets; IFD offset patched at the end.
+            let mut head = b"II\x2b\x00\x08\x00\x00\x00".to_vec();
+            head.extend_from_slice(&0u64.to_le_bytes());
+            sink.file.write_all(&head).map_err(err)?;
+        }
+        Ok(sink)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<u64> {
+        let at = self.pos;
+        self.file
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| self.file.write_all(bytes))
+            .map_err(|e| output_err(&self.path, format!("write failed: {e}")))?;
+        self.pos += bytes.len() as u64;
+        Ok(at)
+    }
+}
+
+impl Sink for TiffSink {
+    fn write(&mut self, y0: usize, x0: usize, t: &Tensor) -> Result<()> {
+        let (ct, c) = (self.spec.chunk, self.spec.channels);
+        if !y0.is_multiple_of(ct) || !x0.is_multiple_of(ct) {
+            return Err(output_err(
+                &self.path,
+                format!("internal: region at ({y0}, {x0}) is not on the {ct}-px TIFF tile grid"),
+            ));
+        }
+        let hw = t.h * t.w;
+        for ty in (0..t.h).step_by(ct) {
+            for tx in (0..t.w).step_by(ct) {
+                let mut raw = Vec::with_capacity(ct * ct * c * self.spec.out.bytes());
+                for y in ty..ty + ct {
+                    for x in tx..tx + ct {
+                        for ch in 0..c {
+                            // TIFF tiles are full size; pixels past the image edge are zero.
+                            let v = if y < t.h && x < t.w { t.data[ch * hw + y * t.w + x] } else { 0.0 };
+                            encode(v, self.spec.out, &mut raw);
+                        }
+                    }
+                }
+                let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
+                z.write_all(&raw).map_err(|e| output_err(&self.path, format!("compressing: {e}")))?;
+                let packed = z.finish().map_err(|e| output_err(&self.path, format!("compressing: {e}")))?;
+                let index = ((y0 + ty) / ct) * Self::across(&self.spec) + (x0 + tx) / ct;
+                let at = self.append(&packed)?;
+                self.offsets[index] = at;
+                self.counts[index] = packed.len() as u64;
+                self.fresh.push((index, at, packed.len() as u64));
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<serde_json::Value> {
+        self.file.sync_data().map_err(|e| output_err(&self.path, format!("write failed: {e}")))?;
+        Ok(serde_json::to_value(std::mem::take(&mut self.fresh)).expect("serialisable"))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        if let Some(i) = self.counts.iter().position(|&n| n == 0) {
+            return Err(output_err(&self.path, format!("internal: TIFF tile {i} was never written")));
+        }
+        let s = self.spec;
+        let c = s.channels as u64;
+        let (bits, format) = match s.out {
+            OutType::U8 => (8u16, 1u16),
+            OutType::U16 => (16, 1),
+            OutType::F16 => (16, 3),
+            OutType::F32 => (32, 3),
+        };
+        let arrays = |this: &mut TiffSink, bytes: Vec<u8>| -> Result<u64> {
+            if this.pos % 2 == 1 {
+                this.append(&[0])?;
+            }
+            this.append(&bytes)
+        };
+        let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let le64 = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        // (tag, type, count, value bytes); values over 8 bytes go out of line.
+        let mut entries: Vec<(u16, u16, u64, Vec<u8>)> = vec![
+            (256, 4, 1, (s.width as u32).to_le_bytes().to_vec()),
+            (257, 4, 1, (s.height as u32).to_le_bytes().to_vec()),
+            (258, 3, c, le16(&vec![bits; s.channels])),
+            (259, 3, 1, le16(&[8])),
+            (262, 3, 1, le16(&[if s.channels == 3 { 2 } else { 1 }])),
+            (277, 3, 1, le16(&[s.channels as u16])),
+            (284, 3, 1, le16(&[1])),
+            (322, 4, 1, (s.chunk as u32).to_le_bytes().to_vec()),
+            (323, 4, 1, (s.chunk as u32).to_le_bytes().to_vec()),
+            (324, 16, self.offsets.len() as u64, le64(&self.offsets.clone())),
+            (325, 16, self.counts.len() as u64, le64(&self.counts.clone())),
+            (339, 3, c, le16(&vec![format; s.channels])),
+        ];
+        if s.channels > 1 && s.channels != 3 {
+            entries.push((338, 3, c - 1, le16(&vec![0; s.channels - 1])));
+        }
+        entries.sort_by_key(|e| e.0);
+        let mut ifd = Vec::new();
+        ifd.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (tag, ty, count, bytes) in entries {
+            let value = if bytes.len() <= 8 {
+                let mut v = bytes.clone();
+                v.resize(8, 0);
+                v
+            } else {
+                arrays(&mut self, bytes)?.to_le_bytes().to_vec()
+            };
+            ifd.extend_from_slice(&tag.to_le_bytes());
+            ifd.extend_from_slice(&ty.to_le_bytes());
+            ifd.extend_from_slice(&count.to_le_bytes());
+            ifd.extend_from_slice(&value);
+        }
+        ifd.extend_from_slice(&0u64.to_le_bytes());
+        let ifd_at = arrays(&mut self, ifd)?;
+        let err = |e: std::io::Error| output_err(&self.path, format!("write failed: {e}"));
+        self.file.seek(SeekFrom::Start(8)).and_then(|_| self.file.write_all(&ifd_at.to_le_bytes())).map_err(err)?;
+        self.file.sync_all().map_err(err)
+    }
+}

@@ -1,0 +1,251 @@
+//! OME-Zarr in (Zarr v2 and v3, through `zarrs`: the first multiscale level, or a plain array) and
+//! out (Zarr v3, OME-NGFF 0.5 `c, y, x`, chunks that divide the compute tile so each tile writes
+//! whole chunks: several processes can fill one output, see `--shard`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use zarrs::array::{Array, ArrayBuilder, data_type};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::group::{Group, GroupBuilder};
+
+use super::{OutSpec, OutType, Sink, Source, input_err, output_err};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+type Store = FilesystemStore;
+
+pub struct ZarrSource {
+    array: Array<Store>,
+    path: PathBuf,
+    /// Axis index of y, x and (if any) c; every other axis has length 1.
+    y: usize,
+    x: usize,
+    c: Option<usize>,
+    shape: Vec<u64>,
+    sample: &'static str,
+}
+
+/// Path of the first multiscale dataset and the axis names, from OME-NGFF 0.4 or 0.5 attributes.
+fn multiscale(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<(String, Option<Vec<String>>)> {
+    let ms = attrs.get("multiscales").or_else(|| attrs.get("ome")?.get("multiscales"))?.get(0)?;
+    let path = ms.get("datasets")?.get(0)?.get("path")?.as_str()?.to_string();
+    let axes = ms.get("axes").and_then(|a| {
+        a.as_array()?
+            .iter()
+            .map(|x| x.get("name").and_then(|n| n.as_str()).or_else(|| x.as_str()).map(str::to_string))
+            .collect::<Option<Vec<String>>>()
+    });
+    Some((path, axes))
+}
+
+impl ZarrSource {
+    pub fn open(path: &Path) -> Result<ZarrSource> {
+        let err = |m: String| input_err(path, m);
+        let store = Arc::new(Store::new(path).map_err(|e| err(format!("cannot open: {e}")))?);
+        let (array, axes) = match Array::open(store.clone(), "/") {
+            Ok(a) => (a, None),
+            Err(_) => {
+                let group = Group::open(store.clone(), "/")
+                    .map_err(|e| err(format!("neither a Zarr array nor a readable Zarr group: {e}")))?;
+                let (ds, axes) = multiscale(group.attributes())
+                    .ok_or_else(|| err("a Zarr group without OME-NGFF 'multiscales' metadata".into()))?;
+                let a = Array::open(store, &format!("/{}", ds.trim_start_matches('/')))
+                    .map_err(|e| err(format!("cannot open dataset '{ds}': {e}")))?;
+                (a, axes)
+            }
+        };
+        let shape = array.shape().to_vec();
+        let names: Vec<String> = axes
+            .or_else(|| {
+                array
+                    .dimension_names()
+                    .as_ref()
+                    .map(|d| d.iter().map(|n| n.as_deref().unwrap_or("").to_string()).collect())
+            })
+            .unwrap_or_default();
+        let find = |n: &str| names.iter().position(|a| a == n);
+        let (y, x, c) = match (find("y"), find("x")) {
+            (Some(y), Some(x)) => (y, x, find("c")),
+            _ => match shape.len() {
+                2 => (0, 1, None),
+                3 => (1, 2, Some(0)),
+                5 => (3, 4, Some(1)),
+                n => {
+                    return Err(err(format!(
+                        "{n}-dimensional array without axis names; expected (y, x), (c, y, x) or (t, c, z, y, x)"
+                    )));
+                }
+            },
+        };
+        for (i, &n) in shape.iter().enumerate() {
+            if i != y && i != x && Some(i) != c && n != 1 {
+                return Err(err(format!("axis {i} has length {n}; only y, x and c may be longer than 1")));
+            }
+        }
+        let dt = array.data_type();
+        let sample = if *dt == data_type::uint8() {
+            "u8"
+        } else if *dt == data_type::uint16() {
+            "u16"
+        } else if *dt == data_type::float32() {
+            "f32"
+        } else if *dt == data_type::int16() {
+            "i16"
+        } else if *dt == data_type::float64() {
+            "f64"
+        } else {
+            return Err(err(format!("unsupported Zarr data type {dt} (uint8, uint16, int16, float32, float64)")));
+        };
+        Ok(ZarrSource { array, path: path.to_path_buf(), y, x, c, shape, sample })
+    }
+}
+
+impl Source for ZarrSource {
+    fn shape(&self) -> (usize, usize, usize) {
+        let c = self.c.map_or(1, |c| self.shape[c] as usize);
+        (self.shape[self.y] as usize, self.shape[self.x] as usize, c)
+    }
+
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
+        let ranges: Vec<std::ops::Range<u64>> = (0..self.shape.len())
+            .map(|i| {
+                if i == self.y {
+                    y0 as u64..(y0 + h) as u64
+                } else if i == self.x {
+                    x0 as u64..(x0 + w) as u64
+                } else {
+                    0..self.shape[i]
+                }
+            })
+            .collect();
+        let subset = zarrs::array::ArraySubset::new_with_ranges(&ranges);
+        let bad = |e: zarrs::array::ArrayError| input_err(&self.path, format!("cannot read (corrupt chunk?): {e}"));
+        let values: Vec<f32> = match self.sample {
+            "u8" => {
+                self.array.retrieve_array_subset::<Vec<u8>>(&subset).map_err(bad)?.into_iter().map(f32::from).collect()
+            }
+            "u16" => {
+                self.array.retrieve_array_subset::<Vec<u16>>(&subset).map_err(bad)?.into_iter().map(f32::from).collect()
+            }
+            "i16" => {
+                self.array.retrieve_array_subset::<Vec<i16>>(&subset).map_err(bad)?.into_iter().map(f32::from).collect()
+            }
+            "f64" => self
+                .array
+                .retrieve_array_subset::<Vec<f64>>(&subset)
+                .map_err(bad)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            _ => self.array.retrieve_array_subset::<Vec<f32>>(&subset).map_err(bad)?,
+        };
+        // The subset is C-ordered over the array's axes; only c, y, x have extent > 1.
+        let c = self.shape().2;
+        let (cy, cx) = (self.y, self.x);
+        let chan_first = self.c.is_none_or(|ci| ci < cy.min(cx));
+        let mut t = Tensor::zeros(c, h, w);
+        if chan_first && cy < cx {
+            t.data.copy_from_slice(&values);
+        } else {
+            // y, x, c (channels last) or other orders: gather by strides.
+            let dims: Vec<usize> = ranges.iter().map(|r| (r.end - r.start) as usize).collect();
+            let stride = |axis: usize| dims[axis + 1..].iter().product::<usize>();
+            let (sy, sx, sc) = (stride(cy), stride(cx), self.c.map_or(0, stride));
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        t.data[(ch * h + y) * w + x] = values[y * sy + x * sx + ch * sc];
+                    }
+                }
+            }
+        }
+        if t.data.iter().any(|v| !v.is_finite()) {
+            return Err(input_err(&self.path, "contains NaN or infinite values"));
+        }
+        Ok(t)
+    }
+
+    fn sample_type(&self) -> &'static str {
+        self.sample
+    }
+}
+
+pub struct ZarrSink {
+    array: Array<Store>,
+    path: PathBuf,
+    spec: OutSpec,
+}
+
+impl ZarrSink {
+    /// Create the group and array (idempotent: shards of one job write identical metadata).
+    pub fn create(path: &Path, spec: OutSpec) -> Result<ZarrSink> {
+        let err = |m: String| output_err(path, m);
+        std::fs::create_dir_all(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        let store = Arc::new(Store::new(path).map_err(|e| err(format!("cannot create: {e}")))?);
+        let (dt, fill) = match spec.out {
+            OutType::U8 => (data_type::uint8(), zarrs::array::FillValue::from(0u8)),
+            OutType::U16 => (data_type::uint16(), zarrs::array::FillValue::from(0u16)),
+            OutType::F16 => (data_type::float16(), zarrs::array::FillValue::from(half::f16::ZERO)),
+            OutType::F32 => (data_type::float32(), zarrs::array::FillValue::from(0f32)),
+        };
+        let (c, h, w, k) = (spec.channels as u64, spec.height as u64, spec.width as u64, spec.chunk as u64);
+        let array = ArrayBuilder::new(vec![c, h, w], vec![c, k, k], dt, fill)
+            .bytes_to_bytes_codecs(vec![Arc::new(
+                zarrs::array::codec::GzipCodec::new(1).map_err(|e| err(format!("{e}")))?,
+            )])
+            .dimension_names(["c", "y", "x"].into())
+            .build(store.clone(), "/0")
+            .map_err(|e| err(format!("cannot create array: {e}")))?;
+        array.store_metadata().map_err(|e| err(format!("cannot write metadata: {e}")))?;
+        let ome = serde_json::json!({
+            "version": "0.5",
+            "multiscales": [{
+                "name": "seamless",
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space"},
+                    {"name": "x", "type": "space"}
+                ],
+                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]
+            }]
+        });
+        let mut group = GroupBuilder::new().build(store, "/").map_err(|e| err(format!("cannot create group: {e}")))?;
+        group.attributes_mut().insert("ome".into(), ome);
+        group.store_metadata().map_err(|e| err(format!("cannot write metadata: {e}")))?;
+        Ok(ZarrSink { array, path: path.to_path_buf(), spec })
+    }
+}
+
+impl Sink for ZarrSink {
+    fn write(&mut self, y0: usize, x0: usize, t: &Tensor) -> Result<()> {
+        let c = self.spec.channels as u64;
+        let subset = zarrs::array::ArraySubset::new_with_ranges(&[
+            0..c,
+            y0 as u64..(y0 + t.h) as u64,
+            x0 as u64..(x0 + t.w) as u64,
+        ]);
+        let bad = |e: zarrs::array::ArrayError| output_err(&self.path, format!("write failed: {e}"));
+        // Tensor and array are both C-ordered (c, y, x).
+        match self.spec.out {
+            OutType::U8 => self.array.store_array_subset(&subset, t.data.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
+            OutType::U16 => {
+                self.array.store_array_subset(&subset, t.data.iter().map(|&v| v as u16).collect::<Vec<u16>>())
+            }
+            OutType::F16 => self.array.store_array_subset(
+                &subset,
+                t.data.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<half::f16>>(),
+            ),
+            OutType::F32 => self.array.store_array_subset(&subset, t.data.clone()),
+        }
+        .map_err(bad)
+    }
+
+    fn sync(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
