@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod erf;
 pub mod error;
 pub mod graph;
 pub mod image_io;
@@ -14,7 +15,9 @@ pub mod model;
 pub mod normalize;
 pub mod output;
 pub mod pipeline;
+pub mod plot;
 pub mod receptive_field;
+pub mod sweep;
 pub mod synth;
 pub mod tensor;
 pub mod tile_grid;

@@ -1,8 +1,10 @@
 //! Argument parsing (clap) and the subcommands.
 
 mod demo;
+mod erf;
 mod infer;
 mod info;
+mod sweep;
 
 use std::path::PathBuf;
 
@@ -47,6 +49,10 @@ enum Command {
     Synth(SynthArgs),
     /// Write a model file with seeded random weights for an architecture (testing, benchmarking).
     RandomModel(RandomModelArgs),
+    /// Error of tiled vs whole-image inference as the halo shrinks or tile origins leave the A grid.
+    Sweep(sweep::SweepArgs),
+    /// Empirical effective receptive field (by perturbation) next to the theoretical one.
+    Erf(erf::ErfArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +110,8 @@ pub fn main() -> i32 {
         Command::Info(a) => info::run(a),
         Command::Synth(a) => synth(a),
         Command::RandomModel(a) => random_model(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Erf(a) => erf::run(a),
     };
     match result {
         Ok(()) => 0,
