@@ -131,7 +131,9 @@ fn results_do_not_depend_on_the_thread_count() {
         let img = random_image(&mut SplitMix64(8), model.in_channels(), 83, 70);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| infer_tiled(&model, &img, PadMode::Zero, 16, 32, model.exact_halo(), &mut |_, _| {}).unwrap())
+            pool.install(|| {
+                infer_tiled(&model, &img, PadMode::Zero, 16, 32, model.exact_halo(), &mut |_, _| {}).unwrap()
+            })
         };
         let one = run(1);
         for threads in [2, 3, 7] {
