@@ -110,6 +110,18 @@ fn erf_ends_where_the_analysis_says() {
 }
 
 #[test]
+fn logits_graph_is_the_network_before_its_softmax() {
+    let model = random_model(unet(1, 3, 4, 2, true, "transpose"), 4);
+    let mut rng = SplitMix64(5);
+    let img = random_image(&mut rng, 1, 16, 24);
+    let logits = seamless::cpu::run(&erf::logits_graph(&model.graph), &img).unwrap().0;
+    let probs = seamless::cpu::run(&model.graph, &img).unwrap().0;
+    assert_eq!(logits.c, 3);
+    assert_eq!(bits(&seamless::cpu::softmax::softmax(&logits)), bits(&probs));
+    assert_ne!(bits(&logits), bits(&probs));
+}
+
+#[test]
 fn erf_refuses_bad_windows_and_probes() {
     let model = random_model(unet(1, 2, 4, 2, false, "transpose"), 1);
     let mut rng = SplitMix64(3);

@@ -28,7 +28,7 @@ pub struct ErfArgs {
     pub model: String,
     #[command(flatten)]
     pub image: ImageArgs,
-    /// The window the ERF is measured on: N or HxW, multiples of A (default: twice the
+    /// The window the ERF is measured on: N or HxW (height x width), multiples of A (default: twice the
     /// analysed reach plus 2·A, clipped to the image). It is cropped from the image's centre.
     #[arg(long)]
     pub window: Option<String>,
@@ -42,7 +42,7 @@ pub struct ErfArgs {
     /// tolerance (0 = no label may change), by a sweep over halos 0, step, .., exact on the image.
     #[arg(long)]
     pub tol: Option<f64>,
-    /// Tile size for the --tol sweep: N or HxW (default 4·A).
+    /// Tile size for the --tol sweep: N or HxW (height x width; default 4·A).
     #[arg(long)]
     pub tile: Option<String>,
     /// Halo step of the --tol sweep (a multiple of A; default A).

@@ -25,7 +25,7 @@ pub struct SweepArgs {
     pub model: String,
     #[command(flatten)]
     pub image: ImageArgs,
-    /// Output tile size: N (square) or HxW. Any size; multiples of A keep the origins aligned.
+    /// Output tile size: N (square) or HxW (height x width). Any size; multiples of A keep the origins aligned.
     /// Default: 4·A, shrunk to the image.
     #[arg(long)]
     pub tile: Option<String>,
@@ -60,13 +60,13 @@ pub struct ImageArgs {
     /// Input image: .npy (H,W) or (H,W,C), or .png.
     #[arg(long, conflicts_with = "synth")]
     pub input: Option<PathBuf>,
-    /// Generate a synthetic cell image of WxH pixels (the channel is repeated to the model's
-    /// input channels) when no --input is given.
+    /// Generate a synthetic cell image of WxH pixels (width x height; the channel is repeated to
+    /// the model's input channels) when no --input is given.
     #[arg(long, value_name = "WxH")]
     pub synth: Option<String>,
     /// Fill the synthetic image with standard-normal noise (every channel) instead of cells: what
     /// a z-scored image looks like to a model with random weights.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "input")]
     pub noise: bool,
     /// Seed of the synthetic image.
     #[arg(long, default_value_t = 1)]
