@@ -85,6 +85,9 @@ fn parse_window(s: &str, model: &Model) -> Result<(usize, usize)> {
     if h == 0 || w == 0 || !h.is_multiple_of(a) || !w.is_multiple_of(a) {
         return Err(Error::Usage(format!("--window {s}: sizes must be positive multiples of A = {a}")));
     }
+    if h.saturating_mul(w) > 1 << 26 {
+        return Err(Error::Usage(format!("--window {s}: at most 64 Mpx (the ERF needs twice the reach, not more)")));
+    }
     Ok((h, w))
 }
 
