@@ -26,6 +26,8 @@ fi
 if want demo-unet; then
     run sweep-unet-demo sweep --model models/unet-demo.safetensors --synth 512x512 --tile 128 \
         --halos 0:exact:4 --offsets 0 --csv $F/sweep-unet-demo.csv --plot $F/sweep-unet-demo.png -q
+    run reflect-unet-demo sweep --model models/unet-demo.safetensors --synth 509x509 --tile 128 \
+        --halos 0:exact:8 --pad reflect --csv $F/reflect-unet-demo.csv -q
     run offsets-unet-demo sweep --model models/unet-demo.safetensors --synth 512x512 --tile 128 \
         --halos exact --offsets 0:16 --csv $F/offsets-unet-demo.csv --plot $F/offsets-unet-demo.png -q
 fi
