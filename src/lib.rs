@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod erf;
 pub mod error;
 pub mod graph;
 pub mod image_io;
@@ -16,8 +17,10 @@ pub mod normalize;
 pub mod output;
 pub mod pipeline;
 pub mod planner;
+pub mod plot;
 pub mod receptive_field;
 pub mod slide;
+pub mod sweep;
 pub mod synth;
 pub mod tensor;
 pub mod tile_grid;

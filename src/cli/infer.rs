@@ -172,6 +172,24 @@ pub fn parse_tile(
     }
 }
 
+/// `N`, `HxW`, or `auto` = 512 px rounded to A and shrunk to the image (sweeps and ERF, which
+/// compare tilings rather than fit a budget).
+pub fn parse_tile_fixed(s: &str, model: &Model, h: usize, w: usize) -> Result<(usize, usize)> {
+    if s == "auto" {
+        let a = model.align();
+        let t = round_up(512, a);
+        return Ok((t.min(round_up(h.max(1), a)), t.min(round_up(w.max(1), a))));
+    }
+    let num = |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("'{s}': expected N, HxW or auto")));
+    match s.split_once('x') {
+        Some((th, tw)) => Ok((num(th)?, num(tw)?)),
+        None => {
+            let t = num(s)?;
+            Ok((t, t))
+        }
+    }
+}
+
 pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
     if s == "exact" {
         return Ok(model.exact_halo());

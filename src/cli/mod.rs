@@ -2,9 +2,11 @@
 
 mod demo;
 mod doctor;
+mod erf;
 mod infer;
 mod info;
 mod plan;
+mod sweep;
 
 use std::path::PathBuf;
 
@@ -53,6 +55,10 @@ enum Command {
     RandomModel(RandomModelArgs),
     /// Check the GPU setup: driver, NVRTC, device and memory; compile every kernel; a smoke test.
     Doctor(doctor::DoctorArgs),
+    /// Error of tiled vs whole-image inference as the halo shrinks or tile origins leave the A grid.
+    Sweep(sweep::SweepArgs),
+    /// Empirical effective receptive field (by perturbation) next to the theoretical one.
+    Erf(erf::ErfArgs),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +120,8 @@ pub fn main() -> i32 {
         Command::Synth(a) => synth(a),
         Command::RandomModel(a) => random_model(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Erf(a) => erf::run(a),
     };
     match result {
         Ok(()) => 0,
