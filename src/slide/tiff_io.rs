@@ -33,8 +33,8 @@ pub struct TiffSource {
     order: VecDeque<u32>,
 }
 
-/// Decoded chunks kept for windows that overlap (halos): about 64 MiB of f32 samples.
-const CACHE_VALUES: usize = 16 << 20;
+/// Decoded chunks kept for windows that overlap (halos): about 16 MiB of f32 samples.
+const CACHE_VALUES: usize = 4 << 20;
 
 impl TiffSource {
     pub fn open(path: &Path) -> Result<TiffSource> {
@@ -97,8 +97,8 @@ impl TiffSource {
                 DecodingResult::I16(v) => v.into_iter().map(f32::from).collect(),
                 _ => return Err(input_err(&self.path, "unsupported TIFF sample type")),
             };
-            // A chunk holds its padded size for tiles, its data size for strips.
-            let stride_w = if self.tiled { self.chunk_w } else { cw as usize };
+            // The decoder returns the chunk's data without the padding of edge tiles.
+            let stride_w = cw as usize;
             if values.len() < stride_w * (chh as usize) * self.c {
                 return Err(input_err(&self.path, format!("chunk {index} is shorter than its dimensions (corrupt?)")));
             }

@@ -1,0 +1,302 @@
+//! Whole-slide streaming: every input and output format gives the whole-image result bit for
+//! bit; interrupted runs resume to the same bytes; shards fill one output together; memory stays
+//! bounded on a 20000 x 20000 image; bad files and full disks give clear errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use seamless::model::file::save_random;
+use seamless::model::weights::SplitMix64;
+use seamless::normalize::{self, NormSpec, Normalize};
+use seamless::pipeline::{PadMode, infer_whole};
+use seamless::slide::stream::{self, OutputKind, StreamOptions};
+use seamless::slide::{self, Format, OutSpec, OutType};
+use seamless::{Model, Tensor};
+
+fn seamless(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_seamless"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Integer-valued test image (like a u8/u16 scan) with `c` channels.
+fn image(c: usize, h: usize, w: usize, seed: u64, max: f64) -> Tensor {
+    let mut r = SplitMix64(seed);
+    Tensor::from_vec(c, h, w, (0..c * h * w).map(|_| (r.uniform() * max).floor() as f32).collect())
+}
+
+/// Write `img` as a striped TIFF with the `tiff` crate (LZW or Deflate), in its sample type.
+fn write_striped_tiff(path: &Path, img: &Tensor, kind: &str, compression: tiff::encoder::Compression) {
+    use tiff::encoder::{TiffEncoder, colortype};
+    let f = std::fs::File::create(path).unwrap();
+    let mut enc = TiffEncoder::new(f).unwrap().with_compression(compression);
+    let (w, h, hw) = (img.w as u32, img.h as u32, img.h * img.w);
+    let interleaved = |conv: &dyn Fn(f32) -> f64| -> Vec<f64> {
+        (0..hw).flat_map(|p| (0..img.c).map(move |c| (p, c))).map(|(p, c)| conv(img.data[c * hw + p])).collect()
+    };
+    let vals = interleaved(&|v| v as f64);
+    match (kind, img.c) {
+        ("u8", 1) => enc.write_image::<colortype::Gray8>(w, h, &vals.iter().map(|&v| v as u8).collect::<Vec<_>>()),
+        ("u16", 3) => enc.write_image::<colortype::RGB16>(w, h, &vals.iter().map(|&v| v as u16).collect::<Vec<_>>()),
+        ("f32", 1) => {
+            enc.write_image::<colortype::Gray32Float>(w, h, &vals.iter().map(|&v| v as f32).collect::<Vec<_>>())
+        }
+        other => panic!("no writer for {other:?}"),
+    }
+    .unwrap();
+}
+
+/// Write `img` through one of seamless' own sinks (tiled BigTIFF, OME-Zarr, .npy).
+fn write_with_sink(path: &Path, format: Format, img: &Tensor, out: OutType) {
+    let spec = OutSpec { height: img.h, width: img.w, channels: img.c, out, chunk: 64 };
+    stream::write_bands(path, format, spec, &mut |y0, rows| Ok(img.window(y0, 0, rows, img.w))).unwrap();
+}
+
+fn read_all(path: &Path) -> Tensor {
+    let mut src = slide::open_source(s(path), None).unwrap();
+    let (h, w, _) = src.shape();
+    src.read(0, 0, h, w).unwrap()
+}
+
+fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions {
+    StreamOptions {
+        tile: (tile, tile),
+        halo,
+        whole,
+        pad: PadMode::Zero,
+        norm: NormSpec::new(Normalize::Zscore),
+        kind: OutputKind::Probs,
+        probs_f16: false,
+        format,
+        resume: false,
+        shard: None,
+        abort_after: None,
+    }
+}
+
+fn run_stream(model: &Model, input: &Path, out: &Path, o: &StreamOptions) {
+    let src = slide::open_source(s(input), None).unwrap();
+    let backend = seamless::backend::CpuBackend::default();
+    stream::run(src, model, &backend, out, o, &mut |_, _, _| {}, &mut |_| {}).unwrap();
+}
+
+#[test]
+fn every_input_and_output_format_streams_the_whole_image_result_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let gray = image(1, 150, 201, 1, 256.0);
+    let rgb16 = image(3, 97, 130, 2, 65536.0);
+    let float = Tensor::from_vec(1, 90, 75, image(1, 90, 75, 3, 1000.0).data.iter().map(|v| v / 7.0 - 50.0).collect());
+    // (file, image it holds)
+    let mut inputs: Vec<(PathBuf, &Tensor)> = Vec::new();
+    write_striped_tiff(&p("lzw8.tif"), &gray, "u8", tiff::encoder::Compression::Lzw);
+    inputs.push((p("lzw8.tif"), &gray));
+    write_striped_tiff(&p("deflate16rgb.tif"), &rgb16, "u16", tiff::encoder::Compression::Deflate(Default::default()));
+    inputs.push((p("deflate16rgb.tif"), &rgb16));
+    write_striped_tiff(&p("plainf32.tif"), &float, "f32", tiff::encoder::Compression::Uncompressed);
+    inputs.push((p("plainf32.tif"), &float));
+    write_with_sink(&p("tiled.tif"), Format::Tiff, &gray, OutType::U8);
+    inputs.push((p("tiled.tif"), &gray));
+    write_with_sink(&p("in.zarr"), Format::Zarr, &rgb16, OutType::U16);
+    inputs.push((p("in.zarr"), &rgb16));
+    write_with_sink(&p("in.npy"), Format::Npy, &float, OutType::F32);
+    inputs.push((p("in.npy"), &float));
+    let png = p("in.png");
+    seamless::image_io::Sink::create(&png, false).unwrap().write_labels(&gray, 256).unwrap();
+    inputs.push((png, &gray));
+
+    for (k, (input, img)) in inputs.iter().enumerate() {
+        assert_eq!(&read_all(input), *img, "{} does not read back as written", input.display());
+        let model = random_model(unet(img.c, 3, 4, 2, k % 2 == 0, "transpose"), k as u64);
+        // The in-memory reference: global z-score, whole image at once.
+        let mut norm = (*img).clone();
+        normalize::apply(&mut norm, &normalize::statistics(img, Normalize::Zscore));
+        let reference = infer_whole(&model, &norm, PadMode::Zero).unwrap();
+        for (name, format) in [("o.npy", Format::Npy), ("o.tif", Format::Tiff), ("o.zarr", Format::Zarr)] {
+            let out = p(&format!("{k}-{name}"));
+            run_stream(&model, input, &out, &opts(format, 32, model.exact_halo(), false));
+            let got = read_all(&out);
+            assert_eq!(first_difference(&got, &reference), None, "{} -> {name}", input.display());
+            let whole = p(&format!("{k}-whole-{name}"));
+            run_stream(&model, input, &whole, &opts(format, 0, 0, true));
+            assert_eq!(first_difference(&read_all(&whole), &reference), None, "--whole {} -> {name}", input.display());
+        }
+    }
+}
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let c = Cli { dir: tempfile::tempdir().unwrap() };
+        save_random(&unet(1, 2, 4, 2, true, "transpose"), 5, false, &c.p("m.safetensors"), "test").unwrap();
+        c
+    }
+    fn p(&self, n: &str) -> PathBuf {
+        self.dir.path().join(n)
+    }
+    fn infer(&self, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let (m, o) = (self.p("m.safetensors"), self.p(out));
+        let mut args =
+            vec!["infer", "--model", s(&m), "--input", "synth:300x233:4", "--output", s(&o), "--tile", "64", "-q"];
+        args.extend_from_slice(extra);
+        seamless(&args, env)
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_bytes() {
+    let c = Cli::new();
+    for out in ["r.npy", "r.tif", "r.zarr"] {
+        let full = format!("full-{out}");
+        assert!(c.infer(&full, &[], &[]).status.success());
+        let o = c.infer(out, &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "7")]);
+        assert!(!o.status.success(), "{out}: the run was to be interrupted");
+        assert!(!c.p(out).exists(), "{out}: an interrupted run must not leave the final name");
+        assert!(c.p(&format!("{out}.partial")).exists(), "{out}: finished tiles are kept for --resume");
+        let o = c.infer(out, &["--resume", "--summary", s(&c.p("sum.json"))], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(c.p("sum.json")).unwrap()).unwrap();
+        assert_eq!(sum["tiles_resumed"], 7, "{out}");
+        assert!(!c.p(&format!("{out}.partial")).exists());
+        if out.ends_with(".zarr") {
+            assert_eq!(read_all(&c.p(out)), read_all(&c.p(&full)));
+        } else {
+            assert_eq!(std::fs::read(c.p(out)).unwrap(), std::fs::read(c.p(&full)).unwrap(), "{out}: bytes differ");
+        }
+    }
+    // A resume with other settings is refused rather than mixed.
+    let _ = c.infer("x.npy", &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "2")]);
+    let o = c.infer("x.npy", &["--resume", "--halo", "16"], &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("other settings"));
+}
+
+#[test]
+fn two_shards_fill_one_ome_zarr_like_one_run() {
+    let c = Cli::new();
+    assert!(c.infer("one.zarr", &[], &[]).status.success());
+    let o = c.infer("two.zarr", &["--shard", "1/2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!c.p("two.zarr").exists(), "one shard of two does not complete the output");
+    let o = c.infer("two.zarr", &["--shard", "0/2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_all(&c.p("two.zarr")), read_all(&c.p("one.zarr")));
+    let o = c.infer("bad.tif", &["--shard", "0/2"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = c.infer("bad.zarr", &["--shard", "2/2"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn memory_stays_bounded_on_a_20000_by_20000_image() {
+    // A 400-megapixel tiled BigTIFF (zero tiles compress to almost nothing) through a tiny model;
+    // as f32 the image alone would be 1.6 GB, the labels 400 MB.
+    let c = Cli::new();
+    let n = 20_000;
+    let input = c.p("big.tif");
+    let zeros = Tensor::zeros(1, 256, n);
+    let spec = OutSpec { height: n, width: n, channels: 1, out: OutType::U8, chunk: 256 };
+    stream::write_bands(&input, Format::Tiff, spec, &mut |_, rows| Ok(zeros.window(0, 0, rows, n))).unwrap();
+    let tiny = c.p("tiny.safetensors");
+    save_random(&unet(1, 2, 2, 1, false, "transpose"), 1, false, &tiny, "tiny").unwrap();
+    let out = c.p("labels.tif");
+    let o = seamless(
+        &["infer", "--model", s(&tiny), "--input", s(&input), "--output", s(&out), "--memory-budget", "64MiB"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stderr(&o);
+    // "peak memory X MiB" from the run's own VmHWM.
+    let peak_mib: f64 = text
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|t| t.split(" MiB").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in: {text}"));
+    eprintln!("20000x20000 run: peak RSS {peak_mib:.1} MiB");
+    assert!(peak_mib < 300.0, "peak RSS {peak_mib} MiB; the image is 381 MiB as u8, 1526 MiB as f32");
+    let mut r = slide::open_source(s(&out), None).unwrap();
+    assert_eq!(r.shape(), (n, n, 1));
+    // Away from the image border (where the zero padding shows) a constant image gives constant
+    // labels, across tile seams too.
+    let inner = r.read(n / 2 - 700, n / 2 - 700, 1400, 1400).unwrap();
+    assert!(inner.data.iter().all(|&v| v == inner.data[0]), "a constant image gives constant labels");
+}
+
+#[test]
+fn bad_slides_and_full_disks_give_clear_errors() {
+    let c = Cli::new();
+    let m = c.p("m.safetensors");
+    let run = |input: &Path, out: &Path| {
+        seamless(&["infer", "--model", s(&m), "--input", s(input), "--output", s(out), "-q"], &[])
+    };
+    let img = image(1, 200, 300, 9, 256.0);
+    write_with_sink(&c.p("good.tif"), Format::Tiff, &img, OutType::U8);
+    let bytes = std::fs::read(c.p("good.tif")).unwrap();
+    // Truncated: the tiles are there, the directory at the end is not.
+    std::fs::write(c.p("truncated.tif"), &bytes[..bytes.len() / 2]).unwrap();
+    // Corrupt: tile data overwritten with garbage.
+    let mut corrupt = bytes.clone();
+    for b in &mut corrupt[16..2000] {
+        *b = 0xA5;
+    }
+    std::fs::write(c.p("corrupt.tif"), &corrupt).unwrap();
+    // Unsupported compression: the Compression tag (259) says JPEG 2000 (34712).
+    let mut j2k = bytes.clone();
+    let ifd = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let entries = u64::from_le_bytes(bytes[ifd..ifd + 8].try_into().unwrap()) as usize;
+    for e in 0..entries {
+        let at = ifd + 8 + e * 20;
+        if u16::from_le_bytes([bytes[at], bytes[at + 1]]) == 259 {
+            j2k[at + 12..at + 14].copy_from_slice(&34712u16.to_le_bytes());
+        }
+    }
+    std::fs::write(c.p("j2k.tif"), &j2k).unwrap();
+    // Unsupported dtype: complex numbers.
+    let mut complex = seamless::slide::npy::header_bytes("<c8", &[4, 4]);
+    complex.extend_from_slice(&[0u8; 128]);
+    std::fs::write(c.p("complex.npy"), &complex).unwrap();
+    for (file, msg) in [
+        ("truncated.tif", "TIFF"),
+        ("corrupt.tif", "corrupt"),
+        ("j2k.tif", "unsupported"),
+        ("complex.npy", "unsupported .npy dtype"),
+    ] {
+        let out = c.p("out.tif");
+        let o = run(&c.p(file), &out);
+        assert_eq!(o.status.code(), Some(4), "{file}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{file}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"));
+        assert!(!out.exists());
+    }
+    // A full output location (a file-size limit stands in for a full disk): a clear error, nothing
+    // under the final name, and the finished tiles kept for --resume.
+    let out = c.p("full.npy");
+    let cmd = format!(
+        "ulimit -f 64; exec '{}' infer --model '{}' --input synth:600x600 --output '{}' --tile 64 -q",
+        env!("CARGO_BIN_EXE_seamless"),
+        s(&m),
+        s(&out)
+    );
+    let o = Command::new("bash").arg("-c").arg(&cmd).output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("write failed") || stderr(&o).contains("cannot create"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
