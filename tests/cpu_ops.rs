@@ -16,9 +16,9 @@ fn randv(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
 fn conv_matches_the_elementwise_reference_bit_for_bit() {
     let mut rng = SplitMix64(1);
     for case in 0..40 {
-        let (cin, cout) = (1 + rng.next_u64() as usize % 5, 1 + rng.next_u64() as usize % 9);
+        let (cin, cout) = (1 + rng.next_u64() as usize % 5, 1 + rng.next_u64() as usize % 19);
         let k = [1, 3, 5][rng.next_u64() as usize % 3];
-        let (h, w) = (1 + rng.next_u64() as usize % 13, 1 + rng.next_u64() as usize % 40);
+        let (h, w) = (1 + rng.next_u64() as usize % 13, 1 + rng.next_u64() as usize % 70);
         let c = Conv2d {
             cin,
             cout,
@@ -39,6 +39,11 @@ fn conv_matches_the_elementwise_reference_bit_for_bit() {
         assert_eq!(first_difference(&fast, &slow), None, "case {case}: cin {cin} cout {cout} k {k} {h}x{w}");
         let portable = cpu::conv::conv2d_portable(&x, &c);
         assert_eq!(first_difference(&portable, &slow), None, "portable, case {case}");
+        // Every implementation this CPU has (AVX-512, AVX2+FMA, portable): the same bits.
+        for isa in cpu::direct::Isa::available() {
+            let y = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&y, &slow), None, "{isa:?}, case {case}");
+        }
     }
 }
 
@@ -75,8 +80,8 @@ fn conv_transpose_matches_the_scatter_definition() {
     let mut rng = SplitMix64(2);
     for k in [2, 3] {
         for _ in 0..10 {
-            let (cin, cout) = (1 + rng.next_u64() as usize % 4, 1 + rng.next_u64() as usize % 4);
-            let (h, w) = (1 + rng.next_u64() as usize % 7, 1 + rng.next_u64() as usize % 7);
+            let (cin, cout) = (1 + rng.next_u64() as usize % 4, 1 + rng.next_u64() as usize % 12);
+            let (h, w) = (1 + rng.next_u64() as usize % 7, 1 + rng.next_u64() as usize % 40);
             let c = ConvTranspose2d {
                 cin,
                 cout,
@@ -87,6 +92,12 @@ fn conv_transpose_matches_the_scatter_definition() {
             let x = random_image(&mut rng, cin, h, w);
             let d = max_abs_diff(&cpu::conv_transpose::conv_transpose2d(&x, &c), &conv_transpose_scatter(&x, &c));
             assert!(d < 1e-5, "k {k}: {d}");
+            // Every implementation this CPU has gives the portable one's bits.
+            let portable = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, cpu::direct::Isa::Portable);
+            for isa in cpu::direct::Isa::available() {
+                let y = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, isa);
+                assert_eq!(first_difference(&y, &portable), None, "{isa:?} k {k} {cin}->{cout} {h}x{w}");
+            }
         }
     }
 }

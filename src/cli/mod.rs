@@ -1,5 +1,6 @@
 //! Argument parsing (clap) and the subcommands.
 
+mod bench;
 mod demo;
 mod infer;
 mod info;
@@ -46,6 +47,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Tile size, halo, peak memory and overhead for several memory budgets.
     Plan(plan::PlanArgs),
+    /// Time forward passes on one window: Mpx/s and GFLOP/s per layer and for the whole network.
+    Bench(bench::BenchArgs),
     /// Generate a synthetic cell image and its ground-truth mask (.npy or .png).
     Synth(SynthArgs),
     /// Write a model file with seeded random weights for an architecture (testing, benchmarking).
@@ -106,6 +109,7 @@ pub fn main() -> i32 {
         Command::Infer(a) => infer::run(a),
         Command::Info(a) => info::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Synth(a) => synth(a),
         Command::RandomModel(a) => random_model(a),
     };

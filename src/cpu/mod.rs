@@ -5,6 +5,7 @@
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod direct;
 pub mod elementwise;
 pub mod pool;
 pub mod softmax;
@@ -51,6 +52,10 @@ pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan) -> usize {
                 let s = plan.shapes[n.inputs[0]];
                 conv::workspace_elems(c, s.h, s.w)
             }
+            Op::ConvTranspose2d(c) => {
+                let s = plan.shapes[n.inputs[0]];
+                conv_transpose::workspace_elems(c, s.h, s.w)
+            }
             _ => 0,
         })
         .max()
@@ -89,6 +94,19 @@ pub fn run_planned(
     input: &Tensor,
     bufs: &mut Buffers,
     poison: bool,
+) -> Result<Tensor> {
+    run_planned_timed(graph, plan, input, bufs, poison, None)
+}
+
+/// [`run_planned`], also writing each node's wall time in seconds into `times` (one entry per
+/// graph node) when given: what `seamless bench` reports per layer.
+pub fn run_planned_timed(
+    graph: &Graph,
+    plan: &ArenaPlan,
+    input: &Tensor,
+    bufs: &mut Buffers,
+    poison: bool,
+    mut times: Option<&mut [f64]>,
 ) -> Result<Tensor> {
     assert_eq!((plan.h, plan.w), (input.h, input.w), "plan made for another size");
     reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
@@ -146,7 +164,7 @@ pub fn run_planned(
                 let out = region(out_slot);
                 match op {
                     Op::Conv2d(c) => conv::conv2d_into(x, c, out, ws, true),
-                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, out),
+                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, out, ws),
                     Op::MaxPool2 => pool::max_pool2_into(x, out),
                     Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
                     Op::Softmax => softmax::softmax_into(x, out),
@@ -168,6 +186,9 @@ pub fn run_planned(
                     Op::Input { .. } | Op::Concat => unreachable!(),
                 }
             }
+        }
+        if let Some(t) = times.as_deref_mut() {
+            t[i] = t0.elapsed().as_secs_f64();
         }
         if profile {
             eprintln!("{:>9.3} ms  {:<40} {:?}", t0.elapsed().as_secs_f64() * 1e3, node.name, (sh.c, sh.h, sh.w));
