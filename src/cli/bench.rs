@@ -42,6 +42,10 @@ struct Report {
     flop_per_pixel: f64,
     run_seconds: Vec<f64>,
     median_seconds: f64,
+    /// CPU time (user + system, all threads) per run: less sensitive than wall time to other
+    /// processes sharing the cores, though not to their use of caches and memory bandwidth.
+    run_cpu_seconds: Vec<f64>,
+    median_cpu_seconds: f64,
     mpx_per_s: f64,
     gflop_per_s: f64,
     layers: Vec<LayerReport>,
@@ -55,6 +59,20 @@ struct LayerReport {
     median_seconds: f64,
     gflop: f64,
     gflop_per_s: f64,
+}
+
+/// User + system CPU time of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(u.ru_utime) + tv(u.ru_stime);
+        }
+    }
+    f64::NAN
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -96,11 +114,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let mut per_node = vec![vec![0.0; a.runs]; g.nodes.len()];
     let mut run_seconds = Vec::with_capacity(a.runs);
+    let mut run_cpu_seconds = Vec::with_capacity(a.runs);
     let mut t = vec![0.0; g.nodes.len()];
     for r in 0..a.runs {
-        let t0 = std::time::Instant::now();
+        let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
         cpu::run_planned_timed(g, &plan, &input, &mut bufs, false, Some(&mut t))?;
         run_seconds.push(t0.elapsed().as_secs_f64());
+        run_cpu_seconds.push(cpu_seconds() - c0);
         for (p, &v) in per_node.iter_mut().zip(&t) {
             p[r] = v;
         }
@@ -139,6 +159,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         mpx_per_s: px / med / 1e6,
         gflop_per_s: flop_per_pixel * px / med / 1e9,
         run_seconds,
+        median_cpu_seconds: median(&run_cpu_seconds),
+        run_cpu_seconds,
         layers,
     };
     if a.json {
@@ -164,6 +186,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("backend      {}", report.backend);
     println!("window       {n}x{n}, {} timed run(s) after {} warm-up", a.runs, a.warmup);
     println!("median       {:.4} s per window", report.median_seconds);
+    println!("cpu time     {:.4} s per window (all threads)", report.median_cpu_seconds);
     println!("throughput   {:.4} Mpx/s", report.mpx_per_s);
     println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", report.gflop_per_s, flop_per_pixel / 1e6);
     Ok(())

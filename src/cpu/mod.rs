@@ -74,9 +74,29 @@ fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
     if buf.len() < elems {
         *buf = Vec::new();
         buf.try_reserve_exact(elems).map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 })?;
+        advise_huge_pages(buf.as_mut_ptr(), elems * 4);
         buf.resize(elems, 0.0);
     }
     Ok(())
+}
+
+/// Ask Linux to back a large buffer with transparent huge pages (where THP is in `madvise` mode):
+/// the convolutions walk many channel planes at once, and 4 KiB pages then cost a TLB miss per
+/// plane. Only a hint; nothing changes where it is refused.
+fn advise_huge_pages(ptr: *mut f32, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside the allocation `ptr` points to; MADV_HUGEPAGE changes
+            // only how the kernel backs those pages, never their contents or validity.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, bytes);
 }
 
 impl Buffers {
