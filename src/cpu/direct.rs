@@ -16,7 +16,7 @@
 //! discarded), so narrow maps still fill whole blocks.
 //!
 //! Three implementations of the same arithmetic: AVX-512F (8 output channels x 48 positions in 24
-//! zmm accumulators), AVX2+FMA (two passes of 4 channels x 24 positions), and a portable one using
+//! zmm accumulators), AVX2+FMA (two passes of 4 channels x 16 positions), and a portable one using
 //! `f32::mul_add` (correctly rounded, so it gives the same bits as the hardware FMA). Tests compare
 //! all of them bit for bit with the element-by-element reference.
 
@@ -72,7 +72,7 @@ impl Isa {
     pub fn nr(self) -> usize {
         match self {
             Isa::Portable => 16,
-            Isa::Avx2Fma => 24,
+            Isa::Avx2Fma => 16,
             Isa::Avx512 => 48,
         }
     }
@@ -256,11 +256,12 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
     use std::arch::x86_64::*;
-    const V: usize = 3;
+    const V: usize = 2;
     const H: usize = MR / 2;
     let ntaps = t.offsets.len();
     let bias = bias_of(t, cb);
-    // Two passes over the taps, 4 channels each (12 accumulators fit the 16 ymm registers).
+    // Two passes over the taps, 4 channels x 16 positions each (8 accumulators, leaving registers
+    // for the loads and the broadcast among the 16 ymm).
     for half in 0..2 {
         let mut acc = [[_mm256_setzero_ps(); V]; H];
         for (a, &b) in acc.iter_mut().zip(&bias[half * H..]) {
@@ -274,7 +275,7 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
                 let p = base.add(ci * t.plane);
                 for &off in t.offsets {
                     let s = p.add(off);
-                    let x = [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8)), _mm256_loadu_ps(s.add(16))];
+                    let x = [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8))];
                     for (j, a) in acc.iter_mut().enumerate() {
                         let wv = _mm256_broadcast_ss(&*w.add(j));
                         for (av, &xv) in a.iter_mut().zip(&x) {
