@@ -125,3 +125,44 @@ fn pooling_softmax_argmax() {
     // Pixel 1 ties channels 0 and 1: the first wins.
     assert_eq!(cpu::softmax::argmax(&p).data, vec![2.0, 0.0]);
 }
+
+/// The engine's blocks run across row ends and start wherever the map's extent puts them: an
+/// output pixel must still get the same bits in a window of the map as in the whole map.
+#[test]
+fn conv_bits_do_not_depend_on_the_map_extent_or_the_pixel_position() {
+    let mut rng = SplitMix64(9);
+    for (cin, cout, k) in [(40, 20, 3), (24, 16, 1), (7, 9, 5)] {
+        let c = Conv2d {
+            cin,
+            cout,
+            k,
+            weight: randv(&mut rng, cout * cin * k * k),
+            bias: randv(&mut rng, cout),
+            relu: false,
+            pre: Some(seamless::graph::ScaleShift {
+                scale: randv(&mut rng, cin),
+                shift: randv(&mut rng, cin),
+                relu: true,
+            }),
+        };
+        let x = random_image(&mut rng, cin, 37, 61);
+        let r = k / 2;
+        for isa in cpu::direct::Isa::available() {
+            let whole = cpu::conv::conv2d_isa(&x, &c, isa);
+            for (y0, x0, h, w) in [(5, 7, 25, 43), (0, 0, 13, 61), (3, 11, 34, 50), (1, 2, 9, 17)] {
+                let part = cpu::conv::conv2d_isa(&x.window(y0, x0, h, w), &c, isa);
+                for co in 0..cout {
+                    for y in r..h - r {
+                        for xx in r..w - r {
+                            assert_eq!(
+                                part.at(co, y, xx).to_bits(),
+                                whole.at(co, y0 + y, x0 + xx).to_bits(),
+                                "{isa:?} k {k} window {y0},{x0} {h}x{w} at {co},{y},{xx}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
