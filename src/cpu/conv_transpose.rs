@@ -95,16 +95,27 @@ fn conv_transpose2d_into_isa(x: View, c: &ConvTranspose2d, out: &mut [f32], ws: 
             n_q: h * row,
         };
         direct::run(&spec, isa, |co0, q0, n, blk| {
-            for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {
-                let co = co0 + j;
-                for (i, &v) in a[..n].iter().enumerate() {
-                    let (m, nn) = ((q0 + i) / row, (q0 + i) % row);
-                    if nn < w {
-                        // SAFETY: output pixel (2m + py, 2nn + px) of channel co belongs to class
-                        // (py, px), position m·row + nn, which the engine hands to this call alone.
-                        unsafe { *ptr.slice((co * oh + 2 * m + py) * ow + 2 * nn + px, 1).as_mut_ptr() = v };
+            // Position q is class pixel (q / row, q % row): output (2m + py, 2nn + px); columns w..
+            // of a row are padding, not stored.
+            let mut q = q0;
+            while q < q0 + n {
+                let (m, nn) = (q / row, q % row);
+                let end = (q0 + n).min((m + 1) * row);
+                if nn < w {
+                    let len = (end - q).min(w - nn);
+                    for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {
+                        let co = co0 + j;
+                        let first = (co * oh + 2 * m + py) * ow + 2 * nn + px;
+                        for (i, &v) in a[q - q0..q - q0 + len].iter().enumerate() {
+                            // SAFETY: output pixel (2m + py, 2(nn + i) + px) of channel co lies in
+                            // `out` and belongs to class (py, px), position q + i, which the engine
+                            // hands to this call alone. Written through the raw pointer: the
+                            // pixels in between belong to other classes and calls.
+                            unsafe { ptr.write(first + 2 * i, v) };
+                        }
                     }
                 }
+                q = end;
             }
         });
     }

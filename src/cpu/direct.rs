@@ -142,6 +142,16 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
     assert!(t.cin >= 1 && ntaps >= 1);
     assert!((t.cin - 1) * t.plane + nqb * nr + max_off <= t.data.len(), "direct conv: input buffer too short");
     assert!(t.weights.len() >= packed_weight_elems(t.cout, t.cin, ntaps) && t.bias.len() >= t.cout);
+    // Start of each cache-line run the taps read (taps within 16 elements share one run).
+    let mut sorted = t.offsets.to_vec();
+    sorted.sort_unstable();
+    let mut runs: Vec<usize> = Vec::new();
+    for &o in &sorted {
+        if runs.last().is_none_or(|&r| o >= r + 16) {
+            runs.push(o);
+        }
+    }
+    let runs = &runs[..];
     let k = t.cin * ntaps;
     // A task takes a group of channel blocks whose weights stay cached (~256 KiB) across a run of
     // position blocks whose inputs stay cached across the group; enough tasks for every thread.
@@ -156,7 +166,7 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
         for qb in qc * qchunk..((qc + 1) * qchunk).min(nqb) {
             for cb in g * group..((g + 1) * group).min(ncb) {
                 let q0 = qb * nr;
-                block(t, isa, cb, q0, &mut blk);
+                block(t, isa, cb, q0, runs, &mut blk);
                 store(cb * MR, q0, nr.min(t.n_q - q0), &blk);
             }
         }
@@ -174,16 +184,19 @@ fn bias_of(t: &Taps, cb: usize) -> [f32; MR] {
 }
 
 #[inline(always)]
-fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, blk: &mut Block) {
+fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only chosen where the CPU has AVX-512F (detect/available);
         // `run` asserted that every load stays inside the buffers.
-        Isa::Avx512 => unsafe { block_avx512(t, cb, q0, blk) },
+        Isa::Avx512 => unsafe { block_avx512(t, cb, q0, runs, blk) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, with AVX2 and FMA.
         Isa::Avx2Fma => unsafe { block_avx2(t, cb, q0, blk) },
-        _ => block_portable(t, cb, q0, blk),
+        _ => {
+            let _ = runs;
+            block_portable(t, cb, q0, blk)
+        }
     }
 }
 
@@ -216,7 +229,7 @@ fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
+unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
     use std::arch::x86_64::*;
     const V: usize = 3;
     const _: () = assert!(V * 16 <= NR_MAX);
@@ -232,6 +245,14 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
         let base = t.data.as_ptr().add(q0);
         for ci in 0..t.cin {
             let p = base.add(ci * t.plane);
+            // Fetch the next channel's rows while this one computes: the planes lie far apart,
+            // beyond what the hardware prefetchers follow. (A hint: never faults, any address.)
+            let next = p.wrapping_add(t.plane);
+            for &r in runs {
+                for l in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(r + 16 * l) as *const i8);
+                }
+            }
             for &off in t.offsets {
                 let s = p.add(off);
                 let x = [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s.add(32))];

@@ -31,6 +31,12 @@ impl DisjointOut {
     pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
+
+    /// # Safety
+    /// `offset` must lie inside the buffer and be written by this task alone.
+    pub(crate) unsafe fn write(&self, offset: usize, v: f32) {
+        unsafe { *self.0.add(offset) = v }
+    }
 }
 
 /// Statistics of one forward pass, for tests and reports.
