@@ -326,3 +326,21 @@ fn memory_budget_picks_the_tile_and_too_small_a_budget_is_refused() {
         &out2,
     );
 }
+
+#[test]
+fn bench_reports_whole_network_and_per_layer_throughput() {
+    let out =
+        seamless(&["--threads", "2", "bench", "unet-8-d2", "--size", "32", "--runs", "2", "--warmup", "0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(rep["size"], 32);
+    assert_eq!(rep["run_seconds"].as_array().map(|a| a.len()), Some(2));
+    assert!(rep["mpx_per_s"].as_f64().unwrap() > 0.0 && rep["gflop_per_s"].as_f64().unwrap() > 0.0);
+    let layers = rep["layers"].as_array().expect("layers");
+    assert!(layers.iter().any(|l| l["op"] == "conv2d" && l["gflop"].as_f64().unwrap() > 0.0));
+    // A size the model cannot take, and a backend this build lacks, are refused with a reason.
+    let bad = seamless(&["bench", "unet-8-d2", "--size", "30"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    let gpu = seamless(&["bench", "unet-8-d2", "--size", "32", "--backend", "cuda"]);
+    assert_eq!(gpu.status.code(), Some(6));
+}

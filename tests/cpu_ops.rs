@@ -16,9 +16,9 @@ fn randv(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
 fn conv_matches_the_elementwise_reference_bit_for_bit() {
     let mut rng = SplitMix64(1);
     for case in 0..40 {
-        let (cin, cout) = (1 + rng.next_u64() as usize % 5, 1 + rng.next_u64() as usize % 9);
+        let (cin, cout) = (1 + rng.next_u64() as usize % 5, 1 + rng.next_u64() as usize % 19);
         let k = [1, 3, 5][rng.next_u64() as usize % 3];
-        let (h, w) = (1 + rng.next_u64() as usize % 13, 1 + rng.next_u64() as usize % 40);
+        let (h, w) = (1 + rng.next_u64() as usize % 13, 1 + rng.next_u64() as usize % 70);
         let c = Conv2d {
             cin,
             cout,
@@ -39,6 +39,11 @@ fn conv_matches_the_elementwise_reference_bit_for_bit() {
         assert_eq!(first_difference(&fast, &slow), None, "case {case}: cin {cin} cout {cout} k {k} {h}x{w}");
         let portable = cpu::conv::conv2d_portable(&x, &c);
         assert_eq!(first_difference(&portable, &slow), None, "portable, case {case}");
+        // Every implementation this CPU has (AVX-512, AVX2+FMA, portable): the same bits.
+        for isa in cpu::direct::Isa::available() {
+            let y = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&y, &slow), None, "{isa:?}, case {case}");
+        }
     }
 }
 
@@ -75,8 +80,8 @@ fn conv_transpose_matches_the_scatter_definition() {
     let mut rng = SplitMix64(2);
     for k in [2, 3] {
         for _ in 0..10 {
-            let (cin, cout) = (1 + rng.next_u64() as usize % 4, 1 + rng.next_u64() as usize % 4);
-            let (h, w) = (1 + rng.next_u64() as usize % 7, 1 + rng.next_u64() as usize % 7);
+            let (cin, cout) = (1 + rng.next_u64() as usize % 4, 1 + rng.next_u64() as usize % 12);
+            let (h, w) = (1 + rng.next_u64() as usize % 7, 1 + rng.next_u64() as usize % 40);
             let c = ConvTranspose2d {
                 cin,
                 cout,
@@ -87,6 +92,12 @@ fn conv_transpose_matches_the_scatter_definition() {
             let x = random_image(&mut rng, cin, h, w);
             let d = max_abs_diff(&cpu::conv_transpose::conv_transpose2d(&x, &c), &conv_transpose_scatter(&x, &c));
             assert!(d < 1e-5, "k {k}: {d}");
+            // Every implementation this CPU has gives the portable one's bits.
+            let portable = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, cpu::direct::Isa::Portable);
+            for isa in cpu::direct::Isa::available() {
+                let y = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, isa);
+                assert_eq!(first_difference(&y, &portable), None, "{isa:?} k {k} {cin}->{cout} {h}x{w}");
+            }
         }
     }
 }
@@ -113,4 +124,45 @@ fn pooling_softmax_argmax() {
     }
     // Pixel 1 ties channels 0 and 1: the first wins.
     assert_eq!(cpu::softmax::argmax(&p).data, vec![2.0, 0.0]);
+}
+
+/// The engine's blocks run across row ends and start wherever the map's extent puts them: an
+/// output pixel must still get the same bits in a window of the map as in the whole map.
+#[test]
+fn conv_bits_do_not_depend_on_the_map_extent_or_the_pixel_position() {
+    let mut rng = SplitMix64(9);
+    for (cin, cout, k) in [(40, 20, 3), (24, 16, 1), (7, 9, 5)] {
+        let c = Conv2d {
+            cin,
+            cout,
+            k,
+            weight: randv(&mut rng, cout * cin * k * k),
+            bias: randv(&mut rng, cout),
+            relu: false,
+            pre: Some(seamless::graph::ScaleShift {
+                scale: randv(&mut rng, cin),
+                shift: randv(&mut rng, cin),
+                relu: true,
+            }),
+        };
+        let x = random_image(&mut rng, cin, 37, 61);
+        let r = k / 2;
+        for isa in cpu::direct::Isa::available() {
+            let whole = cpu::conv::conv2d_isa(&x, &c, isa);
+            for (y0, x0, h, w) in [(5, 7, 25, 43), (0, 0, 13, 61), (3, 11, 34, 50), (1, 2, 9, 17)] {
+                let part = cpu::conv::conv2d_isa(&x.window(y0, x0, h, w), &c, isa);
+                for co in 0..cout {
+                    for y in r..h - r {
+                        for xx in r..w - r {
+                            assert_eq!(
+                                part.at(co, y, xx).to_bits(),
+                                whole.at(co, y0 + y, x0 + xx).to_bits(),
+                                "{isa:?} k {k} window {y0},{x0} {h}x{w} at {co},{y},{xx}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

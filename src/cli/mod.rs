@@ -1,5 +1,6 @@
 //! Argument parsing (clap) and the subcommands.
 
+mod bench;
 mod demo;
 mod doctor;
 mod erf;
@@ -49,6 +50,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Tile size, halo, peak memory and overhead for several memory budgets.
     Plan(plan::PlanArgs),
+    /// Time forward passes on one window: Mpx/s and GFLOP/s per layer and for the whole network.
+    Bench(bench::BenchArgs),
     /// Generate a synthetic cell image and its ground-truth mask (.npy or .png).
     Synth(SynthArgs),
     /// Write a model file with seeded random weights for an architecture (testing, benchmarking).
@@ -117,6 +120,7 @@ pub fn main() -> i32 {
         Command::Infer(a) => infer::run(a),
         Command::Info(a) => info::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Synth(a) => synth(a),
         Command::RandomModel(a) => random_model(a),
         Command::Doctor(a) => doctor::run(a),

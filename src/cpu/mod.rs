@@ -5,6 +5,7 @@
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
+pub mod direct;
 pub mod elementwise;
 pub mod pool;
 pub mod softmax;
@@ -30,6 +31,12 @@ impl DisjointOut {
     pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
+
+    /// # Safety
+    /// `offset` must lie inside the buffer and be written by this task alone.
+    pub(crate) unsafe fn write(&self, offset: usize, v: f32) {
+        unsafe { *self.0.add(offset) = v }
+    }
 }
 
 /// Statistics of one forward pass, for tests and reports.
@@ -51,6 +58,10 @@ pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan) -> usize {
                 let s = plan.shapes[n.inputs[0]];
                 conv::workspace_elems(c, s.h, s.w)
             }
+            Op::ConvTranspose2d(c) => {
+                let s = plan.shapes[n.inputs[0]];
+                conv_transpose::workspace_elems(c, s.h, s.w)
+            }
             _ => 0,
         })
         .max()
@@ -69,9 +80,29 @@ fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
     if buf.len() < elems {
         *buf = Vec::new();
         buf.try_reserve_exact(elems).map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 })?;
+        advise_huge_pages(buf.as_mut_ptr(), elems * 4);
         buf.resize(elems, 0.0);
     }
     Ok(())
+}
+
+/// Ask Linux to back a large buffer with transparent huge pages (where THP is in `madvise` mode):
+/// the convolutions walk many channel planes at once, and 4 KiB pages then cost a TLB miss per
+/// plane. Only a hint; nothing changes where it is refused.
+fn advise_huge_pages(ptr: *mut f32, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside the allocation `ptr` points to; MADV_HUGEPAGE changes
+            // only how the kernel backs those pages, never their contents or validity.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, bytes);
 }
 
 impl Buffers {
@@ -89,6 +120,19 @@ pub fn run_planned(
     input: &Tensor,
     bufs: &mut Buffers,
     poison: bool,
+) -> Result<Tensor> {
+    run_planned_timed(graph, plan, input, bufs, poison, None)
+}
+
+/// [`run_planned`], also writing each node's wall time in seconds into `times` (one entry per
+/// graph node) when given: what `seamless bench` reports per layer.
+pub fn run_planned_timed(
+    graph: &Graph,
+    plan: &ArenaPlan,
+    input: &Tensor,
+    bufs: &mut Buffers,
+    poison: bool,
+    mut times: Option<&mut [f64]>,
 ) -> Result<Tensor> {
     assert_eq!((plan.h, plan.w), (input.h, input.w), "plan made for another size");
     reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
@@ -146,7 +190,7 @@ pub fn run_planned(
                 let out = region(out_slot);
                 match op {
                     Op::Conv2d(c) => conv::conv2d_into(x, c, out, ws, true),
-                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, out),
+                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, out, ws),
                     Op::MaxPool2 => pool::max_pool2_into(x, out),
                     Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
                     Op::Softmax => softmax::softmax_into(x, out),
@@ -168,6 +212,9 @@ pub fn run_planned(
                     Op::Input { .. } | Op::Concat => unreachable!(),
                 }
             }
+        }
+        if let Some(t) = times.as_deref_mut() {
+            t[i] = t0.elapsed().as_secs_f64();
         }
         if profile {
             eprintln!("{:>9.3} ms  {:<40} {:?}", t0.elapsed().as_secs_f64() * 1e3, node.name, (sh.c, sh.h, sh.w));

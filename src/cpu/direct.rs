@@ -1,0 +1,316 @@
+//! The register-blocked direct convolution engine that `conv` and `conv_transpose` share.
+//!
+//! The input is a stack of `cin` zero-padded planes, each stored flat (row after row, `plane`
+//! elements apart). An output position is a flat index `q` into the plane, and its value is
+//!
+//! ```text
+//! out[co][q] = bias[co] + Σ_ci Σ_t  w[co][ci][t] · in[ci][q + offset[t]]
+//! ```
+//!
+//! accumulated with one fused multiply-add per term, in exactly that order (ci ascending, then the
+//! taps in the order given), starting from the bias. Nothing else: no split of the sum, no
+//! reassociation, so an element's bits depend only on the layer and on its own inputs, never on
+//! the map's extent, the element's position or how the work is split into blocks and threads.
+//! A convolution with a k x k kernel has taps at offsets `ky·row + kx`; the flat indexing lets one
+//! register block run across row ends (positions that land in padding columns are computed and
+//! discarded), so narrow maps still fill whole blocks.
+//!
+//! Three implementations of the same arithmetic: AVX-512F (8 output channels x 48 positions in 24
+//! zmm accumulators), AVX2+FMA (two passes of 4 channels x 16 positions), and a portable one using
+//! `f32::mul_add` (correctly rounded, so it gives the same bits as the hardware FMA). Tests compare
+//! all of them bit for bit with the element-by-element reference.
+
+use rayon::prelude::*;
+
+/// Output channels per register block (and per packed weight block).
+pub const MR: usize = 8;
+/// The most positions any implementation computes per block.
+pub const NR_MAX: usize = 48;
+
+/// One block of results: `MR` channels x up to `NR_MAX` positions.
+pub type Block = [[f32; NR_MAX]; MR];
+
+/// Which implementation runs the blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    Avx2Fma,
+    Avx512,
+}
+
+impl Isa {
+    /// The fastest implementation this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every implementation this CPU can run (for tests and benches).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Isa::Avx2Fma);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+
+    /// Positions per block.
+    pub fn nr(self) -> usize {
+        match self {
+            Isa::Portable => 16,
+            Isa::Avx2Fma => 16,
+            Isa::Avx512 => 48,
+        }
+    }
+}
+
+/// What one call convolves.
+pub struct Taps<'a> {
+    /// `cin` planes of `plane` elements, then at least [`slack`] more readable elements.
+    pub data: &'a [f32],
+    pub plane: usize,
+    pub cin: usize,
+    /// Where each tap reads, relative to the output position.
+    pub offsets: &'a [usize],
+    /// Packed by [`pack_weights`]: `[cout / MR][cin][tap][MR]`.
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    pub cout: usize,
+    /// Output positions `0..n_q` are computed.
+    pub n_q: usize,
+}
+
+/// Readable elements a caller leaves after its last plane: blocks load whole `NR_MAX` runs, which
+/// may reach past the last output position by up to a block (plus a padding overhang below 16).
+pub const fn slack() -> usize {
+    NR_MAX + 16
+}
+
+pub fn packed_weight_elems(cout: usize, cin: usize, taps: usize) -> usize {
+    cout.div_ceil(MR) * cin * taps * MR
+}
+
+/// Regroup weights as `[cout / MR][cin][tap][MR]` (one tap's MR weights adjacent); channels
+/// missing from the last block get zero weights and are never stored.
+pub fn pack_weights(
+    dst: &mut [f32],
+    cout: usize,
+    cin: usize,
+    taps: usize,
+    w: impl Fn(usize, usize, usize) -> f32 + Sync,
+) {
+    let per = cin * taps * MR;
+    let dst = &mut dst[..packed_weight_elems(cout, cin, taps)];
+    dst.par_chunks_mut(per).enumerate().for_each(|(cb, blk)| {
+        for ci in 0..cin {
+            for t in 0..taps {
+                for j in 0..MR {
+                    let co = cb * MR + j;
+                    blk[(ci * taps + t) * MR + j] = if co < cout { w(co, ci, t) } else { 0.0 };
+                }
+            }
+        }
+    });
+}
+
+/// Compute every block and hand it to `store(co0, q0, n, block)`: channels `co0..co0 + MR` (those
+/// below `cout`), positions `q0..q0 + n`. Calls run in parallel on disjoint (channel, position)
+/// blocks.
+pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Sync) {
+    let ntaps = t.offsets.len();
+    let nr = isa.nr();
+    let (nqb, ncb) = (t.n_q.div_ceil(nr), t.cout.div_ceil(MR));
+    if nqb == 0 || ncb == 0 {
+        return;
+    }
+    let max_off = t.offsets.iter().copied().max().unwrap_or(0);
+    // Every load of every block stays inside `data` (the kernels below rely on this).
+    assert!(t.cin >= 1 && ntaps >= 1);
+    assert!((t.cin - 1) * t.plane + nqb * nr + max_off <= t.data.len(), "direct conv: input buffer too short");
+    assert!(t.weights.len() >= packed_weight_elems(t.cout, t.cin, ntaps) && t.bias.len() >= t.cout);
+    // Start of each cache-line run the taps read (taps within 16 elements share one run).
+    let mut sorted = t.offsets.to_vec();
+    sorted.sort_unstable();
+    let mut runs: Vec<usize> = Vec::new();
+    for &o in &sorted {
+        if runs.last().is_none_or(|&r| o >= r + 16) {
+            runs.push(o);
+        }
+    }
+    let runs = &runs[..];
+    let k = t.cin * ntaps;
+    // A task takes a group of channel blocks whose weights stay cached (~256 KiB) across a run of
+    // position blocks whose inputs stay cached across the group; enough tasks for every thread.
+    let group = (65536 / (k * MR)).clamp(1, ncb);
+    let ngroups = ncb.div_ceil(group);
+    let want = 12 * rayon::current_num_threads();
+    let qchunk = nqb.div_ceil(want.div_ceil(ngroups).clamp(1, nqb));
+    let ntasks = ngroups * nqb.div_ceil(qchunk);
+    (0..ntasks).into_par_iter().for_each(|task| {
+        let (g, qc) = (task % ngroups, task / ngroups);
+        let mut blk = [[0.0f32; NR_MAX]; MR];
+        for qb in qc * qchunk..((qc + 1) * qchunk).min(nqb) {
+            for cb in g * group..((g + 1) * group).min(ncb) {
+                let q0 = qb * nr;
+                block(t, isa, cb, q0, runs, &mut blk);
+                store(cb * MR, q0, nr.min(t.n_q - q0), &blk);
+            }
+        }
+    });
+}
+
+fn bias_of(t: &Taps, cb: usize) -> [f32; MR] {
+    let mut b = [0.0; MR];
+    for (j, v) in b.iter_mut().enumerate() {
+        if cb * MR + j < t.cout {
+            *v = t.bias[cb * MR + j];
+        }
+    }
+    b
+}
+
+#[inline(always)]
+fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only chosen where the CPU has AVX-512F (detect/available);
+        // `run` asserted that every load stays inside the buffers.
+        Isa::Avx512 => unsafe { block_avx512(t, cb, q0, runs, blk) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, with AVX2 and FMA.
+        Isa::Avx2Fma => unsafe { block_avx2(t, cb, q0, blk) },
+        _ => {
+            let _ = runs;
+            block_portable(t, cb, q0, blk)
+        }
+    }
+}
+
+/// The arithmetic every implementation performs, written plainly.
+fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
+    const N: usize = 16;
+    let ntaps = t.offsets.len();
+    let bias = bias_of(t, cb);
+    let mut acc = [[0.0f32; N]; MR];
+    for (a, b) in acc.iter_mut().zip(bias) {
+        *a = [b; N];
+    }
+    let w = &t.weights[cb * t.cin * ntaps * MR..(cb + 1) * t.cin * ntaps * MR];
+    for ci in 0..t.cin {
+        for (ti, &off) in t.offsets.iter().enumerate() {
+            let s = ci * t.plane + q0 + off;
+            let src = &t.data[s..s + N];
+            let wt = &w[(ci * ntaps + ti) * MR..][..MR];
+            for (a, &wv) in acc.iter_mut().zip(wt) {
+                for (o, &v) in a.iter_mut().zip(src) {
+                    *o = wv.mul_add(v, *o);
+                }
+            }
+        }
+    }
+    for (o, a) in blk.iter_mut().zip(&acc) {
+        o[..N].copy_from_slice(a);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
+    use std::arch::x86_64::*;
+    const V: usize = 3;
+    const _: () = assert!(V * 16 <= NR_MAX);
+    let ntaps = t.offsets.len();
+    let bias = bias_of(t, cb);
+    let mut acc = [[_mm512_setzero_ps(); V]; MR];
+    for (a, b) in acc.iter_mut().zip(bias) {
+        *a = [_mm512_set1_ps(b); V];
+    }
+    // SAFETY (all pointer arithmetic below): in bounds by the assertions in `run`.
+    unsafe {
+        let mut w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR);
+        let base = t.data.as_ptr().add(q0);
+        for ci in 0..t.cin {
+            let p = base.add(ci * t.plane);
+            // Fetch the next channel's rows while this one computes: the planes lie far apart,
+            // beyond what the hardware prefetchers follow. (A hint: never faults, any address.)
+            let next = p.wrapping_add(t.plane);
+            for &r in runs {
+                for l in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(r + 16 * l) as *const i8);
+                }
+            }
+            for &off in t.offsets {
+                let s = p.add(off);
+                let x = [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s.add(32))];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*w.add(j));
+                    for (av, &xv) in a.iter_mut().zip(&x) {
+                        *av = _mm512_fmadd_ps(wv, xv, *av);
+                    }
+                }
+                w = w.add(MR);
+            }
+        }
+        for (o, a) in blk.iter_mut().zip(&acc) {
+            for (v, &av) in a.iter().enumerate() {
+                _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), av);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
+    use std::arch::x86_64::*;
+    const V: usize = 2;
+    const H: usize = MR / 2;
+    let ntaps = t.offsets.len();
+    let bias = bias_of(t, cb);
+    // Two passes over the taps, 4 channels x 16 positions each (8 accumulators, leaving registers
+    // for the loads and the broadcast among the 16 ymm).
+    for half in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); V]; H];
+        for (a, &b) in acc.iter_mut().zip(&bias[half * H..]) {
+            *a = [_mm256_set1_ps(b); V];
+        }
+        // SAFETY (all pointer arithmetic below): in bounds by the assertions in `run`.
+        unsafe {
+            let mut w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR + half * H);
+            let base = t.data.as_ptr().add(q0);
+            for ci in 0..t.cin {
+                let p = base.add(ci * t.plane);
+                for &off in t.offsets {
+                    let s = p.add(off);
+                    let x = [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8))];
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_broadcast_ss(&*w.add(j));
+                        for (av, &xv) in a.iter_mut().zip(&x) {
+                            *av = _mm256_fmadd_ps(wv, xv, *av);
+                        }
+                    }
+                    w = w.add(MR);
+                }
+            }
+            for (o, a) in blk[half * H..].iter_mut().zip(&acc) {
+                for (v, &av) in a.iter().enumerate() {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * v), av);
+                }
+            }
+        }
+    }
+}
