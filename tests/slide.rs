@@ -300,3 +300,50 @@ fn bad_slides_and_full_disks_give_clear_errors() {
     assert!(stderr(&o).contains("write failed") || stderr(&o).contains("cannot create"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// A Zarr v2 array written by hand (no compressor), as zarr-python 2 writes one, inside an
+/// OME-NGFF 0.4 group (`.zattrs` multiscales, dataset "0", axes c, y, x).
+fn write_zarr_v2(dir: &Path, img: &Tensor, chunk: usize) {
+    let arr = dir.join("0");
+    std::fs::create_dir_all(&arr).unwrap();
+    std::fs::write(dir.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    let zattrs = r#"{"multiscales": [{"version": "0.4", "axes": [{"name": "c", "type": "channel"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}], "datasets": [{"path": "0"}]}]}"#;
+    std::fs::write(dir.join(".zattrs"), zattrs).unwrap();
+    let zarray = format!(
+        r#"{{"zarr_format": 2, "shape": [{}, {}, {}], "chunks": [{}, {chunk}, {chunk}], "dtype": "<u2",
+            "compressor": null, "fill_value": 0, "order": "C", "filters": null}}"#,
+        img.c, img.h, img.w, img.c
+    );
+    std::fs::write(arr.join(".zarray"), zarray).unwrap();
+    for cy in 0..img.h.div_ceil(chunk) {
+        for cx in 0..img.w.div_ceil(chunk) {
+            let mut bytes = Vec::new();
+            for c in 0..img.c {
+                for y in cy * chunk..(cy + 1) * chunk {
+                    for x in cx * chunk..(cx + 1) * chunk {
+                        let v = if y < img.h && x < img.w { img.at(c, y, x) as u16 } else { 0 };
+                        bytes.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            std::fs::write(arr.join(format!("0.{cy}.{cx}")), bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn ome_zarr_v2_input_is_read_and_streams_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(2, 70, 93, 12, 4000.0);
+    let input = dir.path().join("v2.zarr");
+    write_zarr_v2(&input, &img, 32);
+    assert_eq!(read_all(&input), img);
+    let model = random_model(unet(2, 2, 4, 2, true, "bilinear"), 3);
+    let mut norm = img.clone();
+    normalize::apply(&mut norm, &normalize::statistics(&img, Normalize::Zscore));
+    let reference = infer_whole(&model, &norm, PadMode::Zero).unwrap();
+    let out = dir.path().join("o.zarr");
+    run_stream(&model, &input, &out, &opts(Format::Zarr, 16, model.exact_halo(), false));
+    assert_eq!(first_difference(&read_all(&out), &reference), None);
+}
