@@ -382,3 +382,21 @@ impl ArenaPlan {
         Ok(())
     }
 }
+
+/// Peak elements of the plain strategy — one buffer per activation, freed after its last reader,
+/// concatenations copied — for comparison with the plan (`seamless plan`, docs/memory.md).
+pub fn liveness_peak(graph: &Graph, h: usize, w: usize) -> Result<usize> {
+    let shapes = graph.shapes(h, w)?;
+    let last = graph.last_use();
+    let (mut live, mut peak) = (0usize, 0usize);
+    for (i, node) in graph.nodes.iter().enumerate() {
+        live += shapes[i].c * shapes[i].h * shapes[i].w;
+        peak = peak.max(live);
+        for &j in &node.inputs {
+            if last[j] == i {
+                live -= shapes[j].c * shapes[j].h * shapes[j].w;
+            }
+        }
+    }
+    Ok(peak)
+}
