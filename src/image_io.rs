@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use npyz::{TypeChar, WriterBuilder};
+use npyz::WriterBuilder;
 
 use crate::error::{Error, Result};
 use crate::output::AtomicFile;
@@ -32,10 +32,17 @@ fn input_err(path: &Path, msg: impl Into<String>) -> Error {
 
 pub fn read_image(path: &Path) -> Result<Tensor> {
     let fmt = format_of(path).ok_or_else(|| input_err(path, "unknown image format (supported: .npy, .png)"))?;
-    let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
     let img = match fmt {
-        Format::Npy => read_npy(path, BufReader::new(file))?,
-        Format::Png => read_png(path, BufReader::new(file))?,
+        // One reader for .npy: the windowed one, asked for the whole image.
+        Format::Npy => {
+            let mut src = crate::slide::npy::NpySource::open(path)?;
+            let (h, w, _) = crate::slide::Source::shape(&src);
+            crate::slide::Source::read(&mut src, 0, 0, h, w)?
+        }
+        Format::Png => {
+            let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+            read_png(path, BufReader::new(file))?
+        }
     };
     if img.h == 0 || img.w == 0 || img.c == 0 {
         return Err(input_err(path, format!("empty image ({}x{} with {} channels)", img.h, img.w, img.c)));
@@ -51,51 +58,6 @@ fn planar(h: usize, w: usize, c: usize, hwc: impl IntoIterator<Item = f32>) -> T
         t.data[(i % c) * hw + i / c] = v;
     }
     t
-}
-
-fn read_npy(path: &Path, r: impl std::io::Read) -> Result<Tensor> {
-    let bad = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => input_err(path, "the .npy file ends early (truncated?)"),
-        _ => input_err(path, format!("not a readable .npy file: {e}")),
-    };
-    let npy = npyz::NpyFile::new(r).map_err(bad)?;
-    if npy.order() != npyz::Order::C {
-        return Err(input_err(path, "Fortran-ordered array; save it with np.ascontiguousarray"));
-    }
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let (h, w, c) = match shape[..] {
-        [h, w] => (h, w, 1),
-        [h, w, c] if c <= 64 => (h, w, c),
-        _ => {
-            return Err(input_err(
-                path,
-                format!("array of shape {shape:?}; expected (H, W) or (H, W, C) with C <= 64"),
-            ));
-        }
-    };
-    let npyz::DType::Plain(ts) = npy.dtype() else {
-        return Err(input_err(path, "structured dtypes are not images"));
-    };
-    let n = h * w * c;
-    let values: Vec<f32> = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Uint, 1) => npy.into_vec::<u8>().map_err(bad)?.into_iter().map(f32::from).collect(),
-        (TypeChar::Uint, 2) => npy.into_vec::<u16>().map_err(bad)?.into_iter().map(f32::from).collect(),
-        (TypeChar::Uint, 4) => npy.into_vec::<u32>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
-        (TypeChar::Int, 1) => npy.into_vec::<i8>().map_err(bad)?.into_iter().map(f32::from).collect(),
-        (TypeChar::Int, 2) => npy.into_vec::<i16>().map_err(bad)?.into_iter().map(f32::from).collect(),
-        (TypeChar::Int, 4) => npy.into_vec::<i32>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
-        (TypeChar::Float, 4) => npy.into_vec::<f32>().map_err(bad)?,
-        (TypeChar::Float, 8) => npy.into_vec::<f64>().map_err(bad)?.into_iter().map(|v| v as f32).collect(),
-        (TypeChar::Bool, _) => npy.into_vec::<bool>().map_err(bad)?.into_iter().map(|v| v as u8 as f32).collect(),
-        _ => return Err(input_err(path, format!("unsupported dtype {ts}"))),
-    };
-    if values.len() != n {
-        return Err(input_err(path, format!("holds {} values, its shape says {n} (truncated?)", values.len())));
-    }
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err(input_err(path, "contains NaN or infinite values"));
-    }
-    Ok(planar(h, w, c, values))
 }
 
 fn read_png(path: &Path, r: impl std::io::BufRead + std::io::Seek) -> Result<Tensor> {

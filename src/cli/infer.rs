@@ -55,7 +55,8 @@ pub struct InferArgs {
     #[arg(long, default_value = "auto")]
     pub tile: String,
     /// Memory the run may use (e.g. 4GiB, 512MiB); `--tile auto` picks the largest tile that fits.
-    /// Default: the memory available now minus 10% (at least 256 MiB).
+    /// Default: on the CPU half the memory available now, at most 4 GiB; on CUDA the device's free
+    /// memory minus 10% (at least 256 MiB).
     #[arg(long)]
     pub memory_budget: Option<String>,
     /// Halo around each tile: `exact` (from the receptive field) or a number of pixels (a
@@ -111,15 +112,18 @@ pub enum OutputKind {
     Probs,
 }
 
-/// The memory budget: `--memory-budget`, or the memory available now minus a margin of 10%
-/// (at least 256 MiB) for the image, the output and everything else the process holds.
+/// Default CPU budget cap: past a few thousand pixels a larger tile saves little halo work (the
+/// overhead ((T+2H)/T)^2 is already within a few percent), and a shared machine keeps its memory.
+const CPU_DEFAULT_CAP: usize = 4 << 30;
+
+/// The CPU memory budget: `--memory-budget`, or half the memory available now, at most 4 GiB.
 pub fn memory_budget(arg: Option<&str>) -> Result<usize> {
     if let Some(s) = arg {
         return parse_bytes(s);
     }
     let avail = available_host_memory()
         .ok_or_else(|| Error::Usage("cannot read the available memory; give --memory-budget".into()))?;
-    Ok(avail.saturating_sub((avail / 10).max(256 << 20)))
+    Ok((avail / 2).min(CPU_DEFAULT_CAP))
 }
 
 /// Tile size to use when the user says `auto`: the largest that fits the budget (the planner).
@@ -161,15 +165,7 @@ pub fn parse_tile(
     if s == "auto" {
         return auto_tile(backend, model, (h, w), budget, multiple, quiet);
     }
-    let num =
-        |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
-    match s.split_once('x') {
-        Some((th, tw)) => Ok((num(th)?, num(tw)?)),
-        None => {
-            let t = num(s)?;
-            Ok((t, t))
-        }
-    }
+    parse_size(s)
 }
 
 /// `N`, `HxW`, or `auto` = 512 px rounded to A and shrunk to the image (sweeps and ERF, which
@@ -180,7 +176,13 @@ pub fn parse_tile_fixed(s: &str, model: &Model, h: usize, w: usize) -> Result<(u
         let t = round_up(512, a);
         return Ok((t.min(round_up(h.max(1), a)), t.min(round_up(w.max(1), a))));
     }
-    let num = |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("'{s}': expected N, HxW or auto")));
+    parse_size(s)
+}
+
+/// `N` (square) or `HxW`.
+fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let num =
+        |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
     match s.split_once('x') {
         Some((th, tw)) => Ok((num(th)?, num(tw)?)),
         None => {
@@ -201,8 +203,8 @@ pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
 /// CPU. `auto` falls back to the CPU with one line saying why; an explicit `cuda` that cannot start
 /// is an error (exit code 6).
 ///
-/// Also resolves the memory budget: `--memory-budget`, else the device's free memory (CUDA) or the
-/// host's available memory (CPU), minus a margin of 10% (at least 256 MiB). The CPU backend then
+/// Also resolves the memory budget: `--memory-budget`, else the device's free memory minus 10% (at
+/// least 256 MiB) for CUDA, or [`memory_budget`]'s default for the CPU. The CPU backend then
 /// refuses windows whose buffers exceed the budget less the weights, as a device would.
 pub fn select_backend(
     b: Backend,
