@@ -136,7 +136,13 @@ pub fn auto_tile(
     quiet: bool,
 ) -> Result<(usize, usize)> {
     let (precision, mem) = backend.memory_model();
-    let choice = TilePlanner::new(model, h, w, precision, mem)?.with_multiple(multiple).choose(budget)?;
+    let planner = TilePlanner::new(model, h, w, precision, mem)?;
+    let choice = match planner.with_multiple(multiple).choose(budget) {
+        Err(Error::OutOfMemory { .. }) if multiple > 16 => {
+            TilePlanner::new(model, h, w, precision, mem)?.with_multiple(16).choose(budget)?
+        }
+        other => other?,
+    };
     if !quiet {
         eprintln!(
             "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), halo overhead {:.2}x",
@@ -323,7 +329,9 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let (backend, budget) =
         select_backend(a.backend, a.precision, a.device, a.memory_budget.as_deref(), &model, a.quiet)?;
-    let multiple = if format == Format::Tiff { 16 } else { 1 };
+    // TIFF tiles must be multiples of 16; compute tiles that are multiples of 256 let the output
+    // use 256-px TIFF tiles (readers handle many tiny tiles poorly). Smaller budgets fall back to 16.
+    let multiple = if format == Format::Tiff { 256 } else { 1 };
     let tile = if a.whole {
         (0, 0)
     } else {

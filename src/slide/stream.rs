@@ -103,7 +103,8 @@ pub fn chunk_for(format: Format, tile: (usize, usize), single_tile: bool) -> Res
     }
     let g = gcd(tile.0, tile.1);
     match format {
-        Format::Tiff => divisor(g, 16, 1024).ok_or_else(|| {
+        // Prefer 256-512 px TIFF tiles; any multiple of 16 that divides the tile will do.
+        Format::Tiff => divisor(g, 256, 512).or_else(|| divisor(g, 16, 1024)).ok_or_else(|| {
             Error::Tiling(format!(
                 "TIFF output needs tiles that are multiples of 16 (TIFF tile sizes are); {}x{} is not — \
                  choose a multiple of 16 that is also a multiple of the model's A",
