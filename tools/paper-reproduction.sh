@@ -2,7 +2,7 @@
 # Re-runs every experiment of docs/paper-reproduction.md and writes its tables (.txt, .csv) and
 # figures (.png) into docs/figures/. Usage: tools/paper-reproduction.sh [SECTION...]
 # Sections: formulas demo-unet demo-fcdn unet64 fcdn103 erf tol (default: all). Needs a release
-# build (cargo build --release) and the demo models in models/. About 10 minutes on 2 cores.
+# build (cargo build --release) and the demo models in models/. A few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SEAMLESS:-target/release/seamless}
