@@ -325,6 +325,9 @@ pub fn run(
     }
 
     // Statistics over the whole image, streamed in bands.
+    if !matches!(opts.norm.mode, normalize::Normalize::None | normalize::Normalize::Fixed) {
+        note(&format!("normalisation: {:?} statistics over the whole {iw}x{ih} image ...", opts.norm.mode));
+    }
     let stats = normalize::statistics_with(&opts.norm, ic, &mut |f| {
         for y0 in (0..ih).step_by(normalize::BAND) {
             f(&src.read(y0, 0, normalize::BAND.min(ih - y0), iw)?);
