@@ -278,3 +278,58 @@ fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(data);
     out
 }
+
+#[test]
+fn plan_reports_tiles_per_budget() {
+    let o =
+        seamless(&["plan", "unet-64", "--budget", "1GiB,80GiB", "--precision", "f16", "--memory", "device", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let (small, big) = (&rows[0], &rows[1]);
+    assert!(small["tile_h"].as_u64().unwrap() < big["tile_h"].as_u64().unwrap());
+    assert!(small["peak"]["arena_bytes"].as_u64().unwrap() <= 1 << 30);
+    assert_eq!(big["halo"], 96);
+    let o = seamless(&["plan", "fcdensenet-103", "--budget", "1GiB"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("does not fit"));
+    let o = seamless(&["plan", "unet-64", "--budget", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a size"));
+}
+
+#[test]
+fn memory_budget_picks_the_tile_and_too_small_a_budget_is_refused() {
+    let f = Fixture::new();
+    let (m, img, out) = (f.path("unet.safetensors"), f.path("img.npy"), f.path("o.npy"));
+    let o = seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&out), "--memory-budget", "2MiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plan: tile"), "{}", stderr(&o));
+    let out2 = f.path("o2.npy");
+    fails(
+        &f,
+        &["infer", "--model", s(&m), "--input", s(&img), "--output", s(&out2), "--memory-budget", "10KiB"],
+        6,
+        "exceeds the budget",
+        &out2,
+    );
+}
+
+#[test]
+fn bench_reports_whole_network_and_per_layer_throughput() {
+    let out =
+        seamless(&["--threads", "2", "bench", "unet-8-d2", "--size", "32", "--runs", "2", "--warmup", "0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(rep["size"], 32);
+    assert_eq!(rep["run_seconds"].as_array().map(|a| a.len()), Some(2));
+    assert!(rep["mpx_per_s"].as_f64().unwrap() > 0.0 && rep["gflop_per_s"].as_f64().unwrap() > 0.0);
+    let layers = rep["layers"].as_array().expect("layers");
+    assert!(layers.iter().any(|l| l["op"] == "conv2d" && l["gflop"].as_f64().unwrap() > 0.0));
+    // A size the model cannot take, and a backend this build lacks, are refused with a reason.
+    let bad = seamless(&["bench", "unet-8-d2", "--size", "30"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    let gpu = seamless(&["bench", "unet-8-d2", "--size", "32", "--backend", "cuda"]);
+    assert_eq!(gpu.status.code(), Some(6));
+}
