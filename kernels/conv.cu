@@ -6,8 +6,9 @@
 // enters as ordinary w·0 taps, exactly as in the twin. No atomics, no split-K.
 //
 // Variant 1, conv2d_k{K}_f32 (--precision f32): direct convolution, one thread per output pixel
-// and CO_BLOCK output channels. acc = bias, then Σ_ci Σ_ky Σ_kx acc + w·x with a separate multiply
-// and add (no FMA, no TF32): the twin's order and rounding, so results equal the CPU's bit for bit.
+// and CO_BLOCK output channels. acc = bias, then Σ_ci Σ_ky Σ_kx acc = fma(w, x, acc) (one
+// correctly rounded fused multiply-add per term, no TF32): the twin's order and rounding (the CPU
+// engine, src/cpu/direct.rs, uses FMA in the same order), so results equal the CPU's bit for bit.
 //
 // Variant 2, conv2d_k{K}_f16 (--precision f16): implicit GEMM on tensor cores, mma.sync
 // m16n8k16 with f16 operands and f32 accumulators. M = output channels, N = pixels, and the
@@ -55,7 +56,7 @@ __device__ void conv2d_f32(float* out, const float* x, const float* wt, const fl
             for (int kx = 0; kx < K; kx++) {
                 float v = xs[ty + ky][tx + kx];
 #pragma unroll
-                for (int j = 0; j < CO_BLOCK; j++) acc[j] = __fadd_rn(acc[j], __fmul_rn(ws[j][ky * K + kx], v));
+                for (int j = 0; j < CO_BLOCK; j++) acc[j] = __fmaf_rn(ws[j][ky * K + kx], v, acc[j]);
             }
         }
         __syncthreads();

@@ -1,8 +1,8 @@
 // ConvTranspose2d, stride 2, padding 0, k = 2 or 3, output cropped to 2h x 2w.
 // Twin: src/cpu/conv_transpose.rs. One thread per output element sums
 // bias + Σ_ci Σ_ky Σ_kx w[ci][co][ky][kx]·x[ci][iy][ix] over the taps with oy = 2·iy + ky,
-// ox = 2·ix + kx, in ascending (ci, ky, kx) order with separate multiply and add: the twin's order,
-// so f32 results equal it bit for bit. Which taps exist depends only on the parity of (oy, ox)
+// ox = 2·ix + kx, in ascending (ci, ky, kx) order with one fused multiply-add per term: the twin's
+// order and rounding, so f32 results equal it bit for bit. Which taps exist depends only on the parity of (oy, ox)
 // and the map edge; tiles start on even positions, so they sum exactly as the whole image does.
 // Weights have the activations' storage type; accumulation is always f32.
 
@@ -28,7 +28,7 @@ __device__ void conv_transpose2d(T* out, const T* x, const T* wt, const float* b
                     if ((int)ox < kx || ((ox - kx) & 1) != 0) continue;
                     unsigned ix = (ox - kx) / 2;
                     if (ix >= w) continue;
-                    acc = __fadd_rn(acc, __fmul_rn(ld(wk + ky * K + kx), ld(plane + iy * w + ix)));
+                    acc = __fmaf_rn(ld(wk + ky * K + kx), ld(plane + iy * w + ix), acc);
                 }
             }
         }

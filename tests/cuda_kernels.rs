@@ -164,8 +164,9 @@ fn every_kernel_matches_its_cpu_twin_f16() {
     kernels_match_twins(Precision::F16, 1e-2);
 }
 
-/// f32 conv, transposed conv, scale-shift and upsampling use the twins' summation order without
-/// FMA, so they agree with the CPU bit for bit (softmax's exp is the only approximate op).
+/// f32 conv and transposed conv use the twins' summation order and FMA rounding, scale-shift and
+/// upsampling the twins' unfused arithmetic, so they agree with the CPU bit for bit (softmax's exp
+/// is the only approximate op).
 #[test]
 fn f32_arithmetic_kernels_equal_the_cpu_bit_for_bit() {
     let Some(gpu) = gpu(Precision::F32) else { return };

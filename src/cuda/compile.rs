@@ -3,7 +3,8 @@
 //! Kernels are compiled to cubin for the exact GPU architecture (`sm_90` on an H100): a cubin
 //! needs no JIT at load time, and unlike PTX from a newer NVRTC it loads on a driver of the same
 //! major version that is older than the compiler. The options are decided here, not by the
-//! caller: `--fmad=false` keeps f32 arithmetic free of multiply-add contraction (the CPU twins'
+//! caller: `--fmad=false` keeps f32 arithmetic free of implicit multiply-add contraction (fused
+//! multiply-adds appear only where a kernel writes `__fmaf_rn`, as its CPU twin uses FMA: the twins'
 //! rounding), and nothing enables fast math or TF32.
 //!
 //! Cache: `$SEAMLESS_KERNEL_CACHE` (`off` disables it), else `$XDG_CACHE_HOME/seamless`, else
