@@ -136,10 +136,11 @@ pub fn auto_tile(
     quiet: bool,
 ) -> Result<(usize, usize)> {
     let (precision, mem) = backend.memory_model();
-    let planner = TilePlanner::new(model, h, w, precision, mem)?;
-    let choice = match planner.with_multiple(multiple).choose(budget) {
+    let mut planner = TilePlanner::new(model, h, w, precision, mem)?.with_multiple(multiple);
+    let choice = match planner.choose(budget) {
         Err(Error::OutOfMemory { .. }) if multiple > 16 => {
-            TilePlanner::new(model, h, w, precision, mem)?.with_multiple(16).choose(budget)?
+            planner.set_multiple(16);
+            planner.choose(budget)?
         }
         other => other?,
     };

@@ -112,6 +112,12 @@ pub struct TilePlanner<'a> {
 impl<'a> TilePlanner<'a> {
     /// Tiles that are also multiples of `m` (e.g. 16 for TIFF output tiles).
     pub fn with_multiple(mut self, m: usize) -> Self {
+        self.set_multiple(m);
+        self
+    }
+
+    /// As [`Self::with_multiple`], in place: retrying with another multiple keeps the unit plan.
+    pub fn set_multiple(&mut self, m: usize) {
         let a = self.model.align();
         let gcd = |mut x: usize, mut y: usize| {
             while y != 0 {
@@ -120,7 +126,6 @@ impl<'a> TilePlanner<'a> {
             x
         };
         self.step = a / gcd(a, m.max(1)) * m.max(1);
-        self
     }
 
     pub fn new(
