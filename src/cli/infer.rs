@@ -146,7 +146,7 @@ pub fn auto_tile(
     };
     if !quiet {
         eprintln!(
-            "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), halo overhead {:.2}x",
+            "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), {:.2}x the pixels of one whole pass",
             choice.tile_w,
             choice.tile_h,
             choice.window_w,
