@@ -231,7 +231,12 @@ fn memory_stays_bounded_on_a_20000_by_20000_image() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no peak memory in: {text}"));
     eprintln!("20000x20000 run: peak RSS {peak_mib:.1} MiB");
-    assert!(peak_mib < 300.0, "peak RSS {peak_mib} MiB; the image is 381 MiB as u8, 1526 MiB as f32");
+    // The budget covers the arena, workspace, weights and the windows in flight; what is left is
+    // the process itself (binary, thread stacks, one statistics band of 256 rows, decoder state).
+    assert!(
+        peak_mib < 64.0 + 48.0,
+        "peak RSS {peak_mib} MiB under a 64 MiB budget; the image is 381 MiB as u8, 1526 MiB as f32"
+    );
     let mut r = slide::open_source(s(&out), None).unwrap();
     assert_eq!(r.shape(), (n, n, 1));
     // Away from the image border (where the zero padding shows) a constant image gives constant

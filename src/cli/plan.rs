@@ -19,8 +19,9 @@ pub struct PlanArgs {
     /// Element size of activations and weights.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
-    /// Whose memory to count: the CPU executor (arena + convolution workspace) or a device
-    /// executor (arena + weights only).
+    /// Whose memory to count: the CPU pipeline (arena + convolution workspace + weights + the
+    /// windows in flight between reader, compute and writer) or a device executor (arena +
+    /// weights only).
     #[arg(long, value_enum, default_value_t = MemoryModel::Cpu)]
     memory: MemoryModel,
     /// Machine-readable output.

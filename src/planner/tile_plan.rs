@@ -41,7 +41,9 @@ impl Precision {
 /// Which executor's memory to account for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum MemoryModel {
-    /// The CPU executor: arena plus the convolution workspace (padded input, packed weights).
+    /// The CPU executor inside the streaming pipeline: arena, convolution workspace (padded input,
+    /// packed weights), weights, and the input windows and outputs in flight between the reader,
+    /// compute and writer threads (all host memory, all under one budget).
     Cpu,
     /// A device executor that allocates the arena and the weights only.
     Device,
@@ -52,11 +54,14 @@ pub struct Peak {
     pub arena_bytes: usize,
     pub workspace_bytes: usize,
     pub weight_bytes: usize,
+    /// Buffers outside the arena that grow with the window: for the CPU model, the windows and
+    /// outputs in flight between the streaming pipeline's threads.
+    pub staging_bytes: usize,
 }
 
 impl Peak {
     pub fn total(&self) -> usize {
-        self.arena_bytes + self.workspace_bytes + self.weight_bytes
+        self.arena_bytes + self.workspace_bytes + self.weight_bytes + self.staging_bytes
     }
 }
 
@@ -66,14 +71,21 @@ pub fn peak(graph: &Graph, h: usize, w: usize, precision: Precision, mem: Memory
 }
 
 fn peak_of(graph: &Graph, plan: &ArenaPlan, precision: Precision, mem: MemoryModel) -> Result<Peak> {
-    let workspace = match mem {
-        MemoryModel::Cpu => crate::cpu::workspace_elems(graph, plan) * 4,
-        MemoryModel::Device => 0,
+    let (workspace, staging) = match mem {
+        MemoryModel::Cpu => {
+            let (in_c, out_c) = (plan.shapes[0].c, plan.shapes[graph.output].c);
+            (
+                crate::cpu::workspace_elems(graph, plan) * 4,
+                crate::slide::stream::in_flight_bytes(in_c, out_c, plan.h, plan.w),
+            )
+        }
+        MemoryModel::Device => (0, 0),
     };
     Ok(Peak {
         arena_bytes: plan.arena_elems * precision.bytes(),
         workspace_bytes: workspace,
         weight_bytes: graph.params() * precision.bytes(),
+        staging_bytes: staging,
     })
 }
 
@@ -206,9 +218,9 @@ impl<'a> TilePlanner<'a> {
             let (p, h, w) = self.grid_peak(a, a)?;
             return Err(Error::OutOfMemory {
                 what: format!(
-                    "even the smallest tile ({a}x{a}, window {h}x{w}; weights {} B, arena {} B, workspace {} B) \
-                     exceeds the budget of {budget} B",
-                    p.weight_bytes, p.arena_bytes, p.workspace_bytes
+                    "even the smallest tile ({a}x{a}, window {h}x{w}; weights {} B, arena {} B, workspace {} B, \
+                     tiles in flight {} B) exceeds the budget of {budget} B",
+                    p.weight_bytes, p.arena_bytes, p.workspace_bytes, p.staging_bytes
                 ),
                 bytes: p.total(),
             });
@@ -229,7 +241,7 @@ impl<'a> TilePlanner<'a> {
         let (p, window_h, window_w) = self.grid_peak(th, tw)?;
         let halo = self.model.exact_halo();
         let win: usize = grid.tiles.iter().map(|t| t.win_h * t.win_w).sum();
-        let per_window = p.arena_bytes + p.workspace_bytes;
+        let per_window = p.arena_bytes + p.workspace_bytes + p.staging_bytes;
         let batch = budget.saturating_sub(p.weight_bytes).checked_div(per_window).unwrap_or(1).max(1);
         Ok(TileChoice {
             tile_h: th,

@@ -84,6 +84,22 @@ struct JournalEntry {
     sink: serde_json::Value,
 }
 
+/// Depth of the queue reader -> compute, and of the queue compute -> writer. One is enough for
+/// the three threads to overlap (each side has one item in hand and one waiting); every extra slot
+/// is another window the memory budget has to hold.
+const QUEUE_DEPTH: usize = 1;
+
+/// Host bytes of the tiles in flight for windows of `h x w`, `in_c` input and `out_c` output
+/// channels (f32): at most four input windows (the reader's window and, for a window that
+/// crosses the image border, the part it pastes from; one queued; one being computed) and four
+/// window-sized outputs (the network's output and its cropped tile in the compute thread, one
+/// queued, one being written). Output tiles are counted at the window's size, an upper bound.
+/// The tile planner counts these against a CPU memory budget with the arena.
+pub fn in_flight_bytes(in_c: usize, out_c: usize, h: usize, w: usize) -> usize {
+    let (inputs, outputs) = (3 + QUEUE_DEPTH, 3 + QUEUE_DEPTH);
+    (inputs * in_c + outputs * out_c) * h * w * std::mem::size_of::<f32>()
+}
+
 /// Peak resident memory of this process so far (Linux), in bytes.
 pub fn peak_rss() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -153,6 +169,12 @@ fn read_window(src: &mut dyn Source, t: &Tile, pad: PadMode, stats: &[(f64, f64)
     let inside = |v0: usize, n: usize, size: usize| (v0.min(size), (v0 + n).min(size));
     let (ry0, ry1) = inside(y0, h, ih);
     let (rx0, rx1) = inside(x0, w, iw);
+    if (ry0, rx0, ry1, rx1) == (y0, x0, y0 + h, x0 + w) {
+        // Wholly inside the image (every interior tile): the part read is the window, no copy.
+        let mut win = src.read(y0, x0, h, w)?;
+        normalize::apply(&mut win, stats);
+        return Ok(win);
+    }
     let mut win = Tensor::zeros(c, h, w);
     if ry1 > ry0 && rx1 > rx0 {
         let mut part = src.read(ry0, rx0, ry1 - ry0, rx1 - rx0)?;
@@ -398,10 +420,10 @@ pub fn run(
     let mut mpx = 0f64;
     let abort_after = opts.abort_after;
 
-    // Reader -> compute (this thread) -> writer, bounded queues of two tiles each.
+    // Reader -> compute (this thread) -> writer, bounded queues of QUEUE_DEPTH tiles each.
     let result: Result<Box<dyn Sink>> = std::thread::scope(|scope| {
-        let (win_tx, win_rx) = sync_channel::<Result<(usize, Tile, Tensor)>>(2);
-        let (out_tx, out_rx) = sync_channel::<(usize, Tile, Tensor)>(2);
+        let (win_tx, win_rx) = sync_channel::<Result<(usize, Tile, Tensor)>>(QUEUE_DEPTH);
+        let (out_tx, out_rx) = sync_channel::<(usize, Tile, Tensor)>(QUEUE_DEPTH);
         let pad = opts.pad;
         let stats_r = &stats;
         let todo_r = &todo;
