@@ -19,8 +19,9 @@ pub struct PlanArgs {
     /// Element size of activations and weights.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
-    /// Whose memory to count: the CPU executor (arena + convolution workspace) or a device
-    /// executor (arena + weights only).
+    /// Whose memory to count: the CPU executor (arena + convolution workspace) or the CUDA
+    /// executor (the arena of the graph it runs, its device parameters, one input and one output
+    /// staging buffer).
     #[arg(long, value_enum, default_value_t = MemoryModel::Cpu)]
     memory: MemoryModel,
     /// Machine-readable output.
@@ -107,7 +108,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
          (1.0 = whole image at once); batch = windows that fit at once"
     );
     if let Some(c) = rows.iter().filter_map(|r| r.choice.as_ref()).next_back() {
-        let plain = liveness_peak(&model.graph, c.window_h, c.window_w)? * a.precision.bytes();
+        let plain = liveness_peak(planner.graph(), c.window_h, c.window_w)? * a.precision.bytes();
         println!(
             "for the {}x{} window: planned arena {}; one buffer per activation, freed after its last reader, \
              with copied concatenations: {} ({:.0}% more)",
