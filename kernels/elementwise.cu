@@ -1,6 +1,8 @@
 // Per-channel scale and shift (inference batch norm) with optional ReLU, and plain ReLU.
 // Twin: src/cpu/elementwise.rs. One thread per element; `x * s + b` is a multiply then an add
-// (no FMA), as on the CPU, so f32 results equal the twin's bit for bit.
+// (no FMA), as on the CPU, so f32 results equal the twin's bit for bit. The `_inplace` entry points
+// are the same arithmetic over one buffer (the arena executor's in-place steps): each thread reads
+// its element before writing it, so `out == x` is safe.
 
 template <typename T>
 __device__ void scale_shift(T* out, const T* x, const float* scale, const float* shift, int relu, u64 hw, u64 n) {
@@ -26,3 +28,13 @@ extern "C" __global__ void scale_shift_f16(half_t* out, const half_t* x, const f
 }
 extern "C" __global__ void relu_f32(float* out, const float* x, u64 n) { relu(out, x, n); }
 extern "C" __global__ void relu_f16(half_t* out, const half_t* x, u64 n) { relu(out, x, n); }
+extern "C" __global__ void scale_shift_inplace_f32(float* x, const float* scale, const float* shift, int relu, u64 hw,
+                                                   u64 n) {
+    scale_shift(x, x, scale, shift, relu, hw, n);
+}
+extern "C" __global__ void scale_shift_inplace_f16(half_t* x, const float* scale, const float* shift, int relu,
+                                                   u64 hw, u64 n) {
+    scale_shift(x, x, scale, shift, relu, hw, n);
+}
+extern "C" __global__ void relu_inplace_f32(float* x, u64 n) { relu(x, x, n); }
+extern "C" __global__ void relu_inplace_f16(half_t* x, u64 n) { relu(x, x, n); }

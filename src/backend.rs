@@ -19,6 +19,24 @@ pub trait Backend: Sync {
     fn memory_model(&self) -> (Precision, MemoryModel) {
         (Precision::F32, MemoryModel::Cpu)
     }
+    /// Run the graph on every window `next` yields until it yields `None`, handing each window
+    /// back with its result to `done`, in the order the windows came. `done` returns false to
+    /// stop early; it may call [`Backend::run`] (the streaming runner retries a window that ran
+    /// out of memory as smaller tiles that way). A backend that can overlap one window's
+    /// transfers with another's compute overrides this (CUDA); the default runs them one by one.
+    fn run_pipelined(
+        &self,
+        graph: &Graph,
+        next: &mut dyn FnMut() -> Option<Tensor>,
+        done: &mut dyn FnMut(Tensor, Result<Tensor>) -> bool,
+    ) {
+        while let Some(x) = next() {
+            let y = self.run(graph, &x);
+            if !done(x, y) {
+                return;
+            }
+        }
+    }
 }
 
 /// The multi-threaded f32 CPU backend (src/cpu/): the planned executor, with plans cached per

@@ -263,3 +263,114 @@ fn switching_models_reuploads_weights() {
     assert!(first_difference(&first, &other).is_some(), "different weights, different output");
     assert_eq!(first_difference(&first, &gpu.run(&a.graph, &img).unwrap()), None);
 }
+
+/// Small models of both families, plus the FC-DenseNet-56 and a 16-filter U-Net preset (random
+/// weights): the FC-DenseNets carry fused conv pre-ops, which the backend runs split.
+fn memory_models() -> Vec<(String, Model)> {
+    let mut out: Vec<(String, Model)> = vec![
+        ("unet small".into(), random_model(unet(1, 2, 4, 3, true, "transpose"), 1)),
+        ("unet bilinear".into(), random_model(unet(3, 3, 8, 2, false, "bilinear"), 2)),
+        ("fcdensenet small".into(), random_model(densenet(1, 3, 4, 3, &[2, 3], 2), 4)),
+        ("fcdensenet 3 levels".into(), random_model(densenet(2, 2, 6, 4, &[1, 2, 2], 3), 5)),
+    ];
+    for preset in ["unet-16", "fcdensenet-56"] {
+        let cfg = seamless::model::ModelConfig::preset(preset).expect("preset");
+        out.push((preset.into(), random_model(cfg, 9)));
+    }
+    out
+}
+
+/// The planner's device memory model is what the backend really allocates: arena, parameters
+/// and staging, byte for byte, for both families, several window sizes and both precisions.
+/// Windows grow, so each run's plan is the largest so far; a smaller window afterwards reuses the
+/// arena (nothing is reallocated, nothing shrinks).
+fn device_allocation_equals_the_plan(precision: Precision) {
+    use seamless::cuda::DeviceBytes;
+    use seamless::planner::{MemoryModel, tile_plan};
+    if gpu(precision).is_none() {
+        return;
+    }
+    for (name, model) in memory_models() {
+        // A fresh backend per model: its buffers hold nothing from another model.
+        let gpu = gpu(precision).expect("available above");
+        let a = model.align();
+        let (free0, _) = gpu.mem_get_info().unwrap();
+        let mut largest = DeviceBytes::default();
+        for (hu, wu) in [(1, 1), (2, 1), (2, 3), (4, 4)] {
+            let (h, w) = (a * hu, a * wu);
+            let img = random_image(&mut SplitMix64(h as u64), model.in_channels(), h, w);
+            let out = gpu.run(&model.graph, &img).unwrap_or_else(|e| panic!("{name} {h}x{w}: {e}"));
+            assert!(out.data.iter().all(|v| v.is_finite()), "{name} {h}x{w}: non-finite output");
+            let p = tile_plan::peak(&model.graph, h, w, precision, MemoryModel::Device).unwrap();
+            let want = DeviceBytes { arena: p.arena_bytes, weights: p.weight_bytes, staging: p.staging_bytes };
+            let got = gpu.allocated();
+            let (free, _) = gpu.mem_get_info().unwrap();
+            println!(
+                "{:<4} {name:<20} {h:>4}x{w:<4} planned {:>11} B (arena {} + weights {} + staging {}), \
+                 allocated {:>11} B, cuMemGetInfo used +{} B",
+                precision.name(),
+                p.total(),
+                p.arena_bytes,
+                p.weight_bytes,
+                p.staging_bytes,
+                got.total(),
+                free0.saturating_sub(free)
+            );
+            assert_eq!(got, want, "{name} {} {h}x{w}: allocated vs planned", precision.name());
+            assert_eq!(got.total(), p.total());
+            largest = got;
+        }
+        let img = random_image(&mut SplitMix64(1), model.in_channels(), a, 2 * a);
+        gpu.run(&model.graph, &img).unwrap();
+        assert_eq!(gpu.allocated(), largest, "{name}: a smaller window reuses the buffers");
+    }
+}
+
+#[test]
+fn device_allocation_equals_the_plan_f32() {
+    device_allocation_equals_the_plan(Precision::F32);
+}
+
+#[test]
+fn device_allocation_equals_the_plan_f16() {
+    device_allocation_equals_the_plan(Precision::F16);
+}
+
+/// The pipelined path (upload, compute and download on three streams, one window in flight)
+/// gives each window exactly what a lone run gives, in order, across window sizes that grow the
+/// arena mid-stream and shrink again.
+fn pipelined_equals_one_by_one(precision: Precision) {
+    let Some(gpu) = gpu(precision) else { return };
+    for (name, model) in memory_models().into_iter().take(4) {
+        let a = model.align();
+        let sizes = [(1, 1), (2, 2), (1, 3), (3, 2), (1, 1), (2, 1)];
+        let windows: Vec<Tensor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(hu, wu))| random_image(&mut SplitMix64(k as u64), model.in_channels(), a * hu, a * wu))
+            .collect();
+        let want: Vec<Tensor> = windows.iter().map(|x| gpu.run(&model.graph, x).unwrap()).collect();
+        let mut queue = windows.clone().into_iter();
+        let mut got: Vec<(Tensor, Tensor)> = Vec::new();
+        gpu.run_pipelined(&model.graph, &mut || queue.next(), &mut |x, y| {
+            got.push((x, y.unwrap()));
+            true
+        });
+        assert_eq!(got.len(), windows.len(), "{name}");
+        for (k, ((x, y), w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(x, &windows[k], "{name}: window {k} handed back in order");
+            assert_eq!(first_difference(y, w), None, "{name} {}: window {k}", precision.name());
+        }
+        println!("{:<4} {name:<20} pipelined == one by one over {} windows", precision.name(), windows.len());
+    }
+}
+
+#[test]
+fn pipelined_equals_one_by_one_f32() {
+    pipelined_equals_one_by_one(Precision::F32);
+}
+
+#[test]
+fn pipelined_equals_one_by_one_f16() {
+    pipelined_equals_one_by_one(Precision::F16);
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build a self-contained folder for a GPU host that has no Rust toolchain: the release binary, the
-# GPU test binaries (stripped), kernels/, models/, the PyPI requirements for NVRTC, and run.sh,
-# which finds libcuda and libnvrtc on that host, runs the GPU tests, `seamless doctor`, the demo
-# and a few timed runs, and writes every log into the folder it is given.
+# GPU test binaries (stripped), kernels/, models/, the PyPI requirements for NVRTC, the PyTorch
+# comparison scripts, and run.sh, which finds libcuda and libnvrtc on that host, runs the GPU
+# tests, `seamless doctor`, the demo, `seamless bench --backend cuda` and (where python has torch)
+# the comparisons with PyTorch, and writes every log into the folder it is given.
 #
 #   tools/bundle.sh [--with-nvrtc] [OUT]      (OUT defaults to ./bundle, which git ignores)
 #   scp -r bundle gpu-host: && ssh gpu-host bundle/run.sh results-$(date +%F)
@@ -56,6 +57,9 @@ done
 cp -r kernels "$out/kernels"
 [ -d models ] && cp -r models "$out/models"
 cp tools/requirements-cuda.txt "$out/"
+# The PyTorch comparisons (speed, memory) and the torch definitions of both families they use.
+mkdir -p "$out/tools"
+cp tools/bench_gpu_vs_torch.py tools/gpu_memory_vs_torch.py tools/torch_side.py tools/seamless_models.py "$out/tools/"
 git rev-parse HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
 
 if [ "$with_nvrtc" = 1 ]; then
@@ -163,6 +167,27 @@ for p in f32 f16; do
   step "unet-64 tiled == whole bit for bit, $p" "unet64-cmp-$p.txt" cmp "$work/whole-$p.npy" "$work/tiled-$p.npy"
 done
 rm -f "$work"/*.npy
+
+# Speed and memory of the CUDA backend (issue #7): per-layer table with the device's tensor-core
+# rate, then the JSON report, for both families at both precisions.
+for m in unet-64 fcdensenet-103; do
+  for p in f32 f16; do
+    step "bench $m $p (layers, mma peak)" "bench-$m-$p.txt" "$bin" bench "$m" --backend cuda --precision $p \
+      --size 1024 --runs 5 --layers --device "$device"
+    step "bench $m $p (json)" "bench-$m-$p.json" "$bin" bench "$m" --backend cuda --precision $p \
+      --size 1024 --runs 5 --json --no-peak --device "$device"
+  done
+done
+
+# Against PyTorch on the same device, where this host's python has torch with CUDA.
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+  step "seamless vs PyTorch: throughput (interleaved rounds)" bench_vs_torch.txt python3 "$here/tools/bench_gpu_vs_torch.py" \
+    --seamless "$bin" --device "cuda:$device" --json "$results/bench_vs_torch.json"
+  step "seamless vs PyTorch: device memory per window" memory_vs_torch.txt python3 "$here/tools/gpu_memory_vs_torch.py" \
+    --seamless "$bin" --device "cuda:$device" --json "$results/memory_vs_torch.json"
+else
+  say "SKIP  seamless vs PyTorch (python3 cannot import torch with CUDA here)"
+fi
 
 say ""
 if [ $failed = 0 ]; then say "ALL PASSED"; else say "SOME CHECKS FAILED (see the logs above)"; fi

@@ -6,31 +6,41 @@ use seamless::cpu::{self, Buffers};
 use seamless::error::{Error, Result};
 use seamless::graph::Op;
 use seamless::model::weights::SplitMix64;
-use seamless::planner::ArenaPlan;
+use seamless::planner::{ArenaPlan, Precision};
 use seamless::tensor::Tensor;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A model file (.safetensors) or a preset: unet-64, unet-F[-dD], fcdensenet-56/67/103.
-    model: String,
+    pub(crate) model: String,
     /// Side of the square input window in pixels (a multiple of the model's down-sampling factor).
     #[arg(long, default_value_t = 512)]
-    size: usize,
+    pub(crate) size: usize,
     /// Timed forward passes (the report gives their median).
     #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// Untimed forward passes first (page faults, caches, thread start).
+    pub(crate) runs: usize,
+    /// Untimed forward passes first (page faults, caches, thread start; on CUDA also the weight
+    /// upload).
     #[arg(long, default_value_t = 1)]
-    warmup: usize,
-    /// Backend: cpu (the CUDA backend reports its own numbers where it is built in).
+    pub(crate) warmup: usize,
+    /// Backend: cpu, or cuda (device times from CUDA events, device memory, tensor-core peak).
     #[arg(long, default_value = "cpu")]
-    backend: String,
+    pub(crate) backend: String,
+    /// Arithmetic on CUDA: f32, or f16 storage with tensor-core convolutions (the CPU is f32 only).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub(crate) precision: Precision,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) device: usize,
+    /// CUDA: skip measuring the device's tensor-core rate (kernels/peak.cu, about a second).
+    #[arg(long)]
+    pub(crate) no_peak: bool,
     /// Print machine-readable JSON (per-run times included) instead of the tables.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Also list every layer, not only the whole network.
     #[arg(long)]
-    layers: bool,
+    pub(crate) layers: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -75,7 +85,7 @@ fn cpu_seconds() -> f64 {
     f64::NAN
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
@@ -83,11 +93,11 @@ fn median(v: &[f64]) -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.backend != "cpu" {
-        return Err(Error::Backend(format!(
-            "backend '{}' is not available in this build (use --backend cpu)",
-            a.backend
-        )));
+    if a.backend != "cpu" && a.backend != "cuda" {
+        return Err(Error::Usage(format!("--backend '{}': use cpu or cuda", a.backend)));
+    }
+    if a.backend == "cpu" && a.precision != Precision::F32 {
+        return Err(Error::Usage("--precision f16 needs --backend cuda (the CPU backend is f32)".into()));
     }
     if a.runs == 0 {
         return Err(Error::Usage("--runs must be at least 1".into()));
@@ -99,6 +109,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.size,
             m.align()
         )));
+    }
+    if a.backend == "cuda" {
+        return super::bench_cuda::run(&a, &m);
     }
     let g = &m.graph;
     let (n, px) = (a.size, (a.size * a.size) as f64);

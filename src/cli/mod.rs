@@ -1,6 +1,7 @@
 //! Argument parsing (clap) and the subcommands.
 
 mod bench;
+mod bench_cuda;
 mod demo;
 mod doctor;
 mod erf;

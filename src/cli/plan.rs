@@ -20,8 +20,8 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
     /// Whose memory to count: the CPU pipeline (arena + convolution workspace + weights + the
-    /// windows in flight between reader, compute and writer) or a device executor (arena +
-    /// weights only).
+    /// windows in flight between reader, compute and writer) or the CUDA executor (the arena of
+    /// the graph it runs, its device parameters, one input and one output staging buffer).
     #[arg(long, value_enum, default_value_t = MemoryModel::Cpu)]
     memory: MemoryModel,
     /// Machine-readable output.
@@ -108,7 +108,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
          (1.0 = whole image at once); batch = windows that fit at once"
     );
     if let Some(c) = rows.iter().filter_map(|r| r.choice.as_ref()).next_back() {
-        let plain = liveness_peak(&model.graph, c.window_h, c.window_w)? * a.precision.bytes();
+        let plain = liveness_peak(planner.graph(), c.window_h, c.window_w)? * a.precision.bytes();
         println!(
             "for the {}x{} window: planned arena {}; one buffer per activation, freed after its last reader, \
              with copied concatenations: {} ({:.0}% more)",

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use super::compile;
@@ -87,8 +89,8 @@ pub fn conv2d<T: Storage>(
     c: &Conv2d,
     weight: &CudaSlice<T>,
     bias: &CudaSlice<f32>,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     h: usize,
     w: usize,
 ) -> Result<()> {
@@ -156,8 +158,8 @@ pub fn conv_transpose2d<T: Storage>(
     (cin, cout, ks): (usize, usize, usize),
     weight: &CudaSlice<T>,
     bias: &CudaSlice<f32>,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     h: usize,
     w: usize,
 ) -> Result<()> {
@@ -199,8 +201,8 @@ pub fn scale_shift<T: Storage>(
     scale: &CudaSlice<f32>,
     shift: &CudaSlice<f32>,
     relu: bool,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     hw: usize,
 ) -> Result<()> {
     check(x.len() == out.len() && x.len() == scale.len() * hw && shift.len() == scale.len(), "scale_shift")?;
@@ -231,8 +233,8 @@ fn unary<T: Storage>(
     k: &Kernels,
     s: &Arc<CudaStream>,
     base: &str,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
 ) -> Result<()> {
     check(x.len() == out.len(), base)?;
     let n = x.len() as u64;
@@ -247,16 +249,67 @@ fn unary<T: Storage>(
     Ok(())
 }
 
-pub fn relu<T: Storage>(k: &Kernels, s: &Arc<CudaStream>, x: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+pub fn relu<T: Storage>(
+    k: &Kernels,
+    s: &Arc<CudaStream>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
     unary(k, s, "relu", x, out)
+}
+
+/// ReLU over `x`, overwriting it (an in-place step of the arena schedule).
+pub fn relu_inplace<T: Storage>(k: &Kernels, s: &Arc<CudaStream>, x: &mut CudaViewMut<'_, T>) -> Result<()> {
+    let n = x.len() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    let name = format!("relu_inplace_{}", T::SUFFIX);
+    let func = k.get(&name)?;
+    // SAFETY: matches relu_inplace_{T}(x, n); n is x's length.
+    unsafe { s.launch_builder(func).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
+        .map_err(launch_err(&name))?;
+    Ok(())
+}
+
+/// `x = x * scale[c] + shift[c]` per channel (then ReLU when asked), overwriting `x`.
+pub fn scale_shift_inplace<T: Storage>(
+    k: &Kernels,
+    s: &Arc<CudaStream>,
+    scale: &CudaSlice<f32>,
+    shift: &CudaSlice<f32>,
+    relu: bool,
+    x: &mut CudaViewMut<'_, T>,
+    hw: usize,
+) -> Result<()> {
+    check(x.len() == scale.len() * hw && shift.len() == scale.len(), "scale_shift_inplace")?;
+    let (n, hw, relu) = (x.len() as u64, hw as u64, relu as i32);
+    if n == 0 {
+        return Ok(());
+    }
+    let name = format!("scale_shift_inplace_{}", T::SUFFIX);
+    let func = k.get(&name)?;
+    // SAFETY: matches scale_shift_inplace_{T}(x, scale, shift, relu, hw, n); lengths checked.
+    unsafe {
+        s.launch_builder(func)
+            .arg(x)
+            .arg(scale)
+            .arg(shift)
+            .arg(&relu)
+            .arg(&hw)
+            .arg(&n)
+            .launch(elementwise_config(n as usize))
+    }
+    .map_err(launch_err(&name))?;
+    Ok(())
 }
 
 /// 2x2 max pooling of `x` (c x h x w, h and w even) into `out` (c x h/2 x w/2).
 pub fn max_pool2<T: Storage>(
     k: &Kernels,
     s: &Arc<CudaStream>,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     (c, h, w): (usize, usize, usize),
 ) -> Result<()> {
     let even = h.is_multiple_of(2) && w.is_multiple_of(2);
@@ -279,8 +332,8 @@ pub fn upsample2<T: Storage>(
     k: &Kernels,
     s: &Arc<CudaStream>,
     mode: UpsampleMode,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     (c, h, w): (usize, usize, usize),
 ) -> Result<()> {
     check(x.len() == c * h * w && out.len() == x.len() * 4, "upsample2")?;
@@ -310,8 +363,8 @@ pub fn upsample2<T: Storage>(
 pub fn copy_into<T: Storage>(
     k: &Kernels,
     s: &Arc<CudaStream>,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     offset: usize,
 ) -> Result<()> {
     check(offset + x.len() <= out.len(), "concat")?;
@@ -332,8 +385,8 @@ pub fn softmax_or_argmax<T: Storage>(
     k: &Kernels,
     s: &Arc<CudaStream>,
     argmax: bool,
-    x: &CudaSlice<T>,
-    out: &mut CudaSlice<T>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
     c: usize,
     hw: usize,
 ) -> Result<()> {
@@ -348,5 +401,23 @@ pub fn softmax_or_argmax<T: Storage>(
     // SAFETY: matches {softmax,argmax}_{T}(out, x, c, hw); lengths checked.
     unsafe { s.launch_builder(func).arg(out).arg(x).arg(&cc).arg(&hw).launch(elementwise_config(hw as usize)) }
         .map_err(launch_err(&name))?;
+    Ok(())
+}
+
+/// Launch `mma_peak_f16` (kernels/peak.cu): `blocks` blocks of `warps` warps, each issuing
+/// `iters` rounds of [`super::sources::PEAK_MMAS_PER_ROUND`] mmas. `out` gets one value per thread.
+pub fn mma_peak(
+    k: &Kernels,
+    s: &Arc<CudaStream>,
+    out: &mut CudaSlice<f32>,
+    blocks: u32,
+    warps: u32,
+    iters: u64,
+) -> Result<()> {
+    check(out.len() == (blocks * warps * 32) as usize, "mma_peak")?;
+    let func = k.get("mma_peak_f16")?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (warps * 32, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: matches mma_peak_f16(out, iters); out has one element per launched thread.
+    unsafe { s.launch_builder(func).arg(out).arg(&iters).launch(cfg) }.map_err(launch_err("mma_peak_f16"))?;
     Ok(())
 }

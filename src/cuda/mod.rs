@@ -13,11 +13,13 @@
 //! - [`device`]: opening a device and describing it.
 //! - [`weights`]: layer parameters in the layouts the kernels read (f16 mma fragments).
 //! - [`kernels`]: loaded modules and one launch wrapper per op.
+//! - [`executor`]: the arena, the staging buffers and the three streams one forward pass runs on.
 //! - [`backend`]: [`CudaBackend`], the graph executor implementing [`crate::backend::Backend`].
 
 pub mod backend;
 pub mod compile;
 pub mod device;
+pub mod executor;
 pub mod kernels;
 pub mod libs;
 pub mod sources;
@@ -25,6 +27,7 @@ pub mod storage;
 pub mod weights;
 
 pub use backend::CudaBackend;
+pub use executor::{DeviceBytes, NodeTimer};
 
 /// Arithmetic of the CUDA backend (the planner's precision: element sizes follow from it).
 pub use crate::planner::Precision;

@@ -64,14 +64,27 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "elementwise",
         source: include_str!("../../kernels/elementwise.cu"),
-        functions: &["scale_shift_f32", "scale_shift_f16", "relu_f32", "relu_f16"],
+        functions: &[
+            "scale_shift_f32",
+            "scale_shift_f16",
+            "relu_f32",
+            "relu_f16",
+            "scale_shift_inplace_f32",
+            "scale_shift_inplace_f16",
+            "relu_inplace_f32",
+            "relu_inplace_f16",
+        ],
     },
     Family {
         name: "softmax",
         source: include_str!("../../kernels/softmax.cu"),
         functions: &["softmax_f32", "softmax_f16", "argmax_f32", "argmax_f16"],
     },
+    Family { name: "peak", source: include_str!("../../kernels/peak.cu"), functions: &["mma_peak_f16"] },
 ];
+
+/// mma.sync m16n8k16 issued per warp per loop round by `mma_peak_f16` (kernels/peak.cu).
+pub const PEAK_MMAS_PER_ROUND: u64 = 8;
 
 /// Kernel sizes the conv family is instantiated for.
 pub const CONV_KERNEL_SIZES: &[usize] = &[1, 3, 5, 7];

@@ -13,7 +13,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::f16;
 
 use super::storage::Storage;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::graph::{Conv2d, Graph, Op};
 
 /// Output channels per block, input channels per chunk, lanes per warp, halves per lane.
@@ -82,14 +82,57 @@ pub enum LayerParams<T> {
     },
 }
 
+impl<T> LayerParams<T> {
+    /// Device bytes these parameters occupy.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LayerParams::None => 0,
+            LayerParams::Conv { weight, bias } | LayerParams::ConvTranspose { weight, bias } => {
+                weight.num_bytes() + bias.num_bytes()
+            }
+            LayerParams::ScaleShift { scale, shift, .. } => scale.num_bytes() + shift.num_bytes(),
+        }
+    }
+}
+
 /// Every node's parameters, uploaded once, for the graph they were made from.
 pub struct GraphParams<T> {
     pub fingerprint: u64,
     pub layers: Vec<LayerParams<T>>,
+    /// Device bytes of all of them (what [`device_bytes`] predicts).
+    pub bytes: usize,
+}
+
+/// Device bytes the CUDA backend allocates for `op`'s parameters at `precision`, as
+/// [`LayerParams::upload`] lays them out: conv weights in the storage type (f16: packed mma
+/// fragments, padded to whole 64-channel blocks and 16-channel chunks), biases, scales and shifts
+/// in f32, batch norm folded to a scale and a shift. The planner's device memory model uses this,
+/// so that planned bytes are the bytes really allocated.
+pub fn op_device_bytes(op: &Op, precision: crate::planner::Precision) -> usize {
+    let elem = precision.bytes();
+    match op {
+        Op::Conv2d(c) => {
+            let w = match precision {
+                crate::planner::Precision::F32 => c.weight.len(),
+                crate::planner::Precision::F16 => packed_len(c),
+            };
+            w * elem + c.bias.len() * 4
+        }
+        Op::ConvTranspose2d(c) => c.weight.len() * elem + c.bias.len() * 4,
+        Op::BatchNorm(bn) => 2 * bn.gamma.len() * 4,
+        Op::ScaleShift(s) => (s.scale.len() + s.shift.len()) * 4,
+        _ => 0,
+    }
+}
+
+/// [`op_device_bytes`] summed over a graph.
+pub fn device_bytes(graph: &Graph, precision: crate::planner::Precision) -> usize {
+    graph.nodes.iter().map(|n| op_device_bytes(&n.op, precision)).sum()
 }
 
 fn upload<T: Storage>(stream: &Arc<CudaStream>, v: &[T]) -> Result<CudaSlice<T>> {
-    stream.clone_htod(v).map_err(|e| Error::Backend(format!("uploading weights: {e}")))
+    let bytes = std::mem::size_of_val(v);
+    stream.clone_htod(v).map_err(super::executor::alloc_err("the model's parameters".into(), bytes))
 }
 
 impl<T: Storage> LayerParams<T> {
@@ -125,7 +168,8 @@ impl<T: Storage> LayerParams<T> {
 impl<T: Storage> GraphParams<T> {
     pub fn upload(stream: &Arc<CudaStream>, graph: &Graph) -> Result<GraphParams<T>> {
         let layers = graph.nodes.iter().map(|n| LayerParams::upload(stream, &n.op)).collect::<Result<Vec<_>>>()?;
-        Ok(GraphParams { fingerprint: fingerprint(graph), layers })
+        let bytes = layers.iter().map(LayerParams::bytes).sum();
+        Ok(GraphParams { fingerprint: fingerprint(graph), layers, bytes })
     }
 }
 

@@ -1,9 +1,11 @@
 //! The largest tile that fits a memory budget, with its exact halo.
 //!
 //! Peak memory of a tiled run = weights + the arena of the largest window the grid produces +
-//! the backend's workspace for it. Tiles are multiples of A; the search finds a tile that fits
+//! the backend's workspace and staging for it, counted for the graph the backend really runs. Tiles are multiples of A; the search finds a tile that fits
 //! while the next larger aligned one does not, square first, then stretched along the image's
 //! longer side when the image is narrower than the square tile.
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 
@@ -45,7 +47,9 @@ pub enum MemoryModel {
     /// packed weights), weights, and the input windows and outputs in flight between the reader,
     /// compute and writer threads (all host memory, all under one budget).
     Cpu,
-    /// A device executor that allocates the arena and the weights only.
+    /// The CUDA executor: the arena of the graph it runs (fused conv pre-ops split into their own
+    /// nodes), its parameters as laid out on the device, and one input and one output staging
+    /// buffer (the pipelined path uploads the next window and downloads the last output there).
     Device,
 }
 
@@ -54,8 +58,9 @@ pub struct Peak {
     pub arena_bytes: usize,
     pub workspace_bytes: usize,
     pub weight_bytes: usize,
-    /// Buffers outside the arena that grow with the window: for the CPU model, the windows and
-    /// outputs in flight between the streaming pipeline's threads.
+    /// Buffers outside the arena that hold windows on their way in and out: for the CPU model,
+    /// the windows and outputs in flight between the streaming pipeline's threads; for the device,
+    /// the input and output staging buffers of the pipelined path.
     pub staging_bytes: usize,
 }
 
@@ -65,27 +70,43 @@ impl Peak {
     }
 }
 
-/// Memory of one forward pass over an `h x w` window.
-pub fn peak(graph: &Graph, h: usize, w: usize, precision: Precision, mem: MemoryModel) -> Result<Peak> {
-    peak_of(graph, &ArenaPlan::new(graph, h, w)?, precision, mem)
+/// The graph whose memory `mem` counts: the CUDA kernels do not fuse an input scale-shift into a
+/// convolution, so the device executor runs the graph with those split into their own nodes.
+pub fn executed_graph(graph: &Graph, mem: MemoryModel) -> Cow<'_, Graph> {
+    match mem {
+        MemoryModel::Device if graph.has_conv_pre() => Cow::Owned(graph.without_conv_pre()),
+        _ => Cow::Borrowed(graph),
+    }
 }
 
+/// Memory of one forward pass of `graph` over an `h x w` window, by the executor `mem` describes.
+pub fn peak(graph: &Graph, h: usize, w: usize, precision: Precision, mem: MemoryModel) -> Result<Peak> {
+    let graph = executed_graph(graph, mem);
+    peak_of(&graph, &ArenaPlan::new(&graph, h, w)?, precision, mem)
+}
+
+/// `graph` must already be the executed graph.
 fn peak_of(graph: &Graph, plan: &ArenaPlan, precision: Precision, mem: MemoryModel) -> Result<Peak> {
-    let (workspace, staging) = match mem {
-        MemoryModel::Cpu => {
-            let (in_c, out_c) = (plan.shapes[0].c, plan.shapes[graph.output].c);
-            (
-                crate::cpu::workspace_elems(graph, plan) * 4,
-                crate::slide::stream::in_flight_bytes(in_c, out_c, plan.h, plan.w),
-            )
-        }
-        MemoryModel::Device => (0, 0),
-    };
-    Ok(Peak {
-        arena_bytes: plan.arena_elems * precision.bytes(),
-        workspace_bytes: workspace,
-        weight_bytes: graph.params() * precision.bytes(),
-        staging_bytes: staging,
+    Ok(match mem {
+        MemoryModel::Cpu => Peak {
+            arena_bytes: plan.arena_elems * precision.bytes(),
+            workspace_bytes: crate::cpu::workspace_elems(graph, plan) * 4,
+            weight_bytes: graph.params() * precision.bytes(),
+            // Node 0 is the input (see `Graph`).
+            staging_bytes: crate::slide::stream::in_flight_bytes(
+                plan.shapes[0].c,
+                plan.shapes[graph.output].c,
+                plan.h,
+                plan.w,
+            ),
+        },
+        MemoryModel::Device => Peak {
+            arena_bytes: plan.arena_elems * precision.bytes(),
+            workspace_bytes: 0,
+            weight_bytes: crate::cuda::weights::device_bytes(graph, precision),
+            // Node 0 is the input (see `Graph`).
+            staging_bytes: (plan.slots[0].len + plan.slots[graph.output].len) * precision.bytes(),
+        },
     })
 }
 
@@ -111,6 +132,8 @@ pub struct TileChoice {
 /// Plans for one image under one budget.
 pub struct TilePlanner<'a> {
     pub model: &'a Model,
+    /// The graph the backend runs (see [`executed_graph`]).
+    graph: Cow<'a, Graph>,
     /// The arena plan at A x A, scaled to every window size asked about.
     unit: ArenaPlan,
     pub precision: Precision,
@@ -148,9 +171,11 @@ impl<'a> TilePlanner<'a> {
         mem: MemoryModel,
     ) -> Result<Self> {
         let a = model.align();
-        let unit = ArenaPlan::new(&model.graph, a, a)?;
+        let graph = executed_graph(&model.graph, mem);
+        let unit = ArenaPlan::new(&graph, a, a)?;
         Ok(TilePlanner {
             model,
+            graph,
             unit,
             precision,
             mem,
@@ -160,10 +185,15 @@ impl<'a> TilePlanner<'a> {
         })
     }
 
+    /// The graph whose memory is planned: the model's, or its split form for a device.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     /// Memory of one forward pass over an `h x w` window (multiples of A).
     pub fn window_peak(&self, h: usize, w: usize) -> Result<Peak> {
-        let plan = self.unit.scaled_to(&self.model.graph, h, w)?;
-        peak_of(&self.model.graph, &plan, self.precision, self.mem)
+        let plan = self.unit.scaled_to(&self.graph, h, w)?;
+        peak_of(&self.graph, &plan, self.precision, self.mem)
     }
 
     fn grid(&self, th: usize, tw: usize) -> Result<TileGrid> {
@@ -219,7 +249,7 @@ impl<'a> TilePlanner<'a> {
             return Err(Error::OutOfMemory {
                 what: format!(
                     "even the smallest tile ({a}x{a}, window {h}x{w}; weights {} B, arena {} B, workspace {} B, \
-                     tiles in flight {} B) exceeds the budget of {budget} B",
+                     windows in flight / staging {} B) exceeds the budget of {budget} B",
                     p.weight_bytes, p.arena_bytes, p.workspace_bytes, p.staging_bytes
                 ),
                 bytes: p.total(),

@@ -4,7 +4,8 @@
 //! finished tiles) and is renamed into place when complete; `--resume` continues from the journal,
 //! `--shard i/n` computes every n-th tile into a shared OME-Zarr.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -221,8 +222,25 @@ fn compute_tile(
     dims: (usize, usize),
     retries: &mut Vec<String>,
 ) -> Result<Tensor> {
+    let ran = backend.run(&model.graph, win);
+    finish_tile(backend, model, t, win, ran, halo, dims, retries)
+}
+
+/// [`compute_tile`] given the result of running `t`'s whole window (`ran`): its interior, or the
+/// retry as smaller tiles after running out of memory.
+#[allow(clippy::too_many_arguments)]
+fn finish_tile(
+    backend: &dyn Backend,
+    model: &Model,
+    t: &Tile,
+    win: &Tensor,
+    ran: Result<Tensor>,
+    halo: usize,
+    dims: (usize, usize),
+    retries: &mut Vec<String>,
+) -> Result<Tensor> {
     let a = model.align();
-    match backend.run(&model.graph, win) {
+    match ran {
         Ok(y) => Ok(y.window(t.y0 - t.win_y0, t.x0 - t.win_x0, t.h, t.w)),
         Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
             let (sh, sw) = ((t.h / 2).max(a) / a * a, (t.w / 2).max(a) / a * a);
@@ -457,33 +475,47 @@ pub fn run(
             }
             Ok((sink, n))
         });
-        let mut failure = None;
-        for item in win_rx {
-            let (i, t, win) = match item {
-                Ok(x) => x,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            };
-            let y = match compute_tile(backend, model, &t, &win, halo, (ph, pw), &mut retries) {
+        // The backend may keep one window in flight while it reads the next (CUDA overlaps the
+        // transfers with compute); windows and results come back in order, so the tile of each
+        // result is the front of `order`.
+        let failure = RefCell::new(None);
+        let order = RefCell::new(VecDeque::new());
+        let mut windows = win_rx.into_iter();
+        let mut next = || match windows.next()? {
+            Ok((i, t, win)) => {
+                order.borrow_mut().push_back((i, t));
+                Some(win)
+            }
+            Err(e) => {
+                *failure.borrow_mut() = Some(e);
+                None
+            }
+        };
+        let mut done = |win: Tensor, ran: Result<Tensor>| {
+            let (i, t) = order.borrow_mut().pop_front().expect("one tile per window");
+            let y = match finish_tile(backend, model, &t, &win, ran, halo, (ph, pw), &mut retries) {
                 Ok(y) => y,
                 Err(e) => {
-                    failure = Some(e);
-                    break;
+                    *failure.borrow_mut() = Some(e);
+                    return false;
                 }
             };
+            drop(win);
             let y = match opts.kind {
                 OutputKind::Labels => crate::cpu::softmax::argmax(&y),
                 OutputKind::Probs => y,
             };
             if out_tx.send((i, t, y)).is_err() {
-                break; // the writer failed; its error is reported below
+                return false; // the writer failed; its error is reported below
             }
             computed += 1;
             mpx += (t.h.min(ih.saturating_sub(t.y0)) * t.w.min(iw.saturating_sub(t.x0))) as f64 / 1e6;
             progress(resumed + computed, total, mpx);
-        }
+            true
+        };
+        backend.run_pipelined(&model.graph, &mut next, &mut done);
+        drop(windows); // unblocks the reader if compute stopped early
+        let failure = failure.into_inner();
         drop(out_tx);
         let _ = reader.join();
         let written = writer.join().map_err(|_| Error::Backend("the writer thread panicked".into()))?;
