@@ -8,8 +8,9 @@
 //! result is independent of the map's extent and of where a tile sits in the image.
 //!
 //! The input is copied once into zero-padded flat planes in the workspace (applying a fused input
-//! transform on the way) and the weights are regrouped there; the register-blocked engine in
-//! [`super::direct`] then runs over every (channel block, position block).
+//! transform on the way; a plain 1 x 1 convolution needs no padding and reads its input in place);
+//! the register-blocked engine in [`super::direct`] then runs over every (channel block, position
+//! block) with the weights [`pack`]ed once per model.
 
 use rayon::prelude::*;
 
@@ -38,10 +39,27 @@ fn padded_elems(c: usize, h: usize, w: usize, k: usize) -> usize {
     c * geometry(h, w, k).plane + direct::slack()
 }
 
-/// Workspace elements the convolution needs for an input of `h x w`: the padded input and the
-/// weights regrouped by output-channel block.
+/// A 1 x 1 convolution without a fused input transform reads its input where it lies.
+fn reads_in_place(c: &Conv2d) -> bool {
+    c.k == 1 && c.pre.is_none()
+}
+
+/// Workspace elements the convolution needs for an input of `h x w`: the padded input (the
+/// weights are packed once per model, see [`packed_elems`]).
 pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
-    padded_elems(c.cin, h, w, c.k) + direct::packed_weight_elems(c.cout, c.cin, c.k * c.k)
+    if reads_in_place(c) { direct::unpadded_tail_elems(c.cin) } else { padded_elems(c.cin, h, w, c.k) }
+}
+
+/// Elements of the weights as [`pack`] regroups them for the engine.
+pub fn packed_elems(c: &Conv2d) -> usize {
+    direct::packed_weight_elems(c.cout, c.cin, c.k * c.k)
+}
+
+/// Regroup the weights for the engine into `dst` ([`packed_elems`] long).
+pub fn pack(c: &Conv2d, dst: &mut [f32]) {
+    let taps = c.k * c.k;
+    assert_eq!(c.weight.len(), c.cout * c.cin * taps, "conv2d weights");
+    direct::pack_weights(dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
 }
 
 /// Copy `x` into the padded layout, applying the fused input transform if there is one (the
@@ -87,38 +105,51 @@ pub fn conv2d_isa(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
     assert!(Isa::available().contains(&isa), "{isa:?} is not supported by this CPU");
     let mut out = Tensor::zeros(c.cout, x.h, x.w);
     let mut ws = vec![0.0; workspace_elems(c, x.h, x.w)];
-    conv2d_into_isa(x.view(), c, &mut out.data, &mut ws, isa);
+    let mut packed = vec![0.0; packed_elems(c)];
+    pack(c, &mut packed);
+    conv2d_into_isa(x.view(), c, &packed, &mut out.data, &mut ws, isa);
     out
 }
 
-/// Convolve into `out` (`cout x h x w`), using `ws` (see [`workspace_elems`]) for the padded input
-/// and packed weights; `simd: false` forces the portable implementation.
-pub fn conv2d_into(x: View, c: &Conv2d, out: &mut [f32], ws: &mut [f32], simd: bool) {
-    conv2d_into_isa(x, c, out, ws, if simd { Isa::detect() } else { Isa::Portable })
+/// Convolve into `out` (`cout x h x w`) with the weights `packed` by [`pack`], using `ws` (see
+/// [`workspace_elems`]) for the padded input; `simd: false` forces the portable implementation.
+pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], simd: bool) {
+    conv2d_into_isa(x, c, packed, out, ws, if simd { Isa::detect() } else { Isa::Portable })
 }
 
-fn conv2d_into_isa(x: View, c: &Conv2d, out: &mut [f32], ws: &mut [f32], isa: Isa) {
+fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w, k) = (x.h, x.w, c.k);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
-    assert_eq!(c.weight.len(), c.cout * c.cin * k * k, "conv2d weights");
+    assert_eq!(packed.len(), packed_elems(c), "conv2d packed weights");
+    let ptr = DisjointOut(out.as_mut_ptr());
+    if reads_in_place(c) {
+        // Position q is pixel q: every position is stored.
+        return direct::run_unpadded(x.data, h * w, c.cin, packed, &c.bias, c.cout, isa, ws, |co0, q0, n, blk| {
+            for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {
+                // SAFETY: the engine hands each (channel block, position block) to one call.
+                let dst = unsafe { ptr.slice((co0 + j) * h * w + q0, n) };
+                for (d, &v) in dst.iter_mut().zip(a) {
+                    *d = if c.relu { v.max(0.0) } else { v };
+                }
+            }
+        });
+    }
     let g = geometry(h, w, k);
-    let (ws_pad, ws_w) = ws.split_at_mut(padded_elems(x.c, h, w, k));
+    let ws_pad = &mut ws[..padded_elems(x.c, h, w, k)];
     pad(x, g, c.pre.as_ref(), ws_pad);
     let taps = k * k;
-    direct::pack_weights(ws_w, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
     let offsets: Vec<usize> = (0..taps).map(|t| (t / k) * g.row + t % k).collect();
     let spec = Taps {
         data: ws_pad,
         plane: g.plane,
         cin: c.cin,
         offsets: &offsets,
-        weights: ws_w,
+        weights: packed,
         bias: &c.bias,
         cout: c.cout,
         n_q: h * g.row,
     };
-    let ptr = DisjointOut(out.as_mut_ptr());
     direct::run(&spec, isa, |co0, q0, n, blk| {
         // Position q is pixel (q / row, q % row); columns w.. of a row are padding, not stored.
         let mut q = q0;

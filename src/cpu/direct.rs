@@ -314,3 +314,39 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
         }
     }
 }
+
+/// Workspace [`run_unpadded`] needs for `cin` planes: a copy of the planes' last partial block.
+pub const fn unpadded_tail_elems(cin: usize) -> usize {
+    cin * NR_MAX + slack()
+}
+
+/// A one-tap convolution (offset 0) run straight on `cin` contiguous planes of `n` elements, with
+/// no padded copy of them: whole blocks read the planes in place, and only the last partial block
+/// reads a copy of each plane's tail in `ws` (at least [`unpadded_tail_elems`]), so no load goes
+/// past the planes. The sums are the ones [`run`] computes on a padded copy, term for term.
+#[allow(clippy::too_many_arguments)]
+pub fn run_unpadded(
+    data: &[f32],
+    n: usize,
+    cin: usize,
+    weights: &[f32],
+    bias: &[f32],
+    cout: usize,
+    isa: Isa,
+    ws: &mut [f32],
+    store: impl Fn(usize, usize, usize, &Block) + Sync,
+) {
+    assert!(data.len() >= cin * n, "direct conv: input buffer too short");
+    let main = n / isa.nr() * isa.nr();
+    let spec = |data, plane, n_q| Taps { data, plane, cin, offsets: &[0], weights, bias, cout, n_q };
+    run(&spec(data, n, main), isa, &store);
+    let tail = n - main;
+    if tail > 0 {
+        let ws = &mut ws[..cin * tail + slack()];
+        for (ci, dst) in ws.chunks_mut(tail).take(cin).enumerate() {
+            dst.copy_from_slice(&data[ci * n + main..(ci + 1) * n]);
+        }
+        ws[cin * tail..].fill(0.0);
+        run(&spec(ws, tail, tail), isa, |co0, q0, len, blk| store(co0, main + q0, len, blk));
+    }
+}

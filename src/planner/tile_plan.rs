@@ -41,7 +41,8 @@ impl Precision {
 /// Which executor's memory to account for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum MemoryModel {
-    /// The CPU executor: arena plus the convolution workspace (padded input, packed weights).
+    /// The CPU executor: arena plus the convolution workspace (padded input), and the weights
+    /// plus their copy packed for the convolution engine.
     Cpu,
     /// A device executor that allocates the arena and the weights only.
     Device,
@@ -66,14 +67,14 @@ pub fn peak(graph: &Graph, h: usize, w: usize, precision: Precision, mem: Memory
 }
 
 fn peak_of(graph: &Graph, plan: &ArenaPlan, precision: Precision, mem: MemoryModel) -> Result<Peak> {
-    let workspace = match mem {
-        MemoryModel::Cpu => crate::cpu::workspace_elems(graph, plan) * 4,
-        MemoryModel::Device => 0,
+    let (workspace, packed) = match mem {
+        MemoryModel::Cpu => (crate::cpu::workspace_elems(graph, plan) * 4, crate::cpu::packed_weight_bytes(graph)),
+        MemoryModel::Device => (0, 0),
     };
     Ok(Peak {
         arena_bytes: plan.arena_elems * precision.bytes(),
         workspace_bytes: workspace,
-        weight_bytes: graph.params() * precision.bytes(),
+        weight_bytes: graph.params() * precision.bytes() + packed,
     })
 }
 
