@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
+use super::unpadded;
 use crate::graph::{Conv2d, ScaleShift};
 use crate::tensor::{Tensor, View};
 
@@ -39,15 +40,45 @@ fn padded_elems(c: usize, h: usize, w: usize, k: usize) -> usize {
     c * geometry(h, w, k).plane + direct::slack()
 }
 
-/// A 1 x 1 convolution without a fused input transform reads its input where it lies.
-fn reads_in_place(c: &Conv2d) -> bool {
-    c.k == 1 && c.pre.is_none()
+/// How a convolution reads its input.
+#[derive(PartialEq)]
+enum Path {
+    /// 1 x 1: whole blocks in place, a copy of the last partial one.
+    Pointwise,
+    /// AVX-512: in place, padding lanes masked to zero ([`unpadded`]).
+    Masked,
+    /// A zero-padded copy, with the fused input transform applied on the way.
+    Padded,
 }
 
-/// Workspace elements the convolution needs for an input of `h x w`: the padded input (the
-/// weights are packed once per model, see [`packed_elems`]).
+/// The masked engine wins where its masked loads (dearer than plain ones) are rare: maps at least
+/// this wide. Narrower maps and a few input channels (the first layer) do better on the padded
+/// copy, which costs little there. Both give the same bits, so the choice is free.
+const MASKED_MIN_WIDTH: usize = 128;
+const MASKED_MIN_CIN: usize = 16;
+
+fn path(c: &Conv2d, w: usize, isa: Isa) -> Path {
+    match (c.k, &c.pre) {
+        (1, None) => Path::Pointwise,
+        (k, None) if isa == Isa::Avx512 && k <= unpadded::MAX_K && w >= MASKED_MIN_WIDTH && c.cin >= MASKED_MIN_CIN => {
+            Path::Masked
+        }
+        _ => Path::Padded,
+    }
+}
+
+/// Workspace elements the convolution needs for an input of `h x w` (the weights are packed once
+/// per model, see [`packed_elems`]).
 pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
-    if reads_in_place(c) { direct::unpadded_tail_elems(c.cin) } else { padded_elems(c.cin, h, w, c.k) }
+    workspace_elems_isa(c, h, w, Isa::detect())
+}
+
+fn workspace_elems_isa(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
+    match path(c, w, isa) {
+        Path::Pointwise => direct::unpadded_tail_elems(c.cin),
+        Path::Masked => 0,
+        Path::Padded => padded_elems(c.cin, h, w, c.k),
+    }
 }
 
 /// Elements of the weights as [`pack`] regroups them for the engine.
@@ -104,7 +135,7 @@ pub fn conv2d_portable(x: &Tensor, c: &Conv2d) -> Tensor {
 pub fn conv2d_isa(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
     assert!(Isa::available().contains(&isa), "{isa:?} is not supported by this CPU");
     let mut out = Tensor::zeros(c.cout, x.h, x.w);
-    let mut ws = vec![0.0; workspace_elems(c, x.h, x.w)];
+    let mut ws = vec![0.0; workspace_elems_isa(c, x.h, x.w, isa)];
     let mut packed = vec![0.0; packed_elems(c)];
     pack(c, &mut packed);
     conv2d_into_isa(x.view(), c, &packed, &mut out.data, &mut ws, isa);
@@ -112,9 +143,9 @@ pub fn conv2d_isa(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
 }
 
 /// Convolve into `out` (`cout x h x w`) with the weights `packed` by [`pack`], using `ws` (see
-/// [`workspace_elems`]) for the padded input; `simd: false` forces the portable implementation.
-pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], simd: bool) {
-    conv2d_into_isa(x, c, packed, out, ws, if simd { Isa::detect() } else { Isa::Portable })
+/// [`workspace_elems`]) for the padded input, on this CPU's fastest implementation.
+pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32]) {
+    conv2d_into_isa(x, c, packed, out, ws, Isa::detect())
 }
 
 fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
@@ -123,17 +154,25 @@ fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
     assert_eq!(packed.len(), packed_elems(c), "conv2d packed weights");
     let ptr = DisjointOut(out.as_mut_ptr());
-    if reads_in_place(c) {
-        // Position q is pixel q: every position is stored.
-        return direct::run_unpadded(x.data, h * w, c.cin, packed, &c.bias, c.cout, isa, ws, |co0, q0, n, blk| {
-            for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {
-                // SAFETY: the engine hands each (channel block, position block) to one call.
-                let dst = unsafe { ptr.slice((co0 + j) * h * w + q0, n) };
-                for (d, &v) in dst.iter_mut().zip(a) {
-                    *d = if c.relu { v.max(0.0) } else { v };
-                }
+    // Position q is pixel q: every position is stored.
+    let store_flat = |co0: usize, q0: usize, n: usize, blk: &direct::Block| {
+        for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {
+            // SAFETY: the engine hands each (channel block, position block) to one call.
+            let dst = unsafe { ptr.slice((co0 + j) * h * w + q0, n) };
+            for (d, &v) in dst.iter_mut().zip(a) {
+                *d = if c.relu { v.max(0.0) } else { v };
             }
-        });
+        }
+    };
+    match path(c, w, isa) {
+        Path::Pointwise => {
+            return direct::run_unpadded(x.data, h * w, c.cin, packed, &c.bias, c.cout, isa, ws, store_flat);
+        }
+        Path::Masked => {
+            let p = unpadded::Plain { data: x.data, h, w, cin: c.cin, k, weights: packed, bias: &c.bias, cout: c.cout };
+            return unpadded::run(&p, store_flat);
+        }
+        Path::Padded => {}
     }
     let g = geometry(h, w, k);
     let ws_pad = &mut ws[..padded_elems(x.c, h, w, k)];

@@ -10,6 +10,7 @@ pub mod elementwise;
 pub mod packed;
 pub mod pool;
 pub mod softmax;
+pub mod unpadded;
 pub mod upsample;
 
 use crate::error::{Error, Result};
@@ -201,7 +202,7 @@ pub fn run_planned_timed(
                 let x = view(node.inputs[0]);
                 let out = region(out_slot);
                 match op {
-                    Op::Conv2d(c) => conv::conv2d_into(x, c, packed.of(i), out, ws, true),
+                    Op::Conv2d(c) => conv::conv2d_into(x, c, packed.of(i), out, ws),
                     Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, packed.of(i), out, ws),
                     Op::MaxPool2 => pool::max_pool2_into(x, out),
                     Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
