@@ -11,6 +11,9 @@
 
 use super::direct::{self, Block, MR, NR_MAX};
 
+/// How many channels ahead a block prefetches its input rows.
+const PREFETCH_CHANNELS: usize = 3;
+
 /// Largest kernel side with masks here (U-Net and FC-DenseNet use 3).
 pub const MAX_K: usize = 7;
 
@@ -120,8 +123,10 @@ unsafe fn block(p: &Plain, cb: usize, q0: usize, offsets: &[isize], masks: &[[u1
         let base = p.data.as_ptr().wrapping_add(q0);
         for ci in 0..p.cin {
             let src = base.wrapping_add(ci * plane);
-            // Fetch the next channel's rows while this one computes (a hint: never faults).
-            let next = src.wrapping_add(plane);
+            // Fetch rows a few channels ahead while this one computes: on the widest maps the
+            // first channel block of a position block reads them from memory (a hint: never
+            // faults).
+            let next = src.wrapping_add(PREFETCH_CHANNELS * plane);
             for ky in 0..p.k {
                 let row = next.wrapping_offset(offsets[ky * p.k]);
                 for l in 0..4 {
