@@ -46,7 +46,7 @@ pub struct CpuBackend {
     plans: Mutex<HashMap<(usize, usize), Arc<ArenaPlan>>>,
     buffers: Mutex<Buffers>,
     /// Refuse windows whose arena and workspace exceed this many bytes, as a device with that much
-    /// free memory would (`--memory-budget` minus the weights).
+    /// free memory would (`--memory-budget` minus the weights and their packed copy).
     pub limit_bytes: Option<usize>,
 }
 

@@ -75,6 +75,90 @@ fn conv_transpose_scatter(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
     out
 }
 
+/// The transposed convolution in the engine's order, one element at a time: `bias`, then for each
+/// input channel ascending its taps of the output pixel's parity in ascending (ky, kx), one fused
+/// multiply-add each; a tap reaching row or column -1 (k = 3) adds `w·0`.
+fn conv_transpose_ordered(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
+    let (oh, ow) = (2 * x.h, 2 * x.w);
+    let mut out = Tensor::zeros(c.cout, oh, ow);
+    for co in 0..c.cout {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = c.bias[co];
+                for ci in 0..c.cin {
+                    for ky in (oy % 2..c.k).step_by(2) {
+                        for kx in (ox % 2..c.k).step_by(2) {
+                            let (iy, ix) = ((oy as isize - ky as isize) / 2, (ox as isize - kx as isize) / 2);
+                            let v = if iy < 0 || ix < 0 { 0.0 } else { x.at(ci, iy as usize, ix as usize) };
+                            acc = c.weight[((ci * c.cout + co) * c.k + ky) * c.k + kx].mul_add(v, acc);
+                        }
+                    }
+                }
+                out.data[(co * oh + oy) * ow + ox] = acc;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv_transpose_matches_the_ordered_reference_bit_for_bit() {
+    let mut rng = SplitMix64(12);
+    for k in [2, 3] {
+        for case in 0..12 {
+            let (cin, cout) = (1 + rng.next_u64() as usize % 9, 1 + rng.next_u64() as usize % 13);
+            // Maps smaller than, equal to and past a whole number of register blocks (48 positions).
+            let (h, w) = match case {
+                0 => (1, 48),
+                1 => (2, 48),
+                2 => (3, 17),
+                _ => (1 + rng.next_u64() as usize % 9, 1 + rng.next_u64() as usize % 70),
+            };
+            let c = ConvTranspose2d {
+                cin,
+                cout,
+                k,
+                weight: randv(&mut rng, cin * cout * k * k),
+                bias: randv(&mut rng, cout),
+            };
+            let x = random_image(&mut rng, cin, h, w);
+            let want = conv_transpose_ordered(&x, &c);
+            for isa in cpu::direct::Isa::available() {
+                let y = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, isa);
+                assert_eq!(first_difference(&y, &want), None, "{isa:?} k {k} {cin}->{cout} {h}x{w}");
+            }
+        }
+    }
+}
+
+/// 1 x 1 convolutions read their input in place (whole blocks) and a copy of its tail: the same
+/// bits as the reference, for the classifier's shapes and maps around whole blocks.
+#[test]
+fn pointwise_conv_in_place_matches_the_reference_bit_for_bit() {
+    let mut rng = SplitMix64(13);
+    for (case, (h, w)) in
+        [(1, 1), (1, 47), (1, 48), (2, 48), (3, 33), (7, 61), (16, 16), (5, 97)].into_iter().enumerate()
+    {
+        let cin = [1, 3, 64, 17][case % 4];
+        let cout = [2, 1, 8, 13, 3][case % 5];
+        let c = Conv2d {
+            cin,
+            cout,
+            k: 1,
+            weight: randv(&mut rng, cout * cin),
+            bias: randv(&mut rng, cout),
+            relu: case % 2 == 1,
+            pre: None,
+        };
+        let x = random_image(&mut rng, cin, h, w);
+        let want = cpu::conv::conv2d_reference(&x, &c);
+        for isa in cpu::direct::Isa::available() {
+            let y = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&y, &want), None, "{isa:?} {cin}->{cout} {h}x{w}");
+        }
+    }
+}
+
 #[test]
 fn conv_transpose_matches_the_scatter_definition() {
     let mut rng = SplitMix64(2);
@@ -164,5 +248,55 @@ fn conv_bits_do_not_depend_on_the_map_extent_or_the_pixel_position() {
                 }
             }
         }
+    }
+}
+
+/// The AVX-512 engine on unpadded planes (padding lanes masked to zero) against the reference, bit
+/// for bit: through `conv2d` (it takes maps at least 128 wide with 16+ input channels) and called
+/// directly on narrow and odd maps, where blocks cross several rows and both borders.
+#[test]
+fn masked_unpadded_conv_matches_the_reference_bit_for_bit() {
+    if !cpu::unpadded::available() {
+        return;
+    }
+    let mut rng = SplitMix64(14);
+    for case in 0..14 {
+        let k = [3, 5, 3, 7][case % 4];
+        let (cin, cout) = (1 + rng.next_u64() as usize % 20, 1 + rng.next_u64() as usize % 13);
+        let (h, w) = if case < 4 {
+            (1 + rng.next_u64() as usize % 4, 128 + rng.next_u64() as usize % 60)
+        } else {
+            (1 + rng.next_u64() as usize % 9, 1 + rng.next_u64() as usize % 40)
+        };
+        let c = Conv2d {
+            cin: if case < 4 { cin + 16 } else { cin },
+            cout,
+            k,
+            weight: vec![],
+            bias: randv(&mut rng, cout),
+            relu: case % 2 == 0,
+            pre: None,
+        };
+        let c = Conv2d { weight: randv(&mut rng, cout * c.cin * k * k), ..c };
+        let x = random_image(&mut rng, c.cin, h, w);
+        let want = cpu::conv::conv2d_reference(&x, &c);
+        for isa in cpu::direct::Isa::available() {
+            let y = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&y, &want), None, "{isa:?} k {k} {}->{cout} {h}x{w}", c.cin);
+        }
+        let mut packed = vec![0.0; cpu::conv::packed_elems(&c)];
+        cpu::conv::pack(&c, &mut packed);
+        let p = cpu::unpadded::Plain { data: &x.data, h, w, cin: c.cin, k, weights: &packed, bias: &c.bias, cout };
+        let got = std::sync::Mutex::new(Tensor::zeros(cout, h, w));
+        cpu::unpadded::run(&p, |co0, q0, n, blk| {
+            let mut g = got.lock().unwrap();
+            for (j, a) in blk.iter().enumerate().take(cout.saturating_sub(co0).min(8)) {
+                for (i, &v) in a[..n].iter().enumerate() {
+                    g.data[(co0 + j) * h * w + q0 + i] = if c.relu { v.max(0.0) } else { v };
+                }
+            }
+        });
+        let got = got.into_inner().unwrap();
+        assert_eq!(first_difference(&got, &want), None, "unpadded engine, k {k} {}->{cout} {h}x{w}", c.cin);
     }
 }

@@ -86,7 +86,8 @@ fn planned_bytes_are_the_bytes_really_allocated() {
             let n = model.align() * size;
             let img = random_image(&mut rng, model.in_channels(), n, n + model.align());
             let plan = ArenaPlan::new(&model.graph, img.h, img.w).unwrap();
-            let planned = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4;
+            let planned = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4
+                + cpu::packed_weight_bytes(&model.graph);
             let out_bytes = model.classes() * img.h * img.w * 4;
             let mut bufs = Buffers::default();
             let before = LIVE.load(Ordering::SeqCst);

@@ -235,7 +235,8 @@ pub fn select_backend(
     };
     let cpu = || -> Result<(Box<dyn Compute>, usize)> {
         let budget = memory_budget(budget_arg)?;
-        let limit = budget.saturating_sub(model.graph.params() * 4);
+        let weights = model.graph.params() * 4 + seamless::cpu::packed_weight_bytes(&model.graph);
+        let limit = budget.saturating_sub(weights);
         Ok((Box::new(CpuBackend::with_limit(Some(limit))), budget))
     };
     match b {

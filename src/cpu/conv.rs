@@ -8,13 +8,15 @@
 //! result is independent of the map's extent and of where a tile sits in the image.
 //!
 //! The input is copied once into zero-padded flat planes in the workspace (applying a fused input
-//! transform on the way) and the weights are regrouped there; the register-blocked engine in
-//! [`super::direct`] then runs over every (channel block, position block).
+//! transform on the way; a plain 1 x 1 convolution needs no padding and reads its input in place);
+//! the register-blocked engine in [`super::direct`] then runs over every (channel block, position
+//! block) with the weights [`pack`]ed once per model.
 
 use rayon::prelude::*;
 
 use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
+use super::unpadded;
 use crate::graph::{Conv2d, ScaleShift};
 use crate::tensor::{Tensor, View};
 
@@ -38,10 +40,57 @@ fn padded_elems(c: usize, h: usize, w: usize, k: usize) -> usize {
     c * geometry(h, w, k).plane + direct::slack()
 }
 
-/// Workspace elements the convolution needs for an input of `h x w`: the padded input and the
-/// weights regrouped by output-channel block.
+/// How a convolution reads its input.
+#[derive(PartialEq)]
+enum Path {
+    /// 1 x 1: whole blocks in place, a copy of the last partial one.
+    Pointwise,
+    /// AVX-512: in place, padding lanes masked to zero ([`unpadded`]).
+    Masked,
+    /// A zero-padded copy, with the fused input transform applied on the way.
+    Padded,
+}
+
+/// The masked engine wins where its masked loads (dearer than plain ones) are rare: maps at least
+/// this wide. Narrower maps and a few input channels (the first layer) do better on the padded
+/// copy, which costs little there. Both give the same bits, so the choice is free.
+const MASKED_MIN_WIDTH: usize = 128;
+const MASKED_MIN_CIN: usize = 16;
+
+fn path(c: &Conv2d, w: usize, isa: Isa) -> Path {
+    match (c.k, &c.pre) {
+        (1, None) => Path::Pointwise,
+        (k, None) if isa == Isa::Avx512 && k <= unpadded::MAX_K && w >= MASKED_MIN_WIDTH && c.cin >= MASKED_MIN_CIN => {
+            Path::Masked
+        }
+        _ => Path::Padded,
+    }
+}
+
+/// Workspace elements the convolution needs for an input of `h x w` (the weights are packed once
+/// per model, see [`packed_elems`]).
 pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
-    padded_elems(c.cin, h, w, c.k) + direct::packed_weight_elems(c.cout, c.cin, c.k * c.k)
+    workspace_elems_isa(c, h, w, Isa::detect())
+}
+
+fn workspace_elems_isa(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
+    match path(c, w, isa) {
+        Path::Pointwise => direct::unpadded_tail_elems(c.cin),
+        Path::Masked => 0,
+        Path::Padded => padded_elems(c.cin, h, w, c.k),
+    }
+}
+
+/// Elements of the weights as [`pack`] regroups them for the engine.
+pub fn packed_elems(c: &Conv2d) -> usize {
+    direct::packed_weight_elems(c.cout, c.cin, c.k * c.k)
+}
+
+/// Regroup the weights for the engine into `dst` ([`packed_elems`] long).
+pub fn pack(c: &Conv2d, dst: &mut [f32]) {
+    let taps = c.k * c.k;
+    assert_eq!(c.weight.len(), c.cout * c.cin * taps, "conv2d weights");
+    direct::pack_weights(dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
 }
 
 /// Copy `x` into the padded layout, applying the fused input transform if there is one (the
@@ -86,39 +135,60 @@ pub fn conv2d_portable(x: &Tensor, c: &Conv2d) -> Tensor {
 pub fn conv2d_isa(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
     assert!(Isa::available().contains(&isa), "{isa:?} is not supported by this CPU");
     let mut out = Tensor::zeros(c.cout, x.h, x.w);
-    let mut ws = vec![0.0; workspace_elems(c, x.h, x.w)];
-    conv2d_into_isa(x.view(), c, &mut out.data, &mut ws, isa);
+    let mut ws = vec![0.0; workspace_elems_isa(c, x.h, x.w, isa)];
+    let mut packed = vec![0.0; packed_elems(c)];
+    pack(c, &mut packed);
+    conv2d_into_isa(x.view(), c, &packed, &mut out.data, &mut ws, isa);
     out
 }
 
-/// Convolve into `out` (`cout x h x w`), using `ws` (see [`workspace_elems`]) for the padded input
-/// and packed weights; `simd: false` forces the portable implementation.
-pub fn conv2d_into(x: View, c: &Conv2d, out: &mut [f32], ws: &mut [f32], simd: bool) {
-    conv2d_into_isa(x, c, out, ws, if simd { Isa::detect() } else { Isa::Portable })
+/// Convolve into `out` (`cout x h x w`) with the weights `packed` by [`pack`], using `ws` (see
+/// [`workspace_elems`]) for the padded input, on this CPU's fastest implementation.
+pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32]) {
+    conv2d_into_isa(x, c, packed, out, ws, Isa::detect())
 }
 
-fn conv2d_into_isa(x: View, c: &Conv2d, out: &mut [f32], ws: &mut [f32], isa: Isa) {
+fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w, k) = (x.h, x.w, c.k);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
-    assert_eq!(c.weight.len(), c.cout * c.cin * k * k, "conv2d weights");
+    assert_eq!(packed.len(), packed_elems(c), "conv2d packed weights");
+    let ptr = DisjointOut(out.as_mut_ptr());
+    // Position q is pixel q: every position is stored.
+    let store_flat = |co0: usize, q0: usize, n: usize, blk: &direct::Block| {
+        for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {
+            // SAFETY: the engine hands each (channel block, position block) to one call.
+            let dst = unsafe { ptr.slice((co0 + j) * h * w + q0, n) };
+            for (d, &v) in dst.iter_mut().zip(a) {
+                *d = if c.relu { v.max(0.0) } else { v };
+            }
+        }
+    };
+    match path(c, w, isa) {
+        Path::Pointwise => {
+            return direct::run_unpadded(x.data, h * w, c.cin, packed, &c.bias, c.cout, isa, ws, store_flat);
+        }
+        Path::Masked => {
+            let p = unpadded::Plain { data: x.data, h, w, cin: c.cin, k, weights: packed, bias: &c.bias, cout: c.cout };
+            return unpadded::run(&p, store_flat);
+        }
+        Path::Padded => {}
+    }
     let g = geometry(h, w, k);
-    let (ws_pad, ws_w) = ws.split_at_mut(padded_elems(x.c, h, w, k));
+    let ws_pad = &mut ws[..padded_elems(x.c, h, w, k)];
     pad(x, g, c.pre.as_ref(), ws_pad);
     let taps = k * k;
-    direct::pack_weights(ws_w, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
     let offsets: Vec<usize> = (0..taps).map(|t| (t / k) * g.row + t % k).collect();
     let spec = Taps {
         data: ws_pad,
         plane: g.plane,
         cin: c.cin,
         offsets: &offsets,
-        weights: ws_w,
+        weights: packed,
         bias: &c.bias,
         cout: c.cout,
         n_q: h * g.row,
     };
-    let ptr = DisjointOut(out.as_mut_ptr());
     direct::run(&spec, isa, |co0, q0, n, blk| {
         // Position q is pixel (q / row, q % row); columns w.. of a row are padding, not stored.
         let mut q = q0;

@@ -4,29 +4,63 @@
 //! Output pixel (oy, ox) sums `bias + Σ_ci Σ_ky Σ_kx w[ci][co][ky][kx]·x[ci][iy][ix]` over the taps
 //! with `oy = 2·iy + ky`, `ox = 2·ix + kx`, in ascending (ci, ky, kx) order, one fused multiply-add
 //! per term. Which taps exist depends only on the parity of (oy, ox), and windows start on even
-//! positions, so tiles and the whole image sum identically. Each parity class is a small direct
-//! convolution over the input (1 tap for k = 2; 4, 2, 2 or 1 taps for k = 3), run by the shared
-//! engine in [`super::direct`]; a k = 3 tap that would read row or column -1 reads a zero
-//! padding row or column instead (`w·0`), for every tile alike.
+//! positions, so tiles and the whole image sum identically. Both run on the shared engine in
+//! [`super::direct`]: k = 2 as one 1-tap convolution with `4·cout` channels (one per output
+//! channel and parity), read straight from the input; k = 3 as four parity classes, each a small
+//! direct convolution (4, 2, 2 or 1 taps), where a tap that would read row or column -1 reads a
+//! zero padding row or column instead (`w·0`), for every tile alike.
 
 use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
 use crate::graph::ConvTranspose2d;
 use crate::tensor::{Tensor, View};
 
-/// Flat layout of the input copy: for k = 3 one zero row above and one zero column left of every
-/// row (taps reach back by one); for k = 2 the planes as they are.
-fn geometry(h: usize, w: usize, k: usize) -> (usize, usize) {
-    if k == 3 { (w + 1, (h + 1) * (w + 1)) } else { (w, h * w) }
+/// Taps of parity class (py, px) in ascending (ky, kx): ky = py, and ky = py + 2 (reading the row
+/// above) when that is inside the kernel; the same for columns.
+fn class_taps(k: usize, py: usize, px: usize) -> Vec<(usize, usize)> {
+    let ks = |par: usize| -> Vec<usize> { (par..k).step_by(2).collect() };
+    ks(py).into_iter().flat_map(|ky| ks(px).into_iter().map(move |kx| (ky, kx))).collect()
 }
 
-fn max_taps(k: usize) -> usize {
-    if k == 3 { 4 } else { 1 }
+const CLASSES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
+
+/// Elements of the weights as [`pack`] regroups them for the engine.
+pub fn packed_elems(c: &ConvTranspose2d) -> usize {
+    if c.k == 2 {
+        direct::packed_weight_elems(4 * c.cout, c.cin, 1)
+    } else {
+        CLASSES.iter().map(|&(py, px)| direct::packed_weight_elems(c.cout, c.cin, class_taps(c.k, py, px).len())).sum()
+    }
 }
 
-/// Workspace elements for an input of `h x w`: the input copy and one parity class's packed weights.
+/// Regroup the weights for the engine into `dst` ([`packed_elems`] long). k = 2: one 1-tap
+/// convolution with `4·cout` channels, channel `4·co + 2·ky + kx` being output pixel (2m + ky,
+/// 2n + kx) of channel co (each output element still sums only its own single tap per input
+/// channel). k = 3: the four parity classes one after the other.
+pub fn pack(c: &ConvTranspose2d, dst: &mut [f32]) {
+    let k = c.k;
+    assert!(k == 2 || k == 3, "conv_transpose2d: k must be 2 or 3");
+    assert_eq!(c.weight.len(), c.cin * c.cout * k * k, "conv_transpose2d weights");
+    assert_eq!(dst.len(), packed_elems(c), "conv_transpose2d packed weights");
+    if k == 2 {
+        return direct::pack_weights(dst, 4 * c.cout, c.cin, 1, |co4, ci, _| c.weight[ci * c.cout * 4 + co4]);
+    }
+    let mut off = 0;
+    for (py, px) in CLASSES {
+        let taps = class_taps(k, py, px);
+        let len = direct::packed_weight_elems(c.cout, c.cin, taps.len());
+        direct::pack_weights(&mut dst[off..off + len], c.cout, c.cin, taps.len(), |co, ci, t| {
+            let (ky, kx) = taps[t];
+            c.weight[((ci * c.cout + co) * k + ky) * k + kx]
+        });
+        off += len;
+    }
+}
+
+/// Workspace elements for an input of `h x w`. k = 3: the input copy with one zero row above and
+/// one zero column left of every row (taps reach back by one); k = 2 reads its input in place.
 pub fn workspace_elems(c: &ConvTranspose2d, h: usize, w: usize) -> usize {
-    c.cin * geometry(h, w, c.k).1 + direct::slack() + direct::packed_weight_elems(c.cout, c.cin, max_taps(c.k))
+    if c.k == 2 { direct::unpadded_tail_elems(c.cin) } else { c.cin * (h + 1) * (w + 1) + direct::slack() }
 }
 
 pub fn conv_transpose2d(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
@@ -38,62 +72,96 @@ pub fn conv_transpose2d_isa(x: &Tensor, c: &ConvTranspose2d, isa: Isa) -> Tensor
     assert!(Isa::available().contains(&isa), "{isa:?} is not supported by this CPU");
     let mut out = Tensor::zeros(c.cout, 2 * x.h, 2 * x.w);
     let mut ws = vec![0.0; workspace_elems(c, x.h, x.w)];
-    conv_transpose2d_into_isa(x.view(), c, &mut out.data, &mut ws, isa);
+    let mut packed = vec![0.0; packed_elems(c)];
+    pack(c, &mut packed);
+    conv_transpose2d_into_isa(x.view(), c, &packed, &mut out.data, &mut ws, isa);
     out
 }
 
-/// Into `out` (`cout x 2h x 2w`), using `ws` (see [`workspace_elems`]).
-pub fn conv_transpose2d_into(x: View, c: &ConvTranspose2d, out: &mut [f32], ws: &mut [f32]) {
-    conv_transpose2d_into_isa(x, c, out, ws, Isa::detect())
+/// Into `out` (`cout x 2h x 2w`) with the weights `packed` by [`pack`], using `ws` (see
+/// [`workspace_elems`]).
+pub fn conv_transpose2d_into(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32]) {
+    conv_transpose2d_into_isa(x, c, packed, out, ws, Isa::detect())
 }
 
-fn conv_transpose2d_into_isa(x: View, c: &ConvTranspose2d, out: &mut [f32], ws: &mut [f32], isa: Isa) {
+fn conv_transpose2d_into_isa(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     assert_eq!(x.c, c.cin, "conv_transpose2d input channels");
     assert!(c.k == 2 || c.k == 3, "conv_transpose2d: k must be 2 or 3");
+    assert_eq!(out.len(), c.cout * 4 * x.h * x.w, "conv_transpose2d output size");
+    assert_eq!(packed.len(), packed_elems(c), "conv_transpose2d packed weights");
+    if c.k == 2 { k2(x, c, packed, out, ws, isa) } else { k3(x, c, packed, out, ws, isa) }
+}
+
+/// k = 2: every input pixel makes a 2 x 2 output patch, one tap each. One pass computes all four
+/// (as `4·cout` channels) and writes each output row pair of positions (kx = 0, 1) side by side.
+fn k2(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
+    let (h, w) = (x.h, x.w);
+    let ow = 2 * w;
+    let ptr = DisjointOut(out.as_mut_ptr());
+    let bias4: Vec<f32> = c.bias.iter().flat_map(|&b| [b; 4]).collect();
+    direct::run_unpadded(x.data, h * w, c.cin, packed, &bias4, 4 * c.cout, isa, ws, |co0, q0, n, blk| {
+        // A block holds whole channels: 8 engine channels = 2 output channels x (ky, kx).
+        debug_assert!(co0.is_multiple_of(4));
+        let mut q = q0;
+        while q < q0 + n {
+            let (m, nn) = (q / w, q % w);
+            let end = (q0 + n).min((m + 1) * w);
+            let len = end - q;
+            for (pair, rows) in blk.chunks(2).enumerate().take((4 * c.cout - co0).min(direct::MR) / 2) {
+                let (co, ky) = (co0 / 4 + pair / 2, pair % 2);
+                // SAFETY: output pixels (2m + ky, 2nn .. 2(nn + len)) of channel co come from
+                // positions q .. q + len of this block, which the engine hands to this call alone.
+                let dst = unsafe { ptr.slice((co * 2 * h + 2 * m + ky) * ow + 2 * nn, 2 * len) };
+                let (a0, a1) = (&rows[0][q - q0..q - q0 + len], &rows[1][q - q0..q - q0 + len]);
+                for ((d, &v0), &v1) in dst.chunks_exact_mut(2).zip(a0).zip(a1) {
+                    d[0] = v0;
+                    d[1] = v1;
+                }
+            }
+            q = end;
+        }
+    });
+}
+
+/// k = 3: the output crop's four parity classes, each a small direct convolution (4, 2, 2, 1 taps)
+/// over a copy of the input with a zero row above and a zero column left.
+fn k3(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     let (h, w, k) = (x.h, x.w, c.k);
     let (oh, ow) = (2 * h, 2 * w);
-    assert_eq!(out.len(), c.cout * oh * ow, "conv_transpose2d output size");
-    assert_eq!(c.weight.len(), c.cin * c.cout * k * k, "conv_transpose2d weights");
-    let (row, plane) = geometry(h, w, k);
-    let (ws_in, ws_w) = ws.split_at_mut(c.cin * plane + direct::slack());
-    let p = usize::from(k == 3);
+    let (row, plane) = (w + 1, (h + 1) * (w + 1));
+    let ws_in = &mut ws[..c.cin * plane + direct::slack()];
     {
         use rayon::prelude::*;
         let (planes, tail) = ws_in.split_at_mut(c.cin * plane);
         tail.fill(0.0);
         planes.par_chunks_mut(plane).enumerate().for_each(|(ci, dst)| {
-            dst[..p * row].fill(0.0);
+            dst[..row].fill(0.0);
             for y in 0..h {
-                let d = &mut dst[(y + p) * row..(y + p + 1) * row];
-                d[..p].fill(0.0);
-                d[p..].copy_from_slice(&x.plane(ci)[y * w..(y + 1) * w]);
+                let d = &mut dst[(y + 1) * row..(y + 2) * row];
+                d[0] = 0.0;
+                d[1..].copy_from_slice(&x.plane(ci)[y * w..(y + 1) * w]);
             }
         });
     }
     let ptr = DisjointOut(out.as_mut_ptr());
-    for (py, px) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-        // Taps of this parity class in ascending (ky, kx): ky = py, and ky = py + 2 (reading the
-        // row above) when that is inside the kernel; the same for columns.
-        let ks = |par: usize| -> Vec<usize> { (par..k).step_by(2).collect() };
-        let taps: Vec<(usize, usize)> =
-            ks(py).into_iter().flat_map(|ky| ks(px).into_iter().map(move |kx| (ky, kx))).collect();
+    let mut woff = 0;
+    for (py, px) in CLASSES {
+        let taps = class_taps(k, py, px);
         // Tap (ky, kx) reads input (m - ky/2, n - kx/2) for class pixel (m, n): flat offset
-        // (p - ky/2)·row + (p - kx/2) in the padded copy.
-        let offsets: Vec<usize> = taps.iter().map(|&(ky, kx)| (p - ky / 2) * row + (p - kx / 2)).collect();
-        direct::pack_weights(ws_w, c.cout, c.cin, taps.len(), |co, ci, t| {
-            let (ky, kx) = taps[t];
-            c.weight[((ci * c.cout + co) * k + ky) * k + kx]
-        });
+        // (1 - ky/2)·row + (1 - kx/2) in the padded copy.
+        let offsets: Vec<usize> = taps.iter().map(|&(ky, kx)| (1 - ky / 2) * row + (1 - kx / 2)).collect();
+        let wlen = direct::packed_weight_elems(c.cout, c.cin, taps.len());
         let spec = Taps {
             data: ws_in,
             plane,
             cin: c.cin,
             offsets: &offsets,
-            weights: ws_w,
+            weights: &packed[woff..woff + wlen],
             bias: &c.bias,
             cout: c.cout,
             n_q: h * row,
         };
+        woff += wlen;
         direct::run(&spec, isa, |co0, q0, n, blk| {
             // Position q is class pixel (q / row, q % row): output (2m + py, 2nn + px); columns w..
             // of a row are padding, not stored.

@@ -152,11 +152,24 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
         }
     }
     let runs = &runs[..];
-    let k = t.cin * ntaps;
-    // A task takes a group of channel blocks whose weights stay cached (~256 KiB) across a run of
-    // position blocks whose inputs stay cached across the group; enough tasks for every thread.
-    let group = (65536 / (k * MR)).clamp(1, ncb);
-    let ngroups = ncb.div_ceil(group);
+    schedule(nqb, ncb, t.cin * ntaps, |cb, qb, blk| {
+        let q0 = qb * nr;
+        block(t, isa, cb, q0, runs, blk);
+        store(cb * MR, q0, nr.min(t.n_q - q0), blk);
+    });
+}
+
+/// Run `f(channel block, position block, scratch)` for every block of `ncb x nqb`, in parallel. A
+/// task takes a group of channel blocks whose weights (`k` per channel) stay cached (~256 KiB)
+/// across a run of position blocks whose inputs stay cached across the group; enough tasks for
+/// every thread.
+pub(crate) fn schedule(nqb: usize, ncb: usize, k: usize, f: impl Fn(usize, usize, &mut Block) + Sync) {
+    if nqb == 0 || ncb == 0 {
+        return;
+    }
+    let most = (65536 / (k * MR)).clamp(1, ncb);
+    let ngroups = ncb.div_ceil(most);
+    let group = ncb.div_ceil(ngroups);
     let want = 12 * rayon::current_num_threads();
     let qchunk = nqb.div_ceil(want.div_ceil(ngroups).clamp(1, nqb));
     let ntasks = ngroups * nqb.div_ceil(qchunk);
@@ -165,19 +178,17 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
         let mut blk = [[0.0f32; NR_MAX]; MR];
         for qb in qc * qchunk..((qc + 1) * qchunk).min(nqb) {
             for cb in g * group..((g + 1) * group).min(ncb) {
-                let q0 = qb * nr;
-                block(t, isa, cb, q0, runs, &mut blk);
-                store(cb * MR, q0, nr.min(t.n_q - q0), &blk);
+                f(cb, qb, &mut blk);
             }
         }
     });
 }
 
-fn bias_of(t: &Taps, cb: usize) -> [f32; MR] {
+pub(crate) fn bias_of(bias: &[f32], cout: usize, cb: usize) -> [f32; MR] {
     let mut b = [0.0; MR];
     for (j, v) in b.iter_mut().enumerate() {
-        if cb * MR + j < t.cout {
-            *v = t.bias[cb * MR + j];
+        if cb * MR + j < cout {
+            *v = bias[cb * MR + j];
         }
     }
     b
@@ -204,7 +215,7 @@ fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], blk: &mut Blo
 fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
     const N: usize = 16;
     let ntaps = t.offsets.len();
-    let bias = bias_of(t, cb);
+    let bias = bias_of(t.bias, t.cout, cb);
     let mut acc = [[0.0f32; N]; MR];
     for (a, b) in acc.iter_mut().zip(bias) {
         *a = [b; N];
@@ -234,7 +245,7 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut
     const V: usize = 3;
     const _: () = assert!(V * 16 <= NR_MAX);
     let ntaps = t.offsets.len();
-    let bias = bias_of(t, cb);
+    let bias = bias_of(t.bias, t.cout, cb);
     let mut acc = [[_mm512_setzero_ps(); V]; MR];
     for (a, b) in acc.iter_mut().zip(bias) {
         *a = [_mm512_set1_ps(b); V];
@@ -280,7 +291,7 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
     const V: usize = 2;
     const H: usize = MR / 2;
     let ntaps = t.offsets.len();
-    let bias = bias_of(t, cb);
+    let bias = bias_of(t.bias, t.cout, cb);
     // Two passes over the taps, 4 channels x 16 positions each (8 accumulators, leaving registers
     // for the loads and the broadcast among the 16 ymm).
     for half in 0..2 {
@@ -312,5 +323,41 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
                 }
             }
         }
+    }
+}
+
+/// Workspace [`run_unpadded`] needs for `cin` planes: a copy of the planes' last partial block.
+pub const fn unpadded_tail_elems(cin: usize) -> usize {
+    cin * NR_MAX + slack()
+}
+
+/// A one-tap convolution (offset 0) run straight on `cin` contiguous planes of `n` elements, with
+/// no padded copy of them: whole blocks read the planes in place, and only the last partial block
+/// reads a copy of each plane's tail in `ws` (at least [`unpadded_tail_elems`]), so no load goes
+/// past the planes. The sums are the ones [`run`] computes on a padded copy, term for term.
+#[allow(clippy::too_many_arguments)]
+pub fn run_unpadded(
+    data: &[f32],
+    n: usize,
+    cin: usize,
+    weights: &[f32],
+    bias: &[f32],
+    cout: usize,
+    isa: Isa,
+    ws: &mut [f32],
+    store: impl Fn(usize, usize, usize, &Block) + Sync,
+) {
+    assert!(data.len() >= cin * n, "direct conv: input buffer too short");
+    let main = n / isa.nr() * isa.nr();
+    let spec = |data, plane, n_q| Taps { data, plane, cin, offsets: &[0], weights, bias, cout, n_q };
+    run(&spec(data, n, main), isa, &store);
+    let tail = n - main;
+    if tail > 0 {
+        let ws = &mut ws[..cin * tail + slack()];
+        for (ci, dst) in ws.chunks_mut(tail).take(cin).enumerate() {
+            dst.copy_from_slice(&data[ci * n + main..(ci + 1) * n]);
+        }
+        ws[cin * tail..].fill(0.0);
+        run(&spec(ws, tail, tail), isa, |co0, q0, len, blk| store(co0, main + q0, len, blk));
     }
 }

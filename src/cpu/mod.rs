@@ -7,8 +7,10 @@ pub mod conv;
 pub mod conv_transpose;
 pub mod direct;
 pub mod elementwise;
+pub mod packed;
 pub mod pool;
 pub mod softmax;
+pub mod unpadded;
 pub mod upsample;
 
 use crate::error::{Error, Result};
@@ -42,7 +44,7 @@ impl DisjointOut {
 /// Statistics of one forward pass, for tests and reports.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunStats {
-    /// Bytes of activation memory the executor really allocated (arena and workspace).
+    /// Bytes the executor really allocated (arena, workspace and packed weights).
     pub allocated_bytes: usize,
     /// Largest sum of live activation bytes at any point of the schedule (unplanned executor).
     pub peak_activation_bytes: usize,
@@ -68,12 +70,20 @@ pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan) -> usize {
         .unwrap_or(0)
 }
 
+/// Model-level memory of the CPU executor on top of the parameters: the convolution weights
+/// packed once for the engine (see [`packed`]).
+pub fn packed_weight_bytes(graph: &Graph) -> usize {
+    packed::elems(graph) * 4
+}
+
 /// Arena and workspace of the planned executor, kept between tiles and grown only when a larger
-/// plan needs it.
+/// plan needs it, and the packed weights of the model it last ran (packed again only when the
+/// model changes).
 #[derive(Default)]
 pub struct Buffers {
     arena: Vec<f32>,
     workspace: Vec<f32>,
+    packed: packed::Packed,
 }
 
 fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
@@ -106,8 +116,9 @@ fn advise_huge_pages(ptr: *mut f32, bytes: usize) {
 }
 
 impl Buffers {
+    /// Bytes of the arena, the workspace and the packed weights.
     pub fn allocated_bytes(&self) -> usize {
-        (self.arena.capacity() + self.workspace.capacity()) * 4
+        (self.arena.capacity() + self.workspace.capacity()) * 4 + self.packed.allocated_bytes()
     }
 }
 
@@ -137,6 +148,8 @@ pub fn run_planned_timed(
     assert_eq!((plan.h, plan.w), (input.h, input.w), "plan made for another size");
     reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
     reserve(&mut bufs.workspace, workspace_elems(graph, plan), "convolution workspace")?;
+    bufs.packed.prepare(graph)?;
+    let packed = &bufs.packed;
     let ws = &mut bufs.workspace[..];
     let base = bufs.arena.as_mut_ptr();
     let total = bufs.arena.len();
@@ -189,8 +202,8 @@ pub fn run_planned_timed(
                 let x = view(node.inputs[0]);
                 let out = region(out_slot);
                 match op {
-                    Op::Conv2d(c) => conv::conv2d_into(x, c, out, ws, true),
-                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, out, ws),
+                    Op::Conv2d(c) => conv::conv2d_into(x, c, packed.of(i), out, ws),
+                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, packed.of(i), out, ws),
                     Op::MaxPool2 => pool::max_pool2_into(x, out),
                     Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
                     Op::Softmax => softmax::softmax_into(x, out),

@@ -43,9 +43,10 @@ impl Precision {
 /// Which executor's memory to account for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum MemoryModel {
-    /// The CPU executor inside the streaming pipeline: arena, convolution workspace (padded input,
-    /// packed weights), weights, and the input windows and outputs in flight between the reader,
-    /// compute and writer threads (all host memory, all under one budget).
+    /// The CPU executor inside the streaming pipeline: arena, convolution workspace (padded
+    /// input), the weights plus their copy packed for the convolution engine, and the input
+    /// windows and outputs in flight between the reader, compute and writer threads (all host
+    /// memory, all under one budget).
     Cpu,
     /// The CUDA executor: the arena of the graph it runs (fused conv pre-ops split into their own
     /// nodes), its parameters as laid out on the device, and one input and one output staging
@@ -91,7 +92,7 @@ fn peak_of(graph: &Graph, plan: &ArenaPlan, precision: Precision, mem: MemoryMod
         MemoryModel::Cpu => Peak {
             arena_bytes: plan.arena_elems * precision.bytes(),
             workspace_bytes: crate::cpu::workspace_elems(graph, plan) * 4,
-            weight_bytes: graph.params() * precision.bytes(),
+            weight_bytes: graph.params() * precision.bytes() + crate::cpu::packed_weight_bytes(graph),
             // Node 0 is the input (see `Graph`).
             staging_bytes: crate::slide::stream::in_flight_bytes(
                 plan.shapes[0].c,

@@ -1,0 +1,96 @@
+//! Convolution weights regrouped for the direct engine once per model, not once per call: U-Net-64
+//! has 31 M parameters, and regrouping them for every window cost a few per cent of a forward
+//! pass. They are model-level memory (counted with the weights, see [`elems`]), kept in the
+//! executor's [`super::Buffers`] next to the arena.
+
+use super::{conv, conv_transpose};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeId, Op};
+
+/// Packed elements of one node (0 for ops without weights).
+fn node_elems(op: &Op) -> usize {
+    match op {
+        Op::Conv2d(c) => conv::packed_elems(c),
+        Op::ConvTranspose2d(c) => conv_transpose::packed_elems(c),
+        _ => 0,
+    }
+}
+
+/// Packed elements of the whole graph.
+pub fn elems(graph: &Graph) -> usize {
+    graph.nodes.iter().map(|n| node_elems(&n.op)).sum()
+}
+
+/// Identifies the weights a pack was made from: their addresses and lengths, and a sample of
+/// their values (so a model dropped and another loaded at the same addresses is still told apart).
+fn fingerprint(graph: &Graph) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
+    for n in &graph.nodes {
+        let w = match &n.op {
+            Op::Conv2d(c) => &c.weight,
+            Op::ConvTranspose2d(c) => &c.weight,
+            _ => continue,
+        };
+        mix(w.as_ptr() as u64);
+        mix(w.len() as u64);
+        for i in 0..64.min(w.len()) {
+            mix(u64::from(w[i * w.len() / 64.min(w.len())].to_bits()));
+        }
+    }
+    mix(graph.nodes.len() as u64);
+    h
+}
+
+/// The packed weights of every convolution of one graph, stored flat.
+#[derive(Default)]
+pub struct Packed {
+    key: Option<u64>,
+    start: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    /// Pack `graph`'s weights unless this already holds them.
+    pub fn prepare(&mut self, graph: &Graph) -> Result<()> {
+        let key = fingerprint(graph);
+        if self.key == Some(key) {
+            return Ok(());
+        }
+        self.key = None;
+        let total = elems(graph);
+        if self.data.len() != total {
+            self.data = Vec::new();
+            self.data
+                .try_reserve_exact(total)
+                .map_err(|_| Error::OutOfMemory { what: "packed weights".into(), bytes: total * 4 })?;
+            self.data.resize(total, 0.0);
+        }
+        self.start.clear();
+        self.start.reserve_exact(graph.nodes.len() + 1);
+        let mut off = 0;
+        for n in &graph.nodes {
+            self.start.push(off);
+            let len = node_elems(&n.op);
+            let dst = &mut self.data[off..off + len];
+            match &n.op {
+                Op::Conv2d(c) => conv::pack(c, dst),
+                Op::ConvTranspose2d(c) => conv_transpose::pack(c, dst),
+                _ => {}
+            }
+            off += len;
+        }
+        self.start.push(off);
+        self.key = Some(key);
+        Ok(())
+    }
+
+    /// Node `i`'s packed weights (after [`Packed::prepare`] with its graph).
+    pub fn of(&self, i: NodeId) -> &[f32] {
+        &self.data[self.start[i]..self.start[i + 1]]
+    }
+
+    pub fn allocated_bytes(&self) -> usize {
+        self.data.capacity() * 4
+    }
+}
