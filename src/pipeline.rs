@@ -123,8 +123,8 @@ pub fn infer_grid_with(
                 progress(done, total);
             }
             Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
-                let (sh, sw) = ((t.h / 2).max(a) / a * a, (t.w / 2).max(a) / a * a);
-                let parts = split(&t, sh, sw, halo, padded.h, padded.w);
+                let (sh, sw) = t.retry_size(a);
+                let parts = t.split(sh, sw, halo, padded.h, padded.w);
                 notify(&format!(
                     "out of memory for {what} ({bytes} bytes); retrying its {}x{} tile as {} tiles of {sh}x{sw}",
                     t.h,
@@ -140,20 +140,6 @@ pub fn infer_grid_with(
         }
     }
     Ok(out.window(0, 0, img.h, img.w))
-}
-
-/// The output region of `t` cut into tiles of at most `th x tw`, with their windows.
-fn split(t: &Tile, th: usize, tw: usize, halo: usize, ph: usize, pw: usize) -> Vec<Tile> {
-    let mut parts = Vec::new();
-    for y0 in (t.y0..t.y0 + t.h).step_by(th) {
-        for x0 in (t.x0..t.x0 + t.w).step_by(tw) {
-            let (h, w) = (th.min(t.y0 + t.h - y0), tw.min(t.x0 + t.w - x0));
-            let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
-            let (wy1, wx1) = ((y0 + h + halo).min(ph), (x0 + w + halo).min(pw));
-            parts.push(Tile { y0, x0, h, w, win_y0: wy0, win_x0: wx0, win_h: wy1 - wy0, win_w: wx1 - wx0 });
-        }
-    }
-    parts
 }
 
 /// Tiled inference under the exactness contract: tiles of `tile_h x tile_w`, halo `halo`.

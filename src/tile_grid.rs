@@ -19,6 +19,28 @@ pub struct Tile {
     pub win_w: usize,
 }
 
+impl Tile {
+    /// The tile size an out-of-memory retry uses: half of this tile's sides, multiples of `a`.
+    pub fn retry_size(&self, a: usize) -> (usize, usize) {
+        ((self.h / 2).max(a) / a * a, (self.w / 2).max(a) / a * a)
+    }
+
+    /// This tile's output region cut into tiles of at most `th x tw`, each with its window (halo
+    /// `halo`, clipped to the padded image `ph x pw`), row by row.
+    pub fn split(&self, th: usize, tw: usize, halo: usize, ph: usize, pw: usize) -> Vec<Tile> {
+        let mut parts = Vec::new();
+        for y0 in (self.y0..self.y0 + self.h).step_by(th) {
+            for x0 in (self.x0..self.x0 + self.w).step_by(tw) {
+                let (h, w) = (th.min(self.y0 + self.h - y0), tw.min(self.x0 + self.w - x0));
+                let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
+                let (wy1, wx1) = ((y0 + h + halo).min(ph), (x0 + w + halo).min(pw));
+                parts.push(Tile { y0, x0, h, w, win_y0: wy0, win_x0: wx0, win_h: wy1 - wy0, win_w: wx1 - wx0 });
+            }
+        }
+        parts
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TileGrid {
     pub tiles: Vec<Tile>,

@@ -243,22 +243,16 @@ fn finish_tile(
     match ran {
         Ok(y) => Ok(y.window(t.y0 - t.win_y0, t.x0 - t.win_x0, t.h, t.w)),
         Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
-            let (sh, sw) = ((t.h / 2).max(a) / a * a, (t.w / 2).max(a) / a * a);
+            let (sh, sw) = t.retry_size(a);
             retries.push(format!(
                 "out of memory for {what} ({bytes} bytes); tile at ({}, {}) retried as {sh}x{sw} tiles",
                 t.y0, t.x0
             ));
             let mut out = Tensor::zeros(model.classes(), t.h, t.w);
-            for y0 in (t.y0..t.y0 + t.h).step_by(sh) {
-                for x0 in (t.x0..t.x0 + t.w).step_by(sw) {
-                    let (h, w) = (sh.min(t.y0 + t.h - y0), sw.min(t.x0 + t.w - x0));
-                    let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
-                    let (wy1, wx1) = ((y0 + h + halo).min(dims.0), (x0 + w + halo).min(dims.1));
-                    let sub = Tile { y0, x0, h, w, win_y0: wy0, win_x0: wx0, win_h: wy1 - wy0, win_w: wx1 - wx0 };
-                    let sub_win = win.window(wy0 - t.win_y0, wx0 - t.win_x0, sub.win_h, sub.win_w);
-                    let y = compute_tile(backend, model, &sub, &sub_win, halo, dims, retries)?;
-                    out.paste(&y, 0, 0, y0 - t.y0, x0 - t.x0, h, w);
-                }
+            for sub in t.split(sh, sw, halo, dims.0, dims.1) {
+                let sub_win = win.window(sub.win_y0 - t.win_y0, sub.win_x0 - t.win_x0, sub.win_h, sub.win_w);
+                let y = compute_tile(backend, model, &sub, &sub_win, halo, dims, retries)?;
+                out.paste(&y, 0, 0, sub.y0 - t.y0, sub.x0 - t.x0, sub.h, sub.w);
             }
             Ok(out)
         }
