@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use seamless::backend::{Backend, CpuBackend};
 use seamless::cpu;
-use seamless::cuda::{CudaBackend, Precision};
+use seamless::cuda::conv_variants;
+use seamless::cuda::{CudaBackend, Precision, TuneMode};
 use seamless::graph::{BatchNorm, Conv2d, ConvTranspose2d, Op, ScaleShift, UpsampleMode};
 use seamless::model::weights::SplitMix64;
 use seamless::pipeline::{PadMode, infer_tiled_on, infer_whole_on};
@@ -32,6 +33,12 @@ fn gpu(precision: Precision) -> Option<CudaBackend> {
             None
         }
     }
+}
+
+/// A backend whose f16 conv variants are chosen as `mode` says (None when skipping).
+fn gpu_tuned(precision: Precision, mode: TuneMode) -> Option<CudaBackend> {
+    gpu(precision)?; // prints the skip reason, or panics under SEAMLESS_REQUIRE_GPU=1
+    Some(CudaBackend::with_tuning(device(), precision, mode).expect("the backend started above"))
 }
 
 fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
@@ -162,6 +169,98 @@ fn every_kernel_matches_its_cpu_twin_f32() {
 #[test]
 fn every_kernel_matches_its_cpu_twin_f16() {
     kernels_match_twins(Precision::F16, 1e-2);
+}
+
+/// Every f16 conv variant (kernels/conv.cu, variants 2 and 3) gives the same bits as every other
+/// for the same layer, writes every output element (NaN poison), and matches the CPU twin within
+/// the f16 tolerance: growth-rate widths (12, 16), widths that leave part of a 16/32/64-channel
+/// tile empty (48, 100), cin not a multiple of 16 and several chunks (double buffering), odd maps
+/// smaller and larger than a block, k 1, 3 and 5 (5: variant 2 only).
+#[test]
+fn f16_conv_variants_agree_bit_for_bit() {
+    let Some(gpu) = gpu(Precision::F16) else { return };
+    let mut rng = SplitMix64(0xC0DE);
+    let shapes = [
+        (16, 12, 3),
+        (20, 16, 3),
+        (33, 48, 3),
+        (64, 64, 3),
+        (40, 100, 3),
+        (3, 12, 3),
+        (70, 16, 1),
+        (17, 100, 1),
+        (48, 64, 1),
+        (5, 48, 1),
+        (24, 16, 5),
+    ];
+    for (case, &(cin, cout, k)) in shapes.iter().enumerate() {
+        let (h, w) = match case % 3 {
+            0 => (pick(&mut rng, 1, 9) | 1, pick(&mut rng, 1, 9) | 1),
+            1 => (pick(&mut rng, 17, 41) | 1, pick(&mut rng, 17, 41) | 1),
+            _ => (pick(&mut rng, 10, 33), pick(&mut rng, 40, 70) | 1),
+        };
+        let fan = (cin * k * k) as f32;
+        let conv = Conv2d {
+            cin,
+            cout,
+            k,
+            weight: randv(&mut rng, cout * cin * k * k, 1.0 / fan.sqrt()),
+            bias: randv(&mut rng, cout, 0.5),
+            relu: case % 2 == 1,
+            pre: None,
+        };
+        let x = random_image(&mut rng, cin, h, w);
+        let (op, ins) = as_f16(&Op::Conv2d(conv), &[x]);
+        let Op::Conv2d(conv) = &op else { unreachable!() };
+        let want = cpu::run_op(&op, &[&ins[0]]);
+        let name = format!("conv2d f16 cin {cin} cout {cout} k {k} {h}x{w} relu {}", conv.relu);
+        let mut first: Option<(&str, Tensor)> = None;
+        for v in conv_variants::eligible(k) {
+            let got = gpu
+                .run_conv_f16_variant(conv, &ins[0], v.tag, true)
+                .unwrap_or_else(|e| panic!("{name} {}: {e}", v.tag));
+            assert!(!got.data.iter().any(|v| v.is_nan()), "{name} {}: an output element was never written", v.tag);
+            let err = relative_error(&got, &want);
+            println!("{name:<48} {:<16} max relative error {err:.2e}", v.tag);
+            assert!(err <= 1e-2, "{name} {}: relative error {err:e} > 1e-2", v.tag);
+            match &first {
+                None => first = Some((v.tag, got)),
+                Some((tag, t)) => {
+                    assert_eq!(first_difference(t, &got), None, "{name}: {} differs from {tag}", v.tag)
+                }
+            }
+        }
+    }
+}
+
+/// Autotuning (measured, from the cache, or off) changes which kernel runs, never the output:
+/// whole f16 forward passes of a small FC-DenseNet (growth 12 and 16) and U-Net equal each other
+/// bit for bit with the heuristic, measured choices, and every variant forced on every layer.
+#[test]
+fn autotuned_models_equal_the_heuristic_bit_for_bit() {
+    // Built before the GPU check, so that a machine without one still checks the configs.
+    let models = [
+        ("fcdensenet growth 12", random_model(densenet(3, 2, 16, 12, &[2, 3], 2), 21)),
+        ("fcdensenet growth 16", random_model(densenet(1, 3, 24, 16, &[3, 2], 3), 22)),
+        ("unet", random_model(unet(1, 2, 16, 2, true, "transpose"), 23)),
+    ];
+    let Some(base) = gpu_tuned(Precision::F16, TuneMode::Heuristic) else { return };
+    let mut modes = vec![TuneMode::Measure { disk: false }];
+    modes.extend(conv_variants::F16_VARIANTS.iter().map(|v| TuneMode::Fixed(v.tag)));
+    let tuned: Vec<CudaBackend> = modes.iter().map(|&m| gpu_tuned(Precision::F16, m).unwrap()).collect();
+    for (name, model) in &models {
+        let a = model.align();
+        for (hu, wu) in [(2, 3), (4, 4)] {
+            let (h, w) = (a * hu, a * wu);
+            let img = random_image(&mut SplitMix64(h as u64 * 31 + w as u64), model.in_channels(), h, w);
+            let want = base.run(&model.graph, &img).unwrap();
+            for (mode, b) in modes.iter().zip(&tuned) {
+                let got = b.run(&model.graph, &img).unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+                assert_eq!(first_difference(&want, &got), None, "{name} {h}x{w}: {mode:?} vs heuristic");
+            }
+            println!("{name:<22} {h}x{w}: heuristic == measured == each forced variant");
+        }
+    }
 }
 
 /// f32 conv and transposed conv use the twins' summation order and FMA rounding, scale-shift and

@@ -40,6 +40,8 @@ struct Layer {
     gflop_per_s: f64,
     /// Share of the measured mma.sync rate (f16 layers with FLOPs only).
     percent_of_mma_peak: Option<f64>,
+    /// The conv kernel this layer ran (f16: the variant the autotuner kept, kernels/conv.cu).
+    variant: Option<&'static str>,
 }
 
 #[derive(serde::Serialize)]
@@ -121,6 +123,10 @@ pub fn run(a: &BenchArgs, m: &Model) -> Result<()> {
                 gflop: flop / 1e9,
                 gflop_per_s: rate / 1e9,
                 percent_of_mma_peak: peak.filter(|_| f16 && flop > 0.0).map(|p| 100.0 * rate / p),
+                variant: match &node.op {
+                    Op::Conv2d(c) => backend.conv_variant(c, s.h, s.w),
+                    _ => None,
+                },
             });
         }
         print_layers(a, &layers, peak);
@@ -136,23 +142,30 @@ fn print_layers(a: &BenchArgs, layers: &[Layer], peak: Option<f64>) {
         return;
     }
     println!(
-        "{:<44} {:<16} {:>16} {:>10} {:>8} {:>9} {:>7}",
+        "{:<44} {:<16} {:>16} {:>10} {:>8} {:>9} {:>7}  variant",
         "layer", "op", "out c x h x w", "ms", "GFLOP", "GFLOP/s", "% mma"
     );
     for l in layers {
         println!(
-            "{:<44} {:<16} {:>16} {:>10.3} {:>8.2} {:>9.1} {:>7}",
+            "{:<44} {:<16} {:>16} {:>10.3} {:>8.2} {:>9.1} {:>7}  {}",
             l.name,
             l.op,
             format!("{}x{}x{}", l.shape[0], l.shape[1], l.shape[2]),
             l.median_seconds * 1e3,
             l.gflop,
             l.gflop_per_s,
-            l.percent_of_mma_peak.map_or(String::new(), |p| format!("{p:.1}"))
+            l.percent_of_mma_peak.map_or(String::new(), |p| format!("{p:.1}")),
+            l.variant.unwrap_or("")
         );
     }
     if let Some(p) = peak {
         println!("% mma = share of this device's mma.sync f16->f32 rate, {:.1} TFLOP/s (kernels/peak.cu)", p / 1e12);
+    }
+    if a.precision == seamless::planner::Precision::F16 {
+        println!(
+            "variant = the f16 conv kernel kept for the layer (autotuned during warm-up unless SEAMLESS_AUTOTUNE=off; \
+             all variants give identical bits)"
+        );
     }
     println!();
 }

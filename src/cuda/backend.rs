@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::{CudaContext, CudaSlice};
 use half::f16;
 
+use super::autotune::{ConvSignature, TuneMode};
+use super::conv_variants;
 use super::device::{self, DeviceInfo};
 use super::executor::{DeviceBytes, Exec, NodeTimer, Pending, Streams, driver_err, launch_op};
 use super::kernels::{self, FamilyReport, Kernels};
@@ -21,7 +23,7 @@ use super::weights::LayerParams;
 use super::{Precision, libs};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Op, Shape};
+use crate::graph::{Conv2d, Graph, Op, Shape};
 use crate::tensor::Tensor;
 
 enum PrecisionState {
@@ -64,7 +66,13 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Open device `ordinal`, compile (or load from the cache) every kernel for its architecture.
     /// Fails with an error saying what is missing when there is no driver, no NVRTC or no device.
+    /// f16 conv variants are autotuned unless `SEAMLESS_AUTOTUNE=off` ([`TuneMode::from_env`]).
     pub fn new(ordinal: usize, precision: Precision) -> Result<CudaBackend> {
+        Self::with_tuning(ordinal, precision, TuneMode::from_env())
+    }
+
+    /// [`CudaBackend::new`] with the f16 conv variants chosen as `tune` says.
+    pub fn with_tuning(ordinal: usize, precision: Precision, tune: TuneMode) -> Result<CudaBackend> {
         libs::require_cuda()?;
         let (ctx, info) = device::open(ordinal)?;
         // SAFETY: buffers shared between streams (the staging buffers, the pinned host buffers)
@@ -72,7 +80,7 @@ impl CudaBackend {
         // dropped only after every stream is drained, so cudarc's per-buffer events are not needed.
         unsafe { ctx.disable_event_tracking() };
         let streams = Streams::new(&ctx)?;
-        let (kernels, reports) = Kernels::load(&ctx, &info.arch())?;
+        let (kernels, reports) = Kernels::load(&ctx, &info.arch(), &info.name, tune)?;
         let state = match precision {
             Precision::F32 => PrecisionState::F32(Mutex::new(Exec::new(&ctx)?)),
             Precision::F16 => PrecisionState::F16(Mutex::new(Exec::new(&ctx)?)),
@@ -158,6 +166,49 @@ impl CudaBackend {
             return Err(Error::Backend("the tensor-core peak kernel ran too briefly to time".into()));
         }
         Ok(best)
+    }
+
+    /// The kernel a conv with an `h` x `w` output runs: the f16 variant chosen for its signature
+    /// (None before its first launch), or variant 1 at f32.
+    pub fn conv_variant(&self, c: &Conv2d, h: usize, w: usize) -> Option<&'static str> {
+        match self.precision {
+            Precision::F32 => Some("v1_f32_direct"),
+            Precision::F16 => {
+                let sig = ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision: "f16" };
+                self.kernels.tune.chosen(&sig).map(|v| v.tag)
+            }
+        }
+    }
+
+    /// Run an f16 conv on a host tensor with the variant tagged `tag` (`conv_variants`), on its own
+    /// buffers (NaN-poisoned first when `poison`): the hook the variant tests use.
+    pub fn run_conv_f16_variant(&self, c: &Conv2d, x: &Tensor, tag: &str, poison: bool) -> Result<Tensor> {
+        let v = conv_variants::by_tag(tag).ok_or_else(|| Error::Backend(format!("no f16 conv variant {tag}")))?;
+        if self.precision != Precision::F16 {
+            return Err(Error::Backend("f16 conv variants need a backend opened with --precision f16".into()));
+        }
+        let s = &self.streams.compute;
+        let upload = |v: &[f16]| s.clone_htod(v).map_err(driver_err("upload"));
+        let weight = upload(&<f16 as Storage>::conv_weights(c))?;
+        let bias = s.clone_htod(&c.bias).map_err(driver_err("upload"))?;
+        let input = upload(&x.data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
+        let fill = f16::from_f32(if poison { f32::NAN } else { 0.0 });
+        let mut out = upload(&vec![fill; c.cout * x.h * x.w])?;
+        kernels::conv2d_f16_variant(
+            &self.kernels,
+            s,
+            v,
+            c,
+            &weight,
+            &bias,
+            &input.as_view(),
+            &mut out.as_view_mut(),
+            x.h,
+            x.w,
+        )?;
+        let host = s.clone_dtoh(&out).map_err(driver_err("download"))?;
+        s.synchronize().map_err(driver_err("synchronize"))?;
+        Ok(Tensor::from_vec(c.cout, x.h, x.w, host.into_iter().map(|v| v.to_f32()).collect()))
     }
 
     /// Run one op on host tensors and return its output: the hook the kernel tests use to compare

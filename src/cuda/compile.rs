@@ -102,7 +102,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// 64-bit FNV-1a: stable across Rust versions and platforms (std's hasher is not), which is all a
 /// cache key needs.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {
@@ -149,7 +149,7 @@ pub fn load_or_compile(family: &Family, arch: &str) -> Result<Compiled> {
 }
 
 /// Write through a temporary file and a rename, so a concurrent reader never sees half a file.
-fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }

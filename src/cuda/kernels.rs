@@ -10,10 +10,12 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::autotune::{Autotune, ConvSignature, TIMED_LAUNCHES, TuneMode};
 use super::compile;
+use super::conv_variants::F16Variant;
 use super::sources::{CONV_KERNEL_SIZES, FAMILIES};
 use super::storage::Storage;
-use super::weights::{MMA_CO, packed_len};
+use super::weights::packed_len;
 use crate::error::{Error, Result};
 use crate::graph::{Conv2d, UpsampleMode};
 
@@ -28,6 +30,8 @@ pub struct FamilyReport {
 
 pub struct Kernels {
     functions: HashMap<&'static str, CudaFunction>,
+    /// The f16 conv variant of each layer signature (one per signature per run).
+    pub tune: Autotune,
 }
 
 fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -35,8 +39,14 @@ fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ 
 }
 
 impl Kernels {
-    /// Compile (or fetch from the cache) and load every family for `arch`.
-    pub fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<(Kernels, Vec<FamilyReport>)> {
+    /// Compile (or fetch from the cache) and load every family for `arch`; `device` names the GPU
+    /// for the autotune cache.
+    pub fn load(
+        ctx: &Arc<CudaContext>,
+        arch: &str,
+        device: &str,
+        mode: TuneMode,
+    ) -> Result<(Kernels, Vec<FamilyReport>)> {
         let mut functions = HashMap::new();
         let mut reports = Vec::new();
         for family in FAMILIES {
@@ -59,7 +69,7 @@ impl Kernels {
                 cubin_bytes: bytes,
             });
         }
-        Ok((Kernels { functions }, reports))
+        Ok((Kernels { functions, tune: Autotune::new(mode, device, arch) }, reports))
     }
 
     fn get(&self, name: &str) -> Result<&CudaFunction> {
@@ -104,35 +114,25 @@ pub fn conv2d<T: Storage>(
     if h * w == 0 {
         return Ok(());
     }
+    if f16 {
+        let sig = ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision: T::SUFFIX };
+        // Tuning launches on the layer's own buffers: `x` is only read, and `out` is written
+        // again by the launch below with the chosen variant.
+        let v = k.tune.choose(&sig, |v| time_conv_f16(k, s, v, c, weight, bias, x, out, h, w))?;
+        return conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w);
+    }
     let name = format!("conv2d_k{}_{}", c.k, T::SUFFIX);
     let func = k.get(&name)?;
     let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
     let relu = c.relu as i32;
-    let cfg = if f16 {
-        // 4 warps per block; 64 output channels x 8 x 8 pixels (kernels/conv.cu, variant 2).
-        LaunchConfig {
-            grid_dim: (
-                dim(w.div_ceil(8), "width")?,
-                dim(h.div_ceil(8), "height")?,
-                dim(c.cout.div_ceil(MMA_CO), "cout")?,
-            ),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    } else {
-        // 16 x 16 pixels per block, 16 output channels per thread (variant 1).
-        LaunchConfig {
-            grid_dim: (
-                dim(w.div_ceil(16), "width")?,
-                dim(h.div_ceil(16), "height")?,
-                dim(c.cout.div_ceil(16), "cout")?,
-            ),
-            block_dim: (16, 16, 1),
-            shared_mem_bytes: 0,
-        }
+    // 16 x 16 pixels per block, 16 output channels per thread (variant 1).
+    let cfg = LaunchConfig {
+        grid_dim: (dim(w.div_ceil(16), "width")?, dim(h.div_ceil(16), "height")?, dim(c.cout.div_ceil(16), "cout")?),
+        block_dim: (16, 16, 1),
+        shared_mem_bytes: 0,
     };
-    // SAFETY: the arguments match conv2d_k{K}_{f32,f16}(out, x, wt, bias, cin, cout, h, w, relu)
-    // in type and order, and the buffer lengths were checked against the sizes passed.
+    // SAFETY: the arguments match conv2d_k{K}_f32(out, x, wt, bias, cin, cout, h, w, relu) in
+    // type and order, and the buffer lengths were checked against the sizes passed.
     unsafe {
         s.launch_builder(func)
             .arg(out)
@@ -148,6 +148,86 @@ pub fn conv2d<T: Storage>(
     }
     .map_err(launch_err(&name))?;
     Ok(())
+}
+
+/// One f16 conv with the given variant (`kernels/conv.cu`, variant 2 or 3). The weights are the
+/// one packed buffer every variant reads (`weights::pack_conv_f16`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_f16_variant<T: Storage>(
+    k: &Kernels,
+    s: &Arc<CudaStream>,
+    v: &F16Variant,
+    c: &Conv2d,
+    weight: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+    h: usize,
+    w: usize,
+) -> Result<()> {
+    check(T::SUFFIX == "f16" && v.exists_for(c.k), "f16 conv variant")?;
+    check(x.len() == c.cin * h * w && out.len() == c.cout * h * w, "conv2d activations")?;
+    check(weight.len() == packed_len(c) && bias.len() == c.cout, "conv2d weights")?;
+    if h * w == 0 {
+        return Ok(());
+    }
+    let name = v.kernel_name(c.k);
+    let func = k.get(&name)?;
+    let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
+    let relu = c.relu as i32;
+    let ((gx, gy, gz), threads) = v.grid(c.cout, h, w);
+    let cfg = LaunchConfig {
+        grid_dim: (dim(gx, "width")?, dim(gy, "height")?, dim(gz, "cout")?),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match conv2d_k{K}_f16[_{tag}](out, x, wp, bias, cin, cout, h, w, relu)
+    // in type and order, the buffer lengths were checked against the sizes passed, and the grid
+    // and block are the shape this variant's kernel was compiled for (conv_variants.rs).
+    unsafe {
+        s.launch_builder(func)
+            .arg(out)
+            .arg(x)
+            .arg(weight)
+            .arg(bias)
+            .arg(&cin)
+            .arg(&cout)
+            .arg(&hh)
+            .arg(&ww)
+            .arg(&relu)
+            .launch(cfg)
+    }
+    .map_err(launch_err(&name))?;
+    Ok(())
+}
+
+/// Milliseconds per launch of variant `v` on these buffers: one warm-up launch, then
+/// [`TIMED_LAUNCHES`] between two CUDA events. Waits for the stream.
+#[allow(clippy::too_many_arguments)]
+fn time_conv_f16<T: Storage>(
+    k: &Kernels,
+    s: &Arc<CudaStream>,
+    v: &F16Variant,
+    c: &Conv2d,
+    weight: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+    h: usize,
+    w: usize,
+) -> Result<f64> {
+    use cudarc::driver::sys::CUevent_flags;
+    let err = |e: cudarc::driver::DriverError| Error::Backend(format!("timing {}: {e}", v.kernel_name(c.k)));
+    let event = || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err);
+    let (start, end) = (event()?, event()?);
+    conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w)?;
+    start.record(s).map_err(err)?;
+    for _ in 0..TIMED_LAUNCHES {
+        conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w)?;
+    }
+    end.record(s).map_err(err)?;
+    let ms = start.elapsed_ms(&end).map_err(err)?;
+    Ok(ms as f64 / TIMED_LAUNCHES as f64)
 }
 
 /// ConvTranspose2d (stride 2, k 2 or 3) of `x` (cin x h x w) into `out` (cout x 2h x 2w).

@@ -12,12 +12,15 @@
 //! - [`compile`]: NVRTC options, compilation to cubin, the on-disk kernel cache.
 //! - [`device`]: opening a device and describing it.
 //! - [`weights`]: layer parameters in the layouts the kernels read (f16 mma fragments).
+//! - [`conv_variants`]: the f16 conv kernels' shapes; [`autotune`]: one of them per layer.
 //! - [`kernels`]: loaded modules and one launch wrapper per op.
 //! - [`executor`]: the arena, the staging buffers and the three streams one forward pass runs on.
 //! - [`backend`]: [`CudaBackend`], the graph executor implementing [`crate::backend::Backend`].
 
+pub mod autotune;
 pub mod backend;
 pub mod compile;
+pub mod conv_variants;
 pub mod device;
 pub mod executor;
 pub mod kernels;
@@ -26,6 +29,7 @@ pub mod sources;
 pub mod storage;
 pub mod weights;
 
+pub use autotune::TuneMode;
 pub use backend::CudaBackend;
 pub use executor::{DeviceBytes, NodeTimer};
 
