@@ -21,6 +21,7 @@ fn conv_layer(rng: &mut SplitMix64, cin: usize, cout: usize, k: usize, pre: bool
         bias: randv(rng, cout),
         relu: true,
         pre: pre.then(|| ScaleShift { scale: randv(rng, cin), shift: randv(rng, cin), relu: true }),
+        algo: Default::default(),
     }
 }
 

@@ -21,6 +21,22 @@ pub struct Conv2d {
     /// BN -> ReLU -> conv reads `max(x·scale + shift, 0)` while loading, before the zero padding,
     /// so the transformed copy of the block's feature maps is never stored.
     pub pre: Option<ScaleShift>,
+    /// How the CPU computes it. Chosen once per model graph ([`Graph::assign_conv_algos`]) so that
+    /// every CPU executor does the same arithmetic for this layer; ops built by hand are `Direct`.
+    /// Other backends ignore it (they agree with the CPU only to a tolerance).
+    pub algo: ConvAlgo,
+}
+
+/// The CPU algorithm of a [`Conv2d`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// `bias + Σ_ci Σ_taps w·x`, one FMA per term (`cpu::conv`).
+    #[default]
+    Direct,
+    /// Winograd F(2x2, 3x3) over 2 x 2 output blocks anchored at the map's origin
+    /// (`cpu::winograd`). Tiling stays exact only where every window's map starts and ends on
+    /// that block grid: see [`Graph::assign_conv_algos`].
+    Winograd2,
 }
 
 #[derive(Clone, Debug)]
@@ -349,6 +365,39 @@ impl Graph {
 }
 
 impl Graph {
+    /// Down-sampling level of every node's output: log2 of how many input pixels one of its pixels
+    /// spans (poolings add one, up-samplings take one off).
+    pub fn levels(&self) -> Vec<i32> {
+        let mut lv: Vec<i32> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let l = node.inputs.first().map_or(0, |&i| lv[i]);
+            lv.push(match node.op {
+                Op::MaxPool2 => l + 1,
+                Op::ConvTranspose2d(_) | Op::Upsample2(_) => l - 1,
+                _ => l,
+            });
+        }
+        lv
+    }
+
+    /// Choose each convolution's CPU algorithm ([`ConvAlgo`]), once, for every executor that runs
+    /// this graph. Winograd F(2x2, 3x3) works on 2 x 2 output blocks anchored at the map's origin,
+    /// so it keeps tiling exact only where every window's map starts on an even row and column
+    /// of that level's whole map. Windows start at multiples of `align` (A), so a map at level L
+    /// starts at a multiple of A / 2^L, and its size is one too: Winograd where A / 2^L is even,
+    /// the direct convolution elsewhere (U-Net's bottleneck, at A / 2^L = 1). Only 3 x 3
+    /// convolutions with at least `min_channels` input and output channels are worth it.
+    pub fn assign_conv_algos(&mut self, align: usize, min_channels: usize) {
+        let levels = self.levels();
+        for (node, &l) in self.nodes.iter_mut().zip(&levels) {
+            if let Op::Conv2d(c) = &mut node.op {
+                let grid_even = (0..31).contains(&l) && align.is_multiple_of(2 << l);
+                let worth = c.k == 3 && c.cin >= min_channels && c.cout >= min_channels;
+                c.algo = if grid_even && worth { ConvAlgo::Winograd2 } else { ConvAlgo::Direct };
+            }
+        }
+    }
+
     /// True when some convolution carries a fused input scale-shift (see [`Conv2d::pre`]).
     pub fn has_conv_pre(&self) -> bool {
         self.nodes.iter().any(|n| matches!(&n.op, Op::Conv2d(c) if c.pre.is_some()))

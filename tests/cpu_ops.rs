@@ -32,6 +32,7 @@ fn conv_matches_the_elementwise_reference_bit_for_bit() {
                 shift: randv(&mut rng, cin),
                 relu: case % 2 == 1,
             }),
+            algo: Default::default(),
         };
         let x = random_image(&mut rng, cin, h, w);
         let slow = cpu::conv::conv2d_reference(&x, &c);
@@ -149,6 +150,7 @@ fn pointwise_conv_in_place_matches_the_reference_bit_for_bit() {
             bias: randv(&mut rng, cout),
             relu: case % 2 == 1,
             pre: None,
+            algo: Default::default(),
         };
         let x = random_image(&mut rng, cin, h, w);
         let want = cpu::conv::conv2d_reference(&x, &c);
@@ -228,6 +230,7 @@ fn conv_bits_do_not_depend_on_the_map_extent_or_the_pixel_position() {
                 shift: randv(&mut rng, cin),
                 relu: true,
             }),
+            algo: Default::default(),
         };
         let x = random_image(&mut rng, cin, 37, 61);
         let r = k / 2;
@@ -276,6 +279,7 @@ fn masked_unpadded_conv_matches_the_reference_bit_for_bit() {
             bias: randv(&mut rng, cout),
             relu: case % 2 == 0,
             pre: None,
+            algo: Default::default(),
         };
         let c = Conv2d { weight: randv(&mut rng, cout * c.cin * k * k), ..c };
         let x = random_image(&mut rng, c.cin, h, w);

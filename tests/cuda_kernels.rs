@@ -87,6 +87,7 @@ fn random_ops(rng: &mut SplitMix64) -> Vec<(String, Op, Vec<Tensor>)> {
             bias: randv(rng, cout, 0.5),
             relu: i % 2 == 0,
             pre: None,
+            algo: Default::default(),
         });
         cases.push((format!("conv2d cin {cin} cout {cout} k {k} {h}x{w}"), op, vec![img(rng, cin, h, w)]));
     }
@@ -208,6 +209,7 @@ fn f16_conv_variants_agree_bit_for_bit() {
             bias: randv(&mut rng, cout, 0.5),
             relu: case % 2 == 1,
             pre: None,
+            algo: Default::default(),
         };
         let x = random_image(&mut rng, cin, h, w);
         let (op, ins) = as_f16(&Op::Conv2d(conv), &[x]);

@@ -31,10 +31,11 @@ fn family_model(family: &str, rng: &mut SplitMix64) -> Model {
     random_model(cfg, seed)
 }
 
-fn exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
+fn exact_over_random_geometries(family: &str, cases: usize, seed: u64, winograd: bool) {
     let mut rng = SplitMix64(seed);
     for case in 0..cases {
         let model = family_model(family, &mut rng);
+        let model = if winograd { winograd_everywhere(model) } else { model };
         let a = model.align();
         let halo0 = model.exact_halo();
         // Odd and even sizes, from below one tile to several tiles plus halos.
@@ -58,12 +59,25 @@ fn exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
 
 #[test]
 fn unet_tiled_equals_whole_over_random_geometries() {
-    exact_over_random_geometries("unet", 60, 0xC0FFEE);
+    exact_over_random_geometries("unet", 60, 0xC0FFEE, false);
 }
 
 #[test]
 fn fcdensenet_tiled_equals_whole_over_random_geometries() {
-    exact_over_random_geometries("fcdensenet", 60, 0xD00D);
+    exact_over_random_geometries("fcdensenet", 60, 0xD00D, false);
+}
+
+/// The same with Winograd F(2x2, 3x3) on every level the alignment allows (the test models are
+/// too narrow for the default channel minimum): the check that the graph's alignment rule for it
+/// is right.
+#[test]
+fn unet_with_winograd_tiled_equals_whole_over_random_geometries() {
+    exact_over_random_geometries("unet", 60, 0xC0FFEF, true);
+}
+
+#[test]
+fn fcdensenet_with_winograd_tiled_equals_whole_over_random_geometries() {
+    exact_over_random_geometries("fcdensenet", 60, 0xD00E, true);
 }
 
 /// An image large enough that some tile's window is cut inside the image on every side.
@@ -126,8 +140,14 @@ fn tiling_refuses_sizes_off_the_alignment() {
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    for cfg in [unet(2, 3, 4, 2, true, "transpose"), densenet(1, 2, 4, 3, &[1, 2], 1)] {
+    for (cfg, wino) in [
+        (unet(2, 3, 4, 2, true, "transpose"), false),
+        (densenet(1, 2, 4, 3, &[1, 2], 1), false),
+        (unet(2, 3, 4, 2, true, "transpose"), true),
+        (densenet(1, 2, 4, 3, &[1, 2], 1), true),
+    ] {
         let model = random_model(cfg, 21);
+        let model = if wino { winograd_everywhere(model) } else { model };
         let img = random_image(&mut SplitMix64(8), model.in_channels(), 83, 70);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -46,6 +46,9 @@ fn models() -> Vec<Model> {
         random_model(unet(1, 2, 2, 2, true, "nearest"), 3),
         random_model(densenet(1, 3, 4, 3, &[2, 3], 2), 4),
         random_model(densenet(2, 2, 6, 2, &[1, 2, 2], 3), 5),
+        // Winograd layers (and their transform workspace) in both families.
+        winograd_everywhere(random_model(unet(1, 2, 4, 3, true, "transpose"), 6)),
+        winograd_everywhere(random_model(densenet(1, 3, 4, 3, &[2, 3], 2), 7)),
     ]
 }
 

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 
 use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
-use super::unpadded;
-use crate::graph::{Conv2d, ScaleShift};
+use super::{unpadded, winograd};
+use crate::graph::{Conv2d, ConvAlgo, ScaleShift};
 use crate::tensor::{Tensor, View};
 
 /// Flat layout of one padded plane: `r` zero rows above and below, and rows of `w + r` elements
@@ -74,6 +74,9 @@ pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
 }
 
 fn workspace_elems_isa(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
+    if c.algo == ConvAlgo::Winograd2 {
+        return winograd::workspace_elems(c, h, w);
+    }
     match path(c, w, isa) {
         Path::Pointwise => direct::unpadded_tail_elems(c.cin),
         Path::Masked => 0,
@@ -83,11 +86,17 @@ fn workspace_elems_isa(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
 
 /// Elements of the weights as [`pack`] regroups them for the engine.
 pub fn packed_elems(c: &Conv2d) -> usize {
+    if c.algo == ConvAlgo::Winograd2 {
+        return winograd::packed_elems(c);
+    }
     direct::packed_weight_elems(c.cout, c.cin, c.k * c.k)
 }
 
 /// Regroup the weights for the engine into `dst` ([`packed_elems`] long).
 pub fn pack(c: &Conv2d, dst: &mut [f32]) {
+    if c.algo == ConvAlgo::Winograd2 {
+        return winograd::pack(c, dst);
+    }
     let taps = c.k * c.k;
     assert_eq!(c.weight.len(), c.cout * c.cin * taps, "conv2d weights");
     direct::pack_weights(dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
@@ -149,6 +158,9 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
 }
 
 fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
+    if c.algo == ConvAlgo::Winograd2 {
+        return winograd::conv2d_into(x, c, packed, out, ws, isa);
+    }
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w, k) = (x.h, x.w, c.k);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");

@@ -137,11 +137,7 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
     if nqb == 0 || ncb == 0 {
         return;
     }
-    let max_off = t.offsets.iter().copied().max().unwrap_or(0);
-    // Every load of every block stays inside `data` (the kernels below rely on this).
-    assert!(t.cin >= 1 && ntaps >= 1);
-    assert!((t.cin - 1) * t.plane + nqb * nr + max_off <= t.data.len(), "direct conv: input buffer too short");
-    assert!(t.weights.len() >= packed_weight_elems(t.cout, t.cin, ntaps) && t.bias.len() >= t.cout);
+    check(t, nr);
     // Start of each cache-line run the taps read (taps within 16 elements share one run).
     let mut sorted = t.offsets.to_vec();
     sorted.sort_unstable();
@@ -157,6 +153,17 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
         block(t, isa, cb, q0, runs, blk);
         store(cb * MR, q0, nr.min(t.n_q - q0), blk);
     });
+}
+
+/// Assert that every load of every block of `t` stays inside its buffers (the kernels rely on
+/// this).
+pub(crate) fn check(t: &Taps, nr: usize) {
+    let ntaps = t.offsets.len();
+    let max_off = t.offsets.iter().copied().max().unwrap_or(0);
+    assert!(t.cin >= 1 && ntaps >= 1);
+    let nqb = t.n_q.div_ceil(nr);
+    assert!((t.cin - 1) * t.plane + nqb * nr + max_off <= t.data.len(), "direct conv: input buffer too short");
+    assert!(t.weights.len() >= packed_weight_elems(t.cout, t.cin, ntaps) && t.bias.len() >= t.cout);
 }
 
 /// Run `f(channel block, position block, scratch)` for every block of `ncb x nqb`, in parallel. A
@@ -194,12 +201,14 @@ pub(crate) fn bias_of(bias: &[f32], cout: usize, cb: usize) -> [f32; MR] {
     b
 }
 
+/// Compute block (`cb`, `q0`) of `t` into `blk` (`runs`: where the taps' rows start, for the
+/// prefetch). The caller must have run [`check`] on `t`.
 #[inline(always)]
-fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
+pub(crate) fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only chosen where the CPU has AVX-512F (detect/available);
-        // `run` asserted that every load stays inside the buffers.
+        // `check` asserted that every load stays inside the buffers.
         Isa::Avx512 => unsafe { block_avx512(t, cb, q0, runs, blk) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, with AVX2 and FMA.
@@ -250,7 +259,7 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut
     for (a, b) in acc.iter_mut().zip(bias) {
         *a = [_mm512_set1_ps(b); V];
     }
-    // SAFETY (all pointer arithmetic below): in bounds by the assertions in `run`.
+    // SAFETY (all pointer arithmetic below): in bounds by the assertions in `check`.
     unsafe {
         let mut w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR);
         let base = t.data.as_ptr().add(q0);
@@ -299,7 +308,7 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
         for (a, &b) in acc.iter_mut().zip(&bias[half * H..]) {
             *a = [_mm256_set1_ps(b); V];
         }
-        // SAFETY (all pointer arithmetic below): in bounds by the assertions in `run`.
+        // SAFETY (all pointer arithmetic below): in bounds by the assertions in `check`.
         unsafe {
             let mut w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR + half * H);
             let base = t.data.as_ptr().add(q0);

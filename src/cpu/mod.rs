@@ -12,6 +12,7 @@ pub mod pool;
 pub mod softmax;
 pub mod unpadded;
 pub mod upsample;
+pub mod winograd;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};

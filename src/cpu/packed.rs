@@ -21,14 +21,18 @@ pub fn elems(graph: &Graph) -> usize {
     graph.nodes.iter().map(|n| node_elems(&n.op)).sum()
 }
 
-/// Identifies the weights a pack was made from: their addresses and lengths, and a sample of
-/// their values (so a model dropped and another loaded at the same addresses is still told apart).
+/// Identifies the weights a pack was made from: their addresses and lengths, each convolution's
+/// algorithm, and a sample of their values (so a model dropped and another loaded at the same addresses is still told apart).
 fn fingerprint(graph: &Graph) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
     for n in &graph.nodes {
         let w = match &n.op {
-            Op::Conv2d(c) => &c.weight,
+            Op::Conv2d(c) => {
+                // The same weights packed for another algorithm are another pack.
+                mix(c.algo as u64);
+                &c.weight
+            }
             Op::ConvTranspose2d(c) => &c.weight,
             _ => continue,
         };

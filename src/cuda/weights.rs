@@ -235,7 +235,16 @@ mod tests {
             // Distinct values that f16 represents exactly (integers up to 2048).
             assert!(n <= 2048);
             let weight: Vec<f32> = (0..n).map(|i| (i + 1) as f32).collect();
-            let c = Conv2d { cin, cout, k, weight, bias: vec![0.0; cout], relu: false, pre: None };
+            let c = Conv2d {
+                cin,
+                cout,
+                k,
+                weight,
+                bias: vec![0.0; cout],
+                relu: false,
+                pre: None,
+                algo: Default::default(),
+            };
             let packed = pack_conv_f16(&c);
             assert_eq!(packed.len(), packed_len(&c));
             let mut values: Vec<f32> = packed.iter().map(|v| v.to_f32()).filter(|&v| v != 0.0).collect();
@@ -250,7 +259,8 @@ mod tests {
         let (cin, cout, k) = (20, 70, 3);
         let mut weight = vec![0.0f32; cout * cin * 9];
         weight[(66 * cin + 17) * 9 + 4] = 1.0;
-        let c = Conv2d { cin, cout, k, weight, bias: vec![0.0; cout], relu: false, pre: None };
+        let c =
+            Conv2d { cin, cout, k, weight, bias: vec![0.0; cout], relu: false, pre: None, algo: Default::default() };
         let packed = pack_conv_f16(&c);
         let at = packed.iter().position(|v| v.to_f32() == 1.0).unwrap();
         // block 1, chunk 1, tap 4, m-tile 0, row 2, col 1 -> lane 8 (g 2, q 0), element 1.

@@ -2,7 +2,7 @@
 //! tensors under the module's state_dict names.
 
 use super::weights::{ParamKind, WeightSource};
-use crate::graph::{BatchNorm, Conv2d, ConvTranspose2d, Graph, NodeId, Op, UpsampleMode};
+use crate::graph::{BatchNorm, Conv2d, ConvAlgo, ConvTranspose2d, Graph, NodeId, Op, UpsampleMode};
 
 pub struct Builder<'a> {
     pub g: Graph,
@@ -35,7 +35,11 @@ impl<'a> Builder<'a> {
         let weight =
             self.take(&format!("{prefix}.weight"), &[cout, cin, k, k], ParamKind::ConvWeight { fan_in: cin * k * k });
         let bias = if bias { self.take(&format!("{prefix}.bias"), &[cout], ParamKind::Bias) } else { vec![0.0; cout] };
-        self.g.add(prefix, Op::Conv2d(Conv2d { cin, cout, k, weight, bias, relu: false, pre: None }), &[x])
+        self.g.add(
+            prefix,
+            Op::Conv2d(Conv2d { cin, cout, k, weight, bias, relu: false, pre: None, algo: ConvAlgo::Direct }),
+            &[x],
+        )
     }
 
     pub fn conv_transpose(&mut self, prefix: &str, x: NodeId, cin: usize, cout: usize, k: usize) -> NodeId {

@@ -44,7 +44,8 @@ impl Model {
                 msg: format!("{} problem(s) with the weights:\n  {}", problems.len(), problems.join("\n  ")),
             });
         }
-        let graph = source_graph.optimized();
+        let mut graph = source_graph.optimized();
+        graph.assign_conv_algos(config.align(), crate::cpu::winograd::MIN_CHANNELS);
         let rf = ReceptiveField::analyze(&graph, config.align())?;
         Ok(Model { config, source_graph, graph, rf, trainable, origin: origin.to_string(), description: None })
     }

@@ -49,6 +49,14 @@ pub fn random_model(config: ModelConfig, seed: u64) -> Model {
     Model::random(config, seed).expect("valid test model")
 }
 
+/// The model with every 3 x 3 convolution the alignment allows on Winograd F(2x2, 3x3), whatever
+/// its channel count (test models are too narrow for the default minimum).
+pub fn winograd_everywhere(mut model: Model) -> Model {
+    let a = model.align();
+    model.graph.assign_conv_algos(a, 1);
+    model
+}
+
 pub fn bits(t: &Tensor) -> Vec<u32> {
     t.data.iter().map(|v| v.to_bits()).collect()
 }
