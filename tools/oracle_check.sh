@@ -16,8 +16,8 @@ configs=(
   'unet|{"in_channels":1,"classes":2,"base_filters":8,"depth":3,"batch_norm":true,"up_mode":"transpose"}'
   'unet|{"in_channels":3,"classes":4,"base_filters":4,"depth":2,"batch_norm":false,"up_mode":"bilinear"}'
   'unet|{"in_channels":2,"classes":3,"base_filters":4,"depth":3,"batch_norm":true,"up_mode":"nearest"}'
-  # Wide enough for Winograd F(2x2, 3x3) on levels 0 and 1 (A = 4), direct at level 2.
-  'unet|{"in_channels":1,"classes":2,"base_filters":32,"depth":2,"batch_norm":true,"up_mode":"transpose"}'
+  # Wide enough (>= 128 channels) for Winograd F(2x2, 3x3) on levels 0 and 1 (A = 4), direct at level 2.
+  'unet|{"in_channels":1,"classes":2,"base_filters":128,"depth":2,"batch_norm":true,"up_mode":"transpose"}'
   'fcdensenet|{"in_channels":1,"classes":3,"first_conv_filters":8,"growth_rate":4,"down_blocks":[2,2,3],"bottleneck_layers":2,"up_blocks":[3,2,2]}'
   'fcdensenet|{"in_channels":3,"classes":2,"first_conv_filters":6,"growth_rate":3,"down_blocks":[1,2],"bottleneck_layers":1,"up_blocks":[2,1]}'
 )
