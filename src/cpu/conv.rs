@@ -11,6 +11,10 @@
 //! transform on the way; a plain 1 x 1 convolution needs no padding and reads its input in place);
 //! the register-blocked engine in [`super::direct`] then runs over every (channel block, position
 //! block) with the weights [`pack`]ed once per model.
+//!
+//! A layer the model graph marked [`ConvAlgo::Winograd2`] goes to [`winograd`] instead (its
+//! workspace, packing and arithmetic); every entry point here dispatches on that mark, so all
+//! executors compute the same thing for the layer.
 
 use rayon::prelude::*;
 
