@@ -121,18 +121,37 @@ pub fn conv2d<T: Storage>(
         let v = k.tune.choose(&sig, |v| time_conv_f16(k, s, v, c, weight, bias, x, out, h, w))?;
         return conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w);
     }
-    let name = format!("conv2d_k{}_{}", c.k, T::SUFFIX);
-    let func = k.get(&name)?;
-    let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
-    let relu = c.relu as i32;
     // 16 x 16 pixels per block, 16 output channels per thread (variant 1).
     let cfg = LaunchConfig {
         grid_dim: (dim(w.div_ceil(16), "width")?, dim(h.div_ceil(16), "height")?, dim(c.cout.div_ceil(16), "cout")?),
         block_dim: (16, 16, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: the arguments match conv2d_k{K}_f32(out, x, wt, bias, cin, cout, h, w, relu) in
-    // type and order, and the buffer lengths were checked against the sizes passed.
+    launch_conv(k, s, &format!("conv2d_k{}_{}", c.k, T::SUFFIX), cfg, c, weight, bias, x, out, h, w)
+}
+
+/// Launch one conv kernel: every variant of every precision takes
+/// `(out, x, weights, bias, cin, cout, h, w, relu)`.
+#[allow(clippy::too_many_arguments)]
+fn launch_conv<T: Storage>(
+    k: &Kernels,
+    s: &Arc<CudaStream>,
+    name: &str,
+    cfg: LaunchConfig,
+    c: &Conv2d,
+    weight: &CudaSlice<T>,
+    bias: &CudaSlice<f32>,
+    x: &CudaView<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+    h: usize,
+    w: usize,
+) -> Result<()> {
+    let func = k.get(name)?;
+    let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
+    let relu = c.relu as i32;
+    // SAFETY: the arguments match conv2d_k{K}_{f32,f16}[_{tag}](out, x, wt, bias, cin, cout, h, w,
+    // relu) in type and order; callers checked the buffer lengths against the sizes passed and
+    // give the grid and block the kernel was written for (for variants: conv_variants.rs).
     unsafe {
         s.launch_builder(func)
             .arg(out)
@@ -146,7 +165,7 @@ pub fn conv2d<T: Storage>(
             .arg(&relu)
             .launch(cfg)
     }
-    .map_err(launch_err(&name))?;
+    .map_err(launch_err(name))?;
     Ok(())
 }
 
@@ -171,34 +190,13 @@ pub fn conv2d_f16_variant<T: Storage>(
     if h * w == 0 {
         return Ok(());
     }
-    let name = v.kernel_name(c.k);
-    let func = k.get(&name)?;
-    let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
-    let relu = c.relu as i32;
     let ((gx, gy, gz), threads) = v.grid(c.cout, h, w);
     let cfg = LaunchConfig {
         grid_dim: (dim(gx, "width")?, dim(gy, "height")?, dim(gz, "cout")?),
         block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: the arguments match conv2d_k{K}_f16[_{tag}](out, x, wp, bias, cin, cout, h, w, relu)
-    // in type and order, the buffer lengths were checked against the sizes passed, and the grid
-    // and block are the shape this variant's kernel was compiled for (conv_variants.rs).
-    unsafe {
-        s.launch_builder(func)
-            .arg(out)
-            .arg(x)
-            .arg(weight)
-            .arg(bias)
-            .arg(&cin)
-            .arg(&cout)
-            .arg(&hh)
-            .arg(&ww)
-            .arg(&relu)
-            .launch(cfg)
-    }
-    .map_err(launch_err(&name))?;
-    Ok(())
+    launch_conv(k, s, &v.kernel_name(c.k), cfg, c, weight, bias, x, out, h, w)
 }
 
 /// Milliseconds per launch of variant `v` on these buffers: one warm-up launch, then
