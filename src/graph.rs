@@ -352,15 +352,22 @@ impl Graph {
     /// input of `size x size` (a multiple of the down-sampling factor).
     pub fn flops_per_pixel(&self, size: usize) -> Result<f64> {
         let shapes = self.shapes(size, size)?;
-        let mut flops = 0f64;
-        for (node, s) in self.nodes.iter().zip(&shapes) {
-            flops += match &node.op {
+        Ok(self.node_flops(&shapes).iter().sum::<f64>() / (size * size) as f64)
+    }
+
+    /// Multiply-add FLOPs (2 per term) of every node, given the nodes' output `shapes`; a direct
+    /// convolution's count, whatever algorithm runs it.
+    pub fn node_flops(&self, shapes: &[Shape]) -> Vec<f64> {
+        self.nodes
+            .iter()
+            .zip(shapes)
+            .map(|(node, s)| match &node.op {
                 Op::Conv2d(c) => 2.0 * (c.cin * c.k * c.k * c.cout) as f64 * (s.h * s.w) as f64,
+                // Stride 2: one input pixel per 2x2 output pixels.
                 Op::ConvTranspose2d(c) => 2.0 * (c.cin * c.k * c.k * c.cout) as f64 * (s.h * s.w / 4) as f64,
                 _ => 0.0,
-            };
-        }
-        Ok(flops / (size * size) as f64)
+            })
+            .collect()
     }
 }
 

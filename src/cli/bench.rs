@@ -4,7 +4,6 @@
 use seamless::Model;
 use seamless::cpu::{self, Buffers};
 use seamless::error::{Error, Result};
-use seamless::graph::Op;
 use seamless::model::weights::SplitMix64;
 use seamless::planner::{ArenaPlan, Precision};
 use seamless::tensor::Tensor;
@@ -144,13 +143,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .iter()
         .zip(&shapes)
         .zip(&per_node)
-        .map(|((node, s), times)| {
-            let inp = node.inputs.first().map(|&i| shapes[i]);
-            let flop = match (&node.op, inp) {
-                (Op::Conv2d(c), _) => 2.0 * (c.cin * c.k * c.k * c.cout * s.h * s.w) as f64,
-                (Op::ConvTranspose2d(c), Some(i)) => 2.0 * (c.cin * c.k * c.k * c.cout * i.h * i.w) as f64,
-                _ => 0.0,
-            };
+        .zip(g.node_flops(&shapes))
+        .map(|(((node, s), times), flop)| {
             let t = median(times);
             LayerReport {
                 name: node.name.clone(),

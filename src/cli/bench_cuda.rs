@@ -105,13 +105,7 @@ pub fn run(a: &BenchArgs, m: &Model) -> Result<()> {
         }
         let peak = if a.no_peak { None } else { Some(backend.mma_peak_flops()?) };
         let shapes = run.shapes(n, n)?;
-        for ((node, s), times) in run.nodes.iter().zip(&shapes).zip(&per_node) {
-            let inp = node.inputs.first().map(|&i| shapes[i]);
-            let flop = match (&node.op, inp) {
-                (Op::Conv2d(c), _) => 2.0 * (c.cin * c.k * c.k * c.cout * s.h * s.w) as f64,
-                (Op::ConvTranspose2d(c), Some(i)) => 2.0 * (c.cin * c.k * c.k * c.cout * i.h * i.w) as f64,
-                _ => 0.0,
-            };
+        for (((node, s), times), flop) in run.nodes.iter().zip(&shapes).zip(&per_node).zip(run.node_flops(&shapes)) {
             let t = median(times);
             let rate = if t > 0.0 { flop / t } else { 0.0 };
             let f16 = a.precision == seamless::planner::Precision::F16;
