@@ -89,18 +89,6 @@ __device__ void conv2d_f32(float* out, const float* x, const float* wt, const fl
 #define MMA_WARPS 4      // warp w computes output rows 2w and 2w+1 (two n-tiles of 8 pixels)
 #define XS_STRIDE 24     // halves per patch pixel in shared memory: 16 channels + 8 padding (banks)
 
-struct alignas(16) Frag {
-    unsigned r[4];
-};
-
-__device__ __forceinline__ void mma_16816(float* c, const Frag& a, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b0), "r"(b1));
-}
-
 // wp: [co_block][chunk][tap][m-tile][lane] fragments (see src/cuda/weights.rs, pack_conv_f16).
 template <int K>
 __device__ void conv2d_f16(half_t* out, const half_t* x, const Frag* wp, const float* bias, unsigned cin,

@@ -9,21 +9,13 @@
 
 #define PEAK_CHAINS 8
 
-__device__ __forceinline__ void mma_16816_peak(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                               unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // iters rounds of PEAK_CHAINS mmas per warp; every thread writes one sum so nothing is dead code.
 extern "C" __global__ void mma_peak_f16(float* out, u64 iters) {
     // Small f16 values (bit patterns of about 1e-3) that keep the sums finite.
     unsigned seed = 0x1400u + (threadIdx.x & 7u);
-    unsigned a0 = seed | (seed << 16), a1 = a0 + 1u, a2 = a0 + 2u, a3 = a0 + 3u;
-    unsigned b0 = a0 ^ 0x10001u, b1 = a1 ^ 0x10001u;
+    unsigned a0 = seed | (seed << 16);
+    const Frag a = {{a0, a0 + 1u, a0 + 2u, a0 + 3u}};
+    unsigned b0 = a0 ^ 0x10001u, b1 = (a0 + 1u) ^ 0x10001u;
     float c[PEAK_CHAINS][4];
 #pragma unroll
     for (int j = 0; j < PEAK_CHAINS; ++j) {
@@ -32,7 +24,7 @@ extern "C" __global__ void mma_peak_f16(float* out, u64 iters) {
     for (u64 i = 0; i < iters; ++i) {
 #pragma unroll
         for (int j = 0; j < PEAK_CHAINS; ++j) {
-            mma_16816_peak(c[j], a0, a1, a2, a3, b0, b1);
+            mma_16816(c[j], a, b0, b1);
         }
     }
     float s = 0.0f;

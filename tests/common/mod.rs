@@ -94,3 +94,4 @@ pub fn model_parts(path: &std::path::Path) -> (Vec<RawTensor>, Vec<(String, Stri
     meta.sort();
     (tensors, meta)
 }
+pub mod emulator;
