@@ -194,9 +194,9 @@ template <int K, int MT, int TH, int TW, int WARPS>
 struct TileShape {
     static constexpr int P_H = TH + K - 1, P_W = TW + K - 1, PIX = P_H * P_W;
     static constexpr int THREADS = WARPS * 32;
-    // Staging items: 8 channel pairs of every patch pixel (pixels padded to a multiple of 8), and
-    // every A fragment of the chunk (taps x m-tiles x lanes).
-    static constexpr int X_ITEMS = 8 * ((PIX + 7) / 8), X_PER = (X_ITEMS + THREADS - 1) / THREADS;
+    // Staging items: 8 channel pairs of every patch pixel, in groups of 8 pixels (64 items a
+    // group, the last group padded), and every A fragment of the chunk (taps x m-tiles x lanes).
+    static constexpr int X_ITEMS = 64 * ((PIX + 7) / 8), X_PER = (X_ITEMS + THREADS - 1) / THREADS;
     static constexpr int A_ITEMS = K * K * MT * 32, A_PER = (A_ITEMS + THREADS - 1) / THREADS;
     static constexpr int NTILES = TH * TW / 8, NT = NTILES / WARPS;  // n-tiles per block, per warp
     static_assert(TW % 8 == 0 && NTILES % WARPS == 0, "whole n-tiles of 8 pixels per warp");
