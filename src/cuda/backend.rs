@@ -75,9 +75,11 @@ impl CudaBackend {
     pub fn with_tuning(ordinal: usize, precision: Precision, tune: TuneMode) -> Result<CudaBackend> {
         libs::require_cuda()?;
         let (ctx, info) = device::open(ordinal)?;
-        // SAFETY: buffers shared between streams (the staging buffers, the pinned host buffers)
-        // are ordered by this backend's own events (executor.rs), and a buffer is reallocated or
-        // dropped only after every stream is drained, so cudarc's per-buffer events are not needed.
+        // SAFETY: buffers shared between streams (the staging buffers) are ordered by this
+        // backend's own events, the host waits for each pinned buffer's last copy before it touches
+        // or frees it (executor.rs, `Pinned`), and a device buffer is reallocated or dropped only
+        // after every stream is drained, so cudarc's per-buffer events are not needed. (With them
+        // off, cudarc records nothing on pinned buffers: their own waits are no-ops.)
         unsafe { ctx.disable_event_tracking() };
         let streams = Streams::new(&ctx)?;
         let (kernels, reports) = Kernels::load(&ctx, &info.arch(), &info.name, tune)?;

@@ -86,11 +86,40 @@ impl Events {
     }
 }
 
+/// A page-locked host buffer and the event recorded after the last copy that uses it. The backend
+/// runs with cudarc's per-buffer event tracking off (backend.rs), so nothing else orders the host
+/// against these copies: the host touches the memory only through [`Pinned::host`], which first
+/// waits for that event, and dropping the buffer waits for it too.
+struct Pinned<T> {
+    buf: PinnedHostSlice<T>,
+    last_copy: CudaEvent,
+}
+
+impl<T: Storage> Pinned<T> {
+    /// The memory, once the last copy queued on it has completed.
+    fn host(&mut self) -> Result<&mut [T]> {
+        self.last_copy.synchronize().map_err(driver_err("waiting for a pinned buffer's copy"))?;
+        self.buf.as_mut_slice().map_err(driver_err("pinned buffer"))
+    }
+
+    /// Mark the copy just queued on `stream` as the buffer's last use.
+    fn used_by(&self, stream: &CudaStream) -> Result<()> {
+        self.last_copy.record(stream).map_err(driver_err("event record"))
+    }
+}
+
+impl<T> Drop for Pinned<T> {
+    fn drop(&mut self) {
+        // The copy may still be reading or writing the memory that is about to be freed.
+        let _ = self.last_copy.synchronize();
+    }
+}
+
 /// Page-locked host buffers by length. cudarc copies a pinned buffer whole, so each must have
 /// exactly the window's length; a tile grid has few distinct window sizes (interior, right and
 /// bottom edges, corner), so a handful serve a whole image.
 struct PinnedPool<T> {
-    free: HashMap<usize, Vec<PinnedHostSlice<T>>>,
+    free: HashMap<usize, Vec<Pinned<T>>>,
 }
 
 impl<T: Storage> PinnedPool<T> {
@@ -98,22 +127,24 @@ impl<T: Storage> PinnedPool<T> {
         PinnedPool { free: HashMap::new() }
     }
 
-    fn take(&mut self, ctx: &Arc<CudaContext>, len: usize) -> Result<PinnedHostSlice<T>> {
+    fn take(&mut self, ctx: &Arc<CudaContext>, len: usize) -> Result<Pinned<T>> {
         if let Some(buf) = self.free.get_mut(&len).and_then(Vec::pop) {
             return Ok(buf);
         }
         // SAFETY: the memory starts uninitialised; the host fills an input buffer before copying
-        // it, and an output buffer is read only after the device copy into it has completed (its
-        // event). Flags 0: ordinary cached pinned memory, since the host reads outputs back
+        // it, and an output buffer is read only after the device copy into it has completed
+        // (Pinned::host). Flags 0: ordinary cached pinned memory, since the host reads outputs back
         // (write-combined would make that slow).
-        unsafe { ctx.alloc_pinned_with_flags::<T>(len, 0) }.map_err(driver_err("pinned host allocation"))
+        let buf = unsafe { ctx.alloc_pinned_with_flags::<T>(len, 0) }.map_err(driver_err("pinned host allocation"))?;
+        let last_copy = ctx.new_event(None).map_err(driver_err("creating an event"))?;
+        Ok(Pinned { buf, last_copy })
     }
 
-    fn give_back(&mut self, buf: PinnedHostSlice<T>) {
-        if self.free.len() >= 8 && !self.free.contains_key(&buf.len()) {
+    fn give_back(&mut self, buf: Pinned<T>) {
+        if self.free.len() >= 8 && !self.free.contains_key(&buf.buf.len()) {
             self.free.clear();
         }
-        let list = self.free.entry(buf.len()).or_default();
+        let list = self.free.entry(buf.buf.len()).or_default();
         if list.len() < 2 {
             list.push(buf);
         }
@@ -142,7 +173,7 @@ impl DeviceBytes {
 
 /// A tile whose output is on its way to the host.
 pub(crate) struct Pending<T> {
-    out: PinnedHostSlice<T>,
+    out: Pinned<T>,
     shape: Shape,
 }
 
@@ -335,14 +366,15 @@ impl<T: Storage> Exec<T> {
         let params = params.as_ref().expect("prepared");
         let c = &streams.compute;
 
-        // Upload: the host converts into a page-locked buffer (as_mut_slice waits until this
-        // buffer's previous copy is done), the copy waits until the last tile took its input.
+        // Upload: the host converts into a page-locked buffer (once this buffer's previous upload
+        // is done), the copy waits until the last tile took its input.
         let mut pin_in = pinned_in.take(ctx, n_in)?;
-        for (d, &v) in pin_in.as_mut_slice().map_err(driver_err("pinned buffer"))?.iter_mut().zip(&input.data) {
+        for (d, &v) in pin_in.host()?.iter_mut().zip(&input.data) {
             *d = T::from_f32(v);
         }
         streams.upload.wait(&ev.input_free).map_err(driver_err("stream wait"))?;
-        streams.upload.memcpy_htod(&pin_in, &mut staging_in.slice_mut(0..n_in)).map_err(driver_err("upload"))?;
+        streams.upload.memcpy_htod(&pin_in.buf, &mut staging_in.slice_mut(0..n_in)).map_err(driver_err("upload"))?;
+        pin_in.used_by(&streams.upload)?;
         ev.uploaded.record(&streams.upload).map_err(driver_err("event record"))?;
         pinned_in.give_back(pin_in);
 
@@ -392,15 +424,15 @@ impl<T: Storage> Exec<T> {
         // Download into a page-locked buffer this tile owns until it is collected.
         let mut pin_out = pinned_out.take(ctx, n_out)?;
         streams.download.wait(&ev.computed).map_err(driver_err("stream wait"))?;
-        streams.download.memcpy_dtoh(&staging_out.slice(0..n_out), &mut pin_out).map_err(driver_err("download"))?;
+        streams.download.memcpy_dtoh(&staging_out.slice(0..n_out), &mut pin_out.buf).map_err(driver_err("download"))?;
+        pin_out.used_by(&streams.download)?;
         ev.output_free.record(&streams.download).map_err(driver_err("event record"))?;
         Ok(Pending { out: pin_out, shape: shapes[graph.output] })
     }
 
     /// Wait for a queued tile's output and convert it to f32.
-    pub fn collect(&mut self, ctx: &Arc<CudaContext>, p: Pending<T>) -> Result<Tensor> {
-        // as_slice waits for the download into this buffer (its event).
-        let data: Vec<f32> = p.out.as_slice().map_err(driver_err("download"))?.iter().map(|&v| v.to_f32()).collect();
+    pub fn collect(&mut self, ctx: &Arc<CudaContext>, mut p: Pending<T>) -> Result<Tensor> {
+        let data: Vec<f32> = p.out.host()?.iter().map(|&v| v.to_f32()).collect();
         self.pinned_out.give_back(p.out);
         ctx.check_err().map_err(driver_err("deferred error"))?;
         let o = p.shape;
