@@ -28,6 +28,7 @@ fn cxx_present() -> bool {
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_cuda_device)");
     println!("cargo::rustc-check-cfg=cfg(no_nvrtc)");
+    println!("cargo::rustc-check-cfg=cfg(real_gpu)");
     for var in ["SEAMLESS_NVRTC_LIB", "LD_LIBRARY_PATH", "CXX", "SEAMLESS_TEST_CUDA", "SEAMLESS_REQUIRE_NVRTC"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -37,6 +38,9 @@ fn main() {
         println!("cargo::rustc-cfg=no_nvrtc");
     }
     let gpu = Path::new("/dev/nvidiactl").exists() || std::env::var("SEAMLESS_TEST_CUDA").is_ok_and(|v| v == "real");
+    if gpu {
+        println!("cargo::rustc-cfg=real_gpu"); // the tests of the emulator itself do not apply
+    }
     let device = gpu || (nvrtc && cxx_present());
     // CI sets this: there, CUDA tests that cannot run are a failure of the setup, not a skip.
     if std::env::var("SEAMLESS_REQUIRE_NVRTC").is_ok_and(|v| v == "1") && !(nvrtc && device) {

@@ -735,20 +735,34 @@ API CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) { return memset
 API CUresult cuModuleLoadData(void** module, const void* image) {
     LOCKED;
     NEED_INIT;
-    // The image's size is not passed; an ELF file ends with its section header table.
     const unsigned char* p = static_cast<const unsigned char*>(image);
     if (memcmp(p, "\x7f" "ELF", 4) != 0 || p[4] != 2) {
         fprintf(stderr, "cuda emulator: cuModuleLoadData takes a cubin (ELF); PTX is not emulated\n");
         return INVALID_IMAGE;
     }
+    // The image's size is not passed: it is the furthest extent of the section header table and of
+    // the sections it lists (a cubin is far below 4 GiB; anything claiming more is refused).
     uint64_t shoff;
     uint16_t shentsize, shnum;
     memcpy(&shoff, p + 0x28, 8);
     memcpy(&shentsize, p + 0x3a, 2);
     memcpy(&shnum, p + 0x3c, 2);
-    const size_t size = (size_t)(shoff + (uint64_t)shentsize * shnum);
+    const uint64_t limit = 1ull << 32;
+    if (shoff > limit || shentsize < 64) return INVALID_IMAGE;
+    uint64_t size = shoff + (uint64_t)shentsize * shnum;
+    for (unsigned i = 0; i < shnum; i++) {
+        const unsigned char* sh = p + shoff + (uint64_t)i * shentsize;
+        uint32_t type;
+        uint64_t off, len;
+        memcpy(&type, sh + 4, 4);
+        memcpy(&off, sh + 0x18, 8);
+        memcpy(&len, sh + 0x20, 8);
+        if (type == 8) continue;  // SHT_NOBITS: no bytes in the file
+        if (off > limit || len > limit) return INVALID_IMAGE;
+        if (off + len > size) size = off + len;
+    }
     Module* m = new Module;
-    if (shoff > (1ull << 32) || !cubin_functions(p, size, m->functions)) {
+    if (!cubin_functions(p, (size_t)size, m->functions)) {
         delete m;
         return INVALID_IMAGE;
     }

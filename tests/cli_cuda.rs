@@ -63,10 +63,7 @@ fn infer(m: &str, img: &str, out: &str, rest: &[&str]) -> Output {
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn infer_on_cuda_whole_equals_tiled_and_f32_equals_the_cpu() {
     let (dir, m, img) = fixture();
     let out = |name: &str| s(&dir.path().join(name)).to_string();
@@ -91,10 +88,7 @@ fn infer_on_cuda_whole_equals_tiled_and_f32_equals_the_cpu() {
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn doctor_passes_on_a_working_device_and_fails_on_a_wrong_one() {
     let o = seamless(&["doctor"]);
     let text = stdout(&o);
@@ -157,10 +151,7 @@ fn without_cuda_auto_falls_back_and_explicit_cuda_fails() {
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn auto_picks_the_device_and_says_so() {
     let (dir, m, img) = fixture();
     let out = s(&dir.path().join("out.npy")).to_string();

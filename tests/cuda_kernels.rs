@@ -171,21 +171,46 @@ fn kernels_match_twins(precision: Precision, tol: f32) {
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn every_kernel_matches_its_cpu_twin_f32() {
     kernels_match_twins(Precision::F32, 1e-5);
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn every_kernel_matches_its_cpu_twin_f16() {
     kernels_match_twins(Precision::F16, 1e-2);
+}
+
+/// f16 stores round to nearest even, as IEEE and the host's `half` crate do, in every range: normal,
+/// subnormal, ties, overflow to infinity. scale_shift computes x * scale + shift in f32 (two
+/// roundings) and stores it with `cvt.rn.f16.f32` (the emulator: its host conversion), so its bits
+/// equal the CPU twin's f32 result rounded to f16.
+#[test]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
+fn f16_stores_round_to_nearest_even() {
+    let Some(gpu) = gpu(Precision::F16) else { return };
+    let mut rng = SplitMix64(0xF16);
+    // Channel scales that land products among normals, subnormals (below 6.1e-5) and past 65504.
+    // x * 3 is exact in f32 with 13 significant bits, so a quarter of it lies halfway between two
+    // f16 values: the ties.
+    let scale = vec![3.0, 3.0e-5, 1.0e-7, 7.0e3, 1.0e5, -0.7];
+    let shift = vec![0.0, 0.0, 1.0e-8, -0.5, 0.0, 1.0e-3];
+    let (c, h, w) = (scale.len(), 64, 64);
+    let x: Vec<f32> = (0..c * h * w).map(|_| half::f16::from_f32(rng.normal() as f32 * 8.0).to_f32()).collect();
+    let x = Tensor::from_vec(c, h, w, x);
+    let op = Op::ScaleShift(ScaleShift { scale, shift, relu: false });
+    let got = gpu.run_op(&op, &[&x], true).unwrap();
+    let want = cpu::run_op(&op, &[&x]);
+    let (mut subnormal, mut infinite) = (0, 0);
+    for (i, (&g, &f)) in got.data.iter().zip(&want.data).enumerate() {
+        let r = half::f16::from_f32(f);
+        subnormal += (r.to_bits() & 0x7c00 == 0 && r.to_bits() & 0x3ff != 0) as usize;
+        infinite += r.is_infinite() as usize;
+        assert_eq!(g.to_bits(), r.to_f32().to_bits(), "element {i}: {f:e} stored as {g:e}, not {}", r.to_f32());
+    }
+    println!("{} values, {subnormal} subnormal, {infinite} infinite: all rounded as IEEE", got.data.len());
+    assert!(subnormal > 100 && infinite > 100, "the ranges were exercised");
 }
 
 /// Every f16 conv variant (kernels/conv.cu, variants 2 and 3) gives the same bits as every other
@@ -194,10 +219,7 @@ fn every_kernel_matches_its_cpu_twin_f16() {
 /// tile empty (48, 100), cin not a multiple of 16 and several chunks (double buffering), odd maps
 /// smaller and larger than a block, k 1, 3 and 5 (5: variant 2 only).
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn f16_conv_variants_agree_bit_for_bit() {
     let Some(gpu) = gpu(Precision::F16) else { return };
     let mut rng = SplitMix64(0xC0DE);
@@ -259,10 +281,7 @@ fn f16_conv_variants_agree_bit_for_bit() {
 /// whole f16 forward passes of a small FC-DenseNet (growth 12 and 16) and U-Net equal each other
 /// bit for bit with the heuristic, measured choices, and every variant forced on every layer.
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn autotuned_models_equal_the_heuristic_bit_for_bit() {
     // Built before the GPU check, so that a machine without one still checks the configs.
     let models = [
@@ -293,10 +312,7 @@ fn autotuned_models_equal_the_heuristic_bit_for_bit() {
 /// upsampling the twins' unfused arithmetic, so they agree with the CPU bit for bit (softmax's exp
 /// is the only approximate op).
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn f32_arithmetic_kernels_equal_the_cpu_bit_for_bit() {
     let Some(gpu) = gpu(Precision::F32) else { return };
     let mut rng = SplitMix64(0xB17);
@@ -366,37 +382,25 @@ fn tiled_equals_whole_on_gpu(family: &str, precision: Precision, cases: usize, s
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn unet_tiled_equals_whole_on_gpu_f32() {
     tiled_equals_whole_on_gpu("unet", Precision::F32, case_count(24, 8), 0xA1);
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn unet_tiled_equals_whole_on_gpu_f16() {
     tiled_equals_whole_on_gpu("unet", Precision::F16, case_count(24, 8), 0xA2);
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn fcdensenet_tiled_equals_whole_on_gpu_f32() {
     tiled_equals_whole_on_gpu("fcdensenet", Precision::F32, case_count(24, 6), 0xB1);
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn fcdensenet_tiled_equals_whole_on_gpu_f16() {
     tiled_equals_whole_on_gpu("fcdensenet", Precision::F16, case_count(24, 6), 0xB2);
 }
@@ -404,10 +408,7 @@ fn fcdensenet_tiled_equals_whole_on_gpu_f16() {
 /// The backend reuses its uploaded weights and staging buffers across tiles and models: running
 /// model A, then B, then A again gives A's first result.
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn switching_models_reuploads_weights() {
     let Some(gpu) = gpu(Precision::F32) else { return };
     let a = random_model(unet(1, 2, 4, 2, true, "transpose"), 1);
@@ -482,19 +483,13 @@ fn device_allocation_equals_the_plan(precision: Precision) {
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn device_allocation_equals_the_plan_f32() {
     device_allocation_equals_the_plan(Precision::F32);
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn device_allocation_equals_the_plan_f16() {
     device_allocation_equals_the_plan(Precision::F16);
 }
@@ -529,19 +524,13 @@ fn pipelined_equals_one_by_one(precision: Precision) {
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn pipelined_equals_one_by_one_f32() {
     pipelined_equals_one_by_one(Precision::F32);
 }
 
 #[test]
-#[cfg_attr(
-    no_cuda_device,
-    ignore = "no GPU, and no emulated device: it needs NVRTC (tools/requirements-cuda.txt on LD_LIBRARY_PATH) and a C++ compiler"
-)]
+#[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn pipelined_equals_one_by_one_f16() {
     pipelined_equals_one_by_one(Precision::F16);
 }

@@ -26,6 +26,9 @@ for arg in "$@"; do
 done
 
 echo "== building (release binary and test binaries)"
+# The test binaries run on a real GPU there: built for it (build.rs then neither marks the CUDA
+# tests ignored nor compiles the emulator's own tests in).
+export SEAMLESS_TEST_CUDA=real
 cargo build --release
 # The test binaries, as cargo reports them; only the GPU ones are shipped: the CLI tests need the
 # binary at the path it had here.
