@@ -136,7 +136,15 @@ impl Source for TiffSource {
                     for x in xs.clone() {
                         let src = ((y - oy) * stride + (x - ox)) * c;
                         for ch in 0..c {
-                            t.data[(ch * h + y - y0) * w + x - x0] = vals[src + ch];
+                            let v = vals[src + ch];
+                            // One NaN would make the global statistics NaN and every label class 0.
+                            if !v.is_finite() {
+                                return Err(input_err(
+                                    &self.path,
+                                    format!("NaN or infinite value at ({y}, {x}), channel {ch}"),
+                                ));
+                            }
+                            t.data[(ch * h + y - y0) * w + x - x0] = v;
                         }
                     }
                 }
