@@ -114,6 +114,10 @@ fn every_broken_model_file_is_refused_by_name() {
             }),
         ),
         (
+            "at most 65536 are supported",
+            broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":70000,"base_filters":4,"depth":2}"#)),
+        ),
+        (
             "depth must be",
             broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":0}"#)),
         ),

@@ -273,3 +273,66 @@ fn whole_is_whole_or_fails() {
     ]);
     assert!(o.status.success(), "--memory-budget 2e9: {}", stderr(&o));
 }
+
+/// Shards past the last tile would never complete the output; an edited journal naming a tile the
+/// run does not have is refused (it panicked).
+#[test]
+fn impossible_shards_and_edited_journals_are_refused() {
+    let f = Fixture::new();
+    let out = f.path("out.zarr");
+    let o = f.infer(&out, &["--shard", "0/1000000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
+    let tif = f.path("out.tif");
+    let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
+        .args([
+            "infer",
+            "--model",
+            s(&f.model),
+            "--input",
+            "synth:300x233:4",
+            "--output",
+            s(&tif),
+            "--tile",
+            "64",
+            "-q",
+        ])
+        .env("SEAMLESS_TEST_ABORT_AFTER_TILES", "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let journal = f.path("out.tif.partial.journal");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    assert!(lines.len() >= 2, "{text}");
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 2] = [
+        ("tile index", |e| e["tile"] = serde_json::json!(99999)),
+        ("TIFF tile index", |e| e["sink"][0][0] = serde_json::json!(99999)),
+    ];
+    for (what, edit) in edits {
+        let mut edited = lines.clone();
+        let mut last: serde_json::Value = serde_json::from_str(edited.last().unwrap()).unwrap();
+        edit(&mut last);
+        *edited.last_mut().unwrap() = last.to_string();
+        std::fs::write(&journal, edited.join("\n") + "\n").unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
+            .args(["infer", "--model", s(&f.model), "--input", "synth:300x233:4", "--output", s(&tif), "--tile", "64"])
+            .args(["-q", "--resume"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(5), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("rerun without --resume"), "{what}: {}", stderr(&o));
+    }
+}
+
+/// A halo so large that window sizes would overflow is refused with a message, not wrapped.
+#[test]
+fn an_absurd_halo_is_refused() {
+    let f = Fixture::new();
+    let out = f.path("out.npy");
+    let o = f.infer(&out, &["--halo", "18446744073709551608", "--tile", "8"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

@@ -55,6 +55,8 @@ fn write_striped_tiff(path: &Path, img: &Tensor, kind: &str, compression: tiff::
         ("f32", 1) => {
             enc.write_image::<colortype::Gray32Float>(w, h, &vals.iter().map(|&v| v as f32).collect::<Vec<_>>())
         }
+        ("i32", 1) => enc.write_image::<colortype::GrayI32>(w, h, &vals.iter().map(|&v| v as i32).collect::<Vec<_>>()),
+        ("f64", 1) => enc.write_image::<colortype::Gray64Float>(w, h, &vals.to_vec()),
         other => panic!("no writer for {other:?}"),
     }
     .unwrap();
@@ -376,5 +378,18 @@ fn float_tiffs_with_nan_or_infinity_are_refused() {
         let mut src = slide::open_source(s(&path), None).unwrap();
         let err = src.read(0, 0, 20, 30).expect_err("a non-finite pixel is an error").to_string();
         assert!(err.contains("NaN or infinite value at (5, 17)"), "{err}");
+    }
+}
+
+/// Signed 32-bit and 64-bit float TIFFs read as the values they hold (they were refused as an
+/// unnamed "unsupported TIFF sample type").
+#[test]
+fn signed_and_double_tiffs_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Tensor::from_vec(1, 21, 34, image(1, 21, 34, 9, 4000.0).data.iter().map(|v| v - 2000.0).collect());
+    for kind in ["i32", "f64"] {
+        let path = dir.path().join(format!("{kind}.tif"));
+        write_striped_tiff(&path, &img, kind, tiff::encoder::Compression::Deflate(Default::default()));
+        assert_eq!(read_all(&path), img, "{kind}");
     }
 }

@@ -209,8 +209,19 @@ pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
     if s == "exact" {
         return Ok(model.exact_halo());
     }
-    s.parse().map_err(|_| Error::Usage(format!("--halo '{s}': expected a number of pixels or 'exact'")))
+    let halo: usize =
+        s.parse().map_err(|_| Error::Usage(format!("--halo '{s}': expected a number of pixels or 'exact'")))?;
+    // Window sizes add the halo twice to a tile: bounded here, that sum cannot overflow.
+    if halo > MAX_HALO {
+        return Err(Error::Usage(format!(
+            "--halo {halo}: at most {MAX_HALO} pixels (a halo past the image's edge adds nothing)"
+        )));
+    }
+    Ok(halo)
 }
+
+/// The largest `--halo`: 2^31 pixels, beyond any image's side.
+const MAX_HALO: usize = 1 << 31;
 
 /// Resolve `--backend`: the CUDA backend on `device` (compiling or loading its kernels), or the
 /// CPU. `auto` falls back to the CPU with one line saying why; an explicit `cuda` that cannot start

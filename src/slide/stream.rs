@@ -370,6 +370,16 @@ pub fn run(
     {
         return Err(Error::Usage(format!("--shard {i}/{n}: need 0 <= i < n")));
     }
+    if let Some((i, n)) = opts.shard
+        && n > grid.tiles.len()
+    {
+        // Shards past the last tile would compute nothing, and the output would never complete.
+        return Err(Error::Usage(format!(
+            "--shard {i}/{n}: this run has only {} tiles, so at most {} shards",
+            grid.tiles.len(),
+            grid.tiles.len()
+        )));
+    }
     let (channels, out_type) = match opts.kind {
         OutputKind::Labels => (1, if model.classes() > 256 { OutType::U16 } else { OutType::U8 }),
         OutputKind::Probs => (model.classes(), if opts.probs_f16 { OutType::F16 } else { OutType::F32 }),
@@ -418,7 +428,7 @@ pub fn run(
         );
     }
     let (done, sink_journal) = if opts.resume && jpath.exists() && !png_resume {
-        read_journal(&jpath, &header)?
+        read_journal(&jpath, &header, grid.tiles.len())?
     } else {
         if partial.exists() && opts.shard.is_none() {
             note(&format!("removing an earlier unfinished output {} (use --resume to continue it)", partial.display()));
@@ -622,7 +632,7 @@ fn model_fingerprint(model: &Model) -> u64 {
     h
 }
 
-fn read_journal(path: &Path, want: &JournalHeader) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
+fn read_journal(path: &Path, want: &JournalHeader, tiles: usize) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
     let bad = |m: String| Error::Output { path: path.to_path_buf(), msg: m };
     let file = File::open(path).map_err(|e| bad(format!("cannot read the journal: {e}")))?;
     let mut lines = BufReader::new(file).lines();
@@ -642,6 +652,12 @@ fn read_journal(path: &Path, want: &JournalHeader) -> Result<(HashSet<usize>, Ve
     for line in lines.map_while(|l| l.ok()) {
         // A torn last line (killed mid-write) is ignored: that tile is simply redone.
         if let Ok(e) = serde_json::from_str::<JournalEntry>(&line) {
+            if e.tile >= tiles {
+                return Err(bad(format!(
+                    "the journal lists tile {}, but this run has {tiles} tiles; rerun without --resume",
+                    e.tile
+                )));
+            }
             done.insert(e.tile);
             sink.push(e.sink);
         }
