@@ -115,8 +115,8 @@ impl TileGrid {
             for &(x0, w) in &xs {
                 let win_y0 = y0.saturating_sub(halo);
                 let win_x0 = x0.saturating_sub(halo);
-                let win_y1 = (y0 + h + halo).min(padded_h);
-                let win_x1 = (x0 + w + halo).min(padded_w);
+                let win_y1 = (y0 + h).saturating_add(halo).min(padded_h);
+                let win_x1 = (x0 + w).saturating_add(halo).min(padded_w);
                 tiles.push(Tile { y0, x0, h, w, win_y0, win_x0, win_h: win_y1 - win_y0, win_w: win_x1 - win_x0 });
             }
         }

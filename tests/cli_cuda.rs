@@ -128,6 +128,7 @@ fn without_cuda_auto_falls_back_and_explicit_cuda_fails() {
                 backend,
                 "--precision",
                 precision,
+                "--overwrite",
             ],
             &[],
         )

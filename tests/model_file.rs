@@ -114,8 +114,31 @@ fn every_broken_model_file_is_refused_by_name() {
             }),
         ),
         (
+            "at most 65536 are supported",
+            broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":70000,"base_filters":4,"depth":2}"#)),
+        ),
+        (
             "depth must be",
             broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":0}"#)),
+        ),
+        (
+            "tensor 'outc.conv.bias' holds NaN or infinity (element 1: NaN)",
+            broken(|t, _| {
+                t.iter_mut().find(|x| x.0 == "outc.conv.bias").unwrap().3[4..8].copy_from_slice(&f32::NAN.to_le_bytes())
+            }),
+        ),
+        (
+            "tensor 'inc.double_conv.0.weight' holds NaN or infinity (element 0: inf)",
+            broken(|t, _| {
+                t.iter_mut().find(|x| x.0 == name).unwrap().3[..4].copy_from_slice(&f32::INFINITY.to_le_bytes())
+            }),
+        ),
+        (
+            "(a variance) is negative at element 2: -0.5",
+            broken(|t, _| {
+                let v = t.iter_mut().find(|x| x.0.ends_with("running_var")).expect("the test model has batch norm");
+                v.3[8..12].copy_from_slice(&(-0.5f32).to_le_bytes());
+            }),
         ),
     ];
     for (want, got) in cases {

@@ -72,6 +72,7 @@ fn opts(tile: usize, halo: usize) -> StreamOptions {
         resume: false,
         shard: None,
         abort_after: None,
+        existing: seamless::slide::stream::Existing::Refuse,
     }
 }
 

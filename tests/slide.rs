@@ -55,6 +55,8 @@ fn write_striped_tiff(path: &Path, img: &Tensor, kind: &str, compression: tiff::
         ("f32", 1) => {
             enc.write_image::<colortype::Gray32Float>(w, h, &vals.iter().map(|&v| v as f32).collect::<Vec<_>>())
         }
+        ("i32", 1) => enc.write_image::<colortype::GrayI32>(w, h, &vals.iter().map(|&v| v as i32).collect::<Vec<_>>()),
+        ("f64", 1) => enc.write_image::<colortype::Gray64Float>(w, h, &vals.to_vec()),
         other => panic!("no writer for {other:?}"),
     }
     .unwrap();
@@ -85,6 +87,7 @@ fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions 
         resume: false,
         shard: None,
         abort_after: None,
+        existing: seamless::slide::stream::Existing::Refuse,
     }
 }
 
@@ -170,9 +173,10 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
         assert!(!o.status.success(), "{out}: the run was to be interrupted");
         assert!(!c.p(out).exists(), "{out}: an interrupted run must not leave the final name");
         assert!(c.p(&format!("{out}.partial")).exists(), "{out}: finished tiles are kept for --resume");
-        let o = c.infer(out, &["--resume", "--summary", s(&c.p("sum.json"))], &[]);
+        let summary = c.p(&format!("sum-{out}.json"));
+        let o = c.infer(out, &["--resume", "--summary", s(&summary)], &[]);
         assert!(o.status.success(), "{}", stderr(&o));
-        let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(c.p("sum.json")).unwrap()).unwrap();
+        let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
         assert_eq!(sum["tiles_resumed"], 7, "{out}");
         assert!(!c.p(&format!("{out}.partial")).exists());
         if out.ends_with(".zarr") {
@@ -181,6 +185,14 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
             assert_eq!(std::fs::read(c.p(out)).unwrap(), std::fs::read(c.p(&full)).unwrap(), "{out}: bytes differ");
         }
     }
+    // A PNG is encoded whole at the end: a resumed PNG run recomputes every tile (it once wrote the
+    // tiles of the interrupted run as zeros).
+    assert!(c.infer("full.png", &[], &[]).status.success());
+    let o = c.infer("r.png", &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "7")]);
+    assert!(!o.status.success() && !c.p("r.png").exists());
+    let o = c.infer("r.png", &["--resume"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(c.p("r.png")).unwrap(), std::fs::read(c.p("full.png")).unwrap(), "resumed PNG");
     // A resume with other settings is refused rather than mixed.
     let _ = c.infer("x.npy", &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "2")]);
     let o = c.infer("x.npy", &["--resume", "--halo", "16"], &[]);
@@ -351,4 +363,33 @@ fn ome_zarr_v2_input_is_read_and_streams_exactly() {
     let out = dir.path().join("o.zarr");
     run_stream(&model, &input, &out, &opts(Format::Zarr, 16, model.exact_halo(), false));
     assert_eq!(first_difference(&read_all(&out), &reference), None);
+}
+
+/// A float TIFF holding NaN or infinity is refused with the position, as .npy and Zarr inputs are:
+/// one such pixel would make the global statistics NaN and every label class 0.
+#[test]
+fn float_tiffs_with_nan_or_infinity_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (k, bad) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY].into_iter().enumerate() {
+        let mut img = image(1, 20, 30, 7, 100.0);
+        img.data[5 * 30 + 17] = bad;
+        let path = dir.path().join(format!("bad{k}.tif"));
+        write_striped_tiff(&path, &img, "f32", tiff::encoder::Compression::Uncompressed);
+        let mut src = slide::open_source(s(&path), None).unwrap();
+        let err = src.read(0, 0, 20, 30).expect_err("a non-finite pixel is an error").to_string();
+        assert!(err.contains("NaN or infinite value at (5, 17)"), "{err}");
+    }
+}
+
+/// Signed 32-bit and 64-bit float TIFFs read as the values they hold (they were refused as an
+/// unnamed "unsupported TIFF sample type").
+#[test]
+fn signed_and_double_tiffs_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Tensor::from_vec(1, 21, 34, image(1, 21, 34, 9, 4000.0).data.iter().map(|v| v - 2000.0).collect());
+    for kind in ["i32", "f64"] {
+        let path = dir.path().join(format!("{kind}.tif"));
+        write_striped_tiff(&path, &img, kind, tiff::encoder::Compression::Deflate(Default::default()));
+        assert_eq!(read_all(&path), img, "{kind}");
+    }
 }

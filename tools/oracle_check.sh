@@ -52,11 +52,11 @@ np.save(sys.argv[1], rng.standard_normal(shape).astype(np.float32))" "$img"
   done
 done
 # The shipped demo models on a synthetic slide, z-scored the same way on both sides.
+img="$work/slide.npy"
+"$bin" synth --width 301 --height 257 --seed 5 --image "$img"
 for demo in "$here"/../models/*-demo.safetensors; do
   [ -f "$demo" ] || continue
-  img="$work/slide.npy"
-  "$bin" synth --width 301 --height 257 --seed 5 --image "$img"
-  out="$work/demo.npy"
+  out="$work/$(basename "$demo" .safetensors).npy"
   "$bin" infer --model "$demo" --input "$img" --output "$out" --output-kind probs -q
   printf '%-30s ' "$(basename "$demo")"
   "$py" "$here/reference_onnx.py" --model "$demo" --input "$img" --zscore --compare "$out" --tol 1e-4

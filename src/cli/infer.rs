@@ -7,6 +7,7 @@ use seamless::backend::{Backend as Compute, CpuBackend};
 use seamless::cuda::CudaBackend;
 use seamless::error::{Error, Result};
 use seamless::normalize::{NormSpec, Normalize};
+use seamless::output::{Existing, check_destination};
 use seamless::pipeline::{self, PadMode};
 use seamless::planner::tile_plan::{available_host_memory, parse_bytes};
 use seamless::planner::{Precision, TilePlanner};
@@ -43,6 +44,11 @@ pub struct InferArgs {
     /// Continue an interrupted run from OUTPUT.partial and its journal, skipping finished tiles.
     #[arg(long)]
     pub resume: bool,
+    /// Replace OUTPUT (and --summary) if it already exists; without it, an existing output is an
+    /// error. Only a file replaces a file and a Zarr store a Zarr store: another directory is
+    /// never deleted. The old output stays until the new one is complete.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Compute only tiles i, i+n, i+2n, ... (0-based), so n machines fill one OME-Zarr output
     /// together; the last shard to finish moves it into place.
     #[arg(long, value_name = "i/n")]
@@ -203,8 +209,19 @@ pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
     if s == "exact" {
         return Ok(model.exact_halo());
     }
-    s.parse().map_err(|_| Error::Usage(format!("--halo '{s}': expected a number of pixels or 'exact'")))
+    let halo: usize =
+        s.parse().map_err(|_| Error::Usage(format!("--halo '{s}': expected a number of pixels or 'exact'")))?;
+    // Window sizes add the halo twice to a tile: bounded here, that sum cannot overflow.
+    if halo > MAX_HALO {
+        return Err(Error::Usage(format!(
+            "--halo {halo}: at most {MAX_HALO} pixels (a halo past the image's edge adds nothing)"
+        )));
+    }
+    Ok(halo)
 }
+
+/// The largest `--halo`: 2^31 pixels, beyond any image's side.
+const MAX_HALO: usize = 1 << 31;
 
 /// Resolve `--backend`: the CUDA backend on `device` (compiling or loading its kernels), or the
 /// CPU. `auto` falls back to the CPU with one line saying why; an explicit `cuda` that cannot start
@@ -316,11 +333,21 @@ pub fn compute(
 }
 
 pub fn run(a: InferArgs) -> Result<()> {
-    let model = Model::open(&a.model)?;
     let format = a.output_format.or_else(|| slide::format_of(&a.output)).ok_or_else(|| Error::Output {
         path: a.output.clone(),
         msg: "unknown output format (use .tif/.tiff, .zarr, .npy or .png, or --output-format)".into(),
     })?;
+    // Before anything is read or computed: the outputs are none of the inputs, and replace nothing
+    // the user did not ask to replace.
+    let existing = if a.overwrite { Existing::Replace } else { Existing::Refuse };
+    let (model_path, input_path) = (PathBuf::from(&a.model), PathBuf::from(&a.input));
+    let inputs = [("--input", input_path.as_path()), ("--model", model_path.as_path())];
+    check_destination(&a.output, format == Format::Zarr, existing, &inputs)?;
+    if let Some(summary) = &a.summary {
+        let all = [inputs[0], inputs[1], ("--output", a.output.as_path())];
+        check_destination(summary, false, existing, &all)?;
+    }
+    let model = Model::open(&a.model)?;
     let src = slide::open_source(&a.input, a.input_format)?;
     let (ih, iw, ic) = src.shape();
     if ic != model.in_channels() {
@@ -366,6 +393,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         resume: a.resume,
         shard,
         abort_after: std::env::var("SEAMLESS_TEST_ABORT_AFTER_TILES").ok().and_then(|v| v.parse().ok()),
+        existing,
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
     let t0 = Instant::now();

@@ -34,8 +34,8 @@ is bit-identical to running the network on the whole image at once.",
     after_help = EXIT_CODES
 )]
 struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads for the CPU backend, 1 to 1024 (default: all cores).
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -80,6 +80,9 @@ struct SynthArgs {
     /// Where to write the mask (uint8, 0 background / 1 cell).
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Replace --image and --labels if they exist (a Zarr store only by a Zarr store).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +104,9 @@ struct RandomModelArgs {
     /// Output .safetensors file.
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn main() -> i32 {
@@ -139,17 +145,30 @@ pub fn main() -> i32 {
 
 /// Generated band by band, so a slide of any size streams to TIFF, OME-Zarr or .npy.
 fn synth(a: SynthArgs) -> Result<()> {
+    use seamless::output::{Existing, check_destination};
     use seamless::slide::{Format, OutSpec, OutType, format_of, stream::write_bands};
     if a.width == 0 || a.height == 0 {
         return Err(Error::Usage("--width and --height must be at least 1".into()));
     }
     let spec = OutSpec { height: a.height, width: a.width, channels: 1, out: OutType::U8, chunk: 256 };
-    for (path, want_labels) in [(Some(&a.image), false), (a.labels.as_ref(), true)] {
-        let Some(path) = path else { continue };
+    let existing = if a.overwrite { Existing::Replace } else { Existing::Refuse };
+    let outputs: Vec<(&PathBuf, bool)> =
+        std::iter::once((&a.image, false)).chain(a.labels.iter().map(|l| (l, true))).collect();
+    let mut formats = Vec::new();
+    for &(path, _) in &outputs {
         let format = format_of(path).ok_or_else(|| Error::Output {
             path: path.clone(),
             msg: "unknown format (use .tif, .zarr, .npy or .png)".into(),
         })?;
+        if let Some(l) = &a.labels
+            && seamless::output::same_file(&a.image, l)
+        {
+            return Err(Error::Usage("--image and --labels name the same file".into()));
+        }
+        check_destination(path, format == Format::Zarr, existing, &[])?;
+        formats.push(format);
+    }
+    for (&(path, want_labels), format) in outputs.iter().zip(formats) {
         let (w, seed) = (a.width, a.seed);
         let mut band = |y0: usize, rows: usize| -> Result<seamless::Tensor> {
             let (img, lab) = seamless::synth::generate(seed, 0, y0 as i64, w, rows);
@@ -182,6 +201,7 @@ pub(crate) fn write_u8_image(path: &std::path::Path, w: usize, h: usize, data: &
 }
 
 fn random_model(a: RandomModelArgs) -> Result<()> {
+    use seamless::output::{Existing, check_destination};
     let config = match (&a.preset, &a.arch, &a.config) {
         (Some(p), _, _) => ModelConfig::preset(p).ok_or_else(|| {
             Error::Usage(format!("unknown preset '{p}' (unet-64, unet-F[-dD], fcdensenet-56/67/103)"))
@@ -189,6 +209,8 @@ fn random_model(a: RandomModelArgs) -> Result<()> {
         (None, Some(arch), Some(cfg)) => ModelConfig::parse(arch, cfg)?,
         _ => return Err(Error::Usage("give --preset, or --arch with --config".into())),
     };
+    let existing = if a.overwrite { Existing::Replace } else { Existing::Refuse };
+    check_destination(&a.out, false, existing, &[])?;
     save_random(&config, a.seed, a.f16, &a.out, &format!("random weights, seed {}", a.seed))?;
     eprintln!("wrote {} ({} {})", a.out.display(), config.architecture(), config.config_json());
     Ok(())

@@ -99,6 +99,13 @@ impl ModelConfig {
         let positive = |what: &str, v: usize| {
             if v == 0 { Err(Error::Config(format!("{what} must be at least 1"))) } else { Ok(()) }
         };
+        // Labels are written as 16-bit integers at most: more classes would be capped, silently.
+        if self.classes() > 65536 {
+            return Err(Error::Config(format!(
+                "classes is {}; at most 65536 are supported (labels are written as 16-bit integers)",
+                self.classes()
+            )));
+        }
         match self {
             ModelConfig::Unet(c) => {
                 positive("in_channels", c.in_channels)?;

@@ -19,6 +19,14 @@ pub const FORMAT_VERSION: &str = "1";
 pub fn load(path: &Path) -> Result<Model> {
     let shown = path.display().to_string();
     let err = |msg: String| Error::Model { path: shown.clone(), msg };
+    // Checked before opening: opening a FIFO blocks until a writer comes, maybe forever.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(err("is a directory, not a model file".into())),
+        Ok(m) if !m.is_file() => {
+            return Err(err("is not a regular file (a FIFO, socket or device?); give a .safetensors file".into()));
+        }
+        _ => {}
+    }
     let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
     // SAFETY: the map is read-only and lives only for this function; a file truncated by another
     // process while we read it could fault, which is the documented risk of any mmap reader.

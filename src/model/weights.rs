@@ -38,7 +38,31 @@ impl<'a> SafetensorsSource<'a> {
 }
 
 impl WeightSource for SafetensorsSource<'_> {
-    fn take(&mut self, name: &str, shape: &[usize], _kind: ParamKind) -> Vec<f32> {
+    fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Vec<f32> {
+        let values = self.decode(name, shape);
+        // Such values load fine and compute NaN (or a NaN square root) for every pixel.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            self.problems.push(format!("tensor '{name}' holds NaN or infinity (element {i}: {})", values[i]));
+        } else if let (ParamKind::BnVar, Some(i)) = (kind, values.iter().position(|&v| v < 0.0)) {
+            self.problems.push(format!("tensor '{name}' (a variance) is negative at element {i}: {}", values[i]));
+        }
+        values
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.problems.clone();
+        let mut extra: Vec<&str> = self.st.names().into_iter().filter(|n| !self.used.contains(*n)).collect();
+        extra.sort_unstable();
+        for name in extra {
+            p.push(format!("unexpected tensor '{name}' (not part of this architecture/config)"));
+        }
+        p
+    }
+}
+
+impl SafetensorsSource<'_> {
+    /// The tensor's values as f32, or zeros with a problem noted.
+    fn decode(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
         self.used.insert(name.to_string());
         let view = match self.st.tensor(name) {
@@ -63,16 +87,6 @@ impl WeightSource for SafetensorsSource<'_> {
                 vec![0.0; n]
             }
         }
-    }
-
-    fn problems(&self) -> Vec<String> {
-        let mut p = self.problems.clone();
-        let mut extra: Vec<&str> = self.st.names().into_iter().filter(|n| !self.used.contains(*n)).collect();
-        extra.sort_unstable();
-        for name in extra {
-            p.push(format!("unexpected tensor '{name}' (not part of this architecture/config)"));
-        }
-        p
     }
 }
 

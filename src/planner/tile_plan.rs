@@ -292,7 +292,8 @@ impl<'a> TilePlanner<'a> {
 /// "4GiB", "512MiB", "1.5GB", "2e9", "1000000": bytes.
 pub fn parse_bytes(s: &str) -> Result<usize> {
     let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    // The unit is the trailing run of letters, so an exponent stays with the number: 2e9, 1.5e3MB.
+    let split = t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
     let (num, unit) = t.split_at(split);
     let v: f64 = num.trim().parse().map_err(|_| Error::Usage(format!("'{s}' is not a size (e.g. 4GiB, 512MiB)")))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
@@ -332,4 +333,25 @@ pub fn available_host_memory() -> Option<usize> {
         avail = avail.min(limit.saturating_sub(used));
     }
     Some(avail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_units_and_exponents() {
+        for (s, want) in [
+            ("4GiB", 4usize << 30),
+            ("512MiB", 512 << 20),
+            ("2e9", 2_000_000_000),
+            ("1.5e3MB", 1_500_000_000),
+            ("100", 100),
+        ] {
+            assert_eq!(parse_bytes(s).unwrap(), want, "{s}");
+        }
+        for bad in ["", "GiB", "-1GiB", "0", "4 parsecs", "nan"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -108,8 +108,13 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
     let format = format.or_else(|| format_of(&path)).ok_or_else(|| {
         input_err(&path, "unknown image format (supported: .tif/.tiff, .zarr, .npy, .png, synth:WxH)")
     })?;
-    if !path.exists() {
-        return Err(input_err(&path, "cannot open: no such file or directory"));
+    let meta = std::fs::metadata(&path).map_err(|e| input_err(&path, format!("cannot open: {e}")))?;
+    // Checked before opening: opening a FIFO blocks until a writer comes, maybe forever.
+    match (format, meta.is_dir(), meta.is_file()) {
+        (Format::Zarr, true, _) | (Format::Tiff | Format::Npy | Format::Png, _, true) => {}
+        (Format::Zarr, false, _) => return Err(input_err(&path, "is not a directory: an OME-Zarr image is a store")),
+        (_, true, _) => return Err(input_err(&path, "is a directory, not an image file")),
+        _ => return Err(input_err(&path, "is not a regular file (a FIFO, socket or device?); give an image file")),
     }
     let src: Box<dyn Source> = match format {
         Format::Tiff => Box::new(tiff_io::TiffSource::open(&path)?),

@@ -19,6 +19,8 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::normalize::{self, NormSpec};
+pub use crate::output::Existing;
+use crate::output::{Lock, check_destination, move_into_place};
 use crate::pipeline::PadMode;
 use crate::tensor::Tensor;
 use crate::tile_grid::{Tile, TileGrid, round_up};
@@ -46,6 +48,8 @@ pub struct StreamOptions {
     pub shard: Option<(usize, usize)>,
     /// Test hook: abort the process (no clean-up) after this many tiles are journaled.
     pub abort_after: Option<usize>,
+    /// Whether an existing output may be replaced (`--overwrite`; only by one of the same kind).
+    pub existing: Existing,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,6 +146,17 @@ fn partial_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The lock every run writing `out` (or this shard of it) holds: beside the output, in seamless's
+/// own `.partial` namespace.
+fn lock_path(out: &Path, shard: Option<(usize, usize)>) -> PathBuf {
+    let mut s = partial_path(out).into_os_string();
+    match shard {
+        Some((i, n)) => s.push(format!(".shard-{i}-of-{n}.lock")),
+        None => s.push(".lock"),
+    }
+    PathBuf::from(s)
+}
+
 fn journal_path(out: &Path, format: Format, shard: Option<(usize, usize)>) -> PathBuf {
     match (format, shard) {
         (Format::Zarr, Some((i, n))) => partial_path(out).join(format!("seamless-shard-{i}-of-{n}.journal")),
@@ -223,7 +238,7 @@ fn compute_tile(
     retries: &mut Vec<String>,
 ) -> Result<Tensor> {
     let ran = backend.run(&model.graph, win);
-    finish_tile(backend, model, t, win, ran, halo, dims, retries)
+    finish_tile(backend, model, t, win, ran, halo, dims, retries, false)
 }
 
 /// [`compute_tile`] given the result of running `t`'s whole window (`ran`): its interior, or the
@@ -238,10 +253,17 @@ fn finish_tile(
     halo: usize,
     dims: (usize, usize),
     retries: &mut Vec<String>,
+    whole: bool,
 ) -> Result<Tensor> {
     let a = model.align();
     match ran {
         Ok(y) => Ok(y.window(t.y0 - t.win_y0, t.x0 - t.win_x0, t.h, t.w)),
+        // The whole-image run is the reference: split into tiles it would be another run (and with
+        // its halo of 0, an inexact one) reported as whole.
+        Err(Error::OutOfMemory { what, bytes }) if whole => Err(Error::Backend(format!(
+            "--whole: the whole image does not fit ({what} needs {bytes} bytes), and the reference run is \
+             never split into tiles: drop --whole for an exact tiled run, or give a larger --memory-budget"
+        ))),
         Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
             let (sh, sw) = t.retry_size(a);
             retries.push(format!(
@@ -348,6 +370,16 @@ pub fn run(
     {
         return Err(Error::Usage(format!("--shard {i}/{n}: need 0 <= i < n")));
     }
+    if let Some((i, n)) = opts.shard
+        && n > grid.tiles.len()
+    {
+        // Shards past the last tile would compute nothing, and the output would never complete.
+        return Err(Error::Usage(format!(
+            "--shard {i}/{n}: this run has only {} tiles, so at most {} shards",
+            grid.tiles.len(),
+            grid.tiles.len()
+        )));
+    }
     let (channels, out_type) = match opts.kind {
         OutputKind::Labels => (1, if model.classes() > 256 { OutType::U16 } else { OutType::U8 }),
         OutputKind::Probs => (model.classes(), if opts.probs_f16 { OutType::F16 } else { OutType::F32 }),
@@ -383,8 +415,20 @@ pub fn run(
         spec,
         shard: opts.shard,
     };
-    let (done, sink_journal) = if opts.resume && jpath.exists() {
-        read_journal(&jpath, &header)?
+    // Nothing of an earlier run is touched before this run holds the output's lock: a second run
+    // on the same output stops here instead of deleting the first one's partial output.
+    let zarr = opts.format == Format::Zarr;
+    check_destination(out, zarr, opts.existing, &[])?;
+    let _lock = Lock::acquire(&lock_path(out, opts.shard), out)?;
+    // A PNG is encoded whole at the end from memory: an interrupted run leaves no tiles to reuse.
+    let png_resume = opts.resume && opts.format == Format::Png && jpath.exists();
+    if png_resume {
+        note(
+            "--resume: a PNG output is written whole at the end, so no tile of the earlier run can be reused; computing every tile",
+        );
+    }
+    let (done, sink_journal) = if opts.resume && jpath.exists() && !png_resume {
+        read_journal(&jpath, &header, grid.tiles.len())?
     } else {
         if partial.exists() && opts.shard.is_none() {
             note(&format!("removing an earlier unfinished output {} (use --resume to continue it)", partial.display()));
@@ -397,9 +441,6 @@ pub fn run(
         && !parent.is_dir()
     {
         return Err(output_err(out, format!("directory {} does not exist", parent.display())));
-    }
-    if out.exists() && opts.shard.is_none() && out.is_dir() != (opts.format == Format::Zarr) {
-        return Err(output_err(out, "exists and is not an output of this kind (a directory where a file goes?)"));
     }
     let resuming = !done.is_empty();
     let sink = open_sink(opts.format, &partial, spec, resuming.then_some(&sink_journal[..]))?;
@@ -487,7 +528,7 @@ pub fn run(
         };
         let mut done = |win: Tensor, ran: Result<Tensor>| {
             let (i, t) = order.borrow_mut().pop_front().expect("one tile per window");
-            let y = match finish_tile(backend, model, &t, &win, ran, halo, (ph, pw), &mut retries) {
+            let y = match finish_tile(backend, model, &t, &win, ran, halo, (ph, pw), &mut retries, opts.whole) {
                 Ok(y) => y,
                 Err(e) => {
                     *failure.borrow_mut() = Some(e);
@@ -529,8 +570,12 @@ pub fn run(
     let complete = match opts.shard {
         None => {
             sink.finish()?;
-            remove_any(out);
-            std::fs::rename(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))?;
+            // Checked again: something may have appeared under the output's name meanwhile.
+            check_destination(out, zarr, opts.existing, &[])?;
+            if zarr {
+                remove_any(&jpath); // inside the store: a finished store keeps no journal
+            }
+            move_into_place(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))?;
             remove_any(&jpath);
             true
         }
@@ -544,7 +589,8 @@ pub fn run(
                     let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.done")));
                     let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.journal")));
                 }
-                match std::fs::rename(&partial, out) {
+                check_destination(out, zarr, opts.existing, &[])?;
+                match move_into_place(&partial, out) {
                     Ok(()) => true,
                     // Another shard finished at the same moment and moved it already.
                     Err(_) if out.exists() && !partial.exists() => true,
@@ -586,7 +632,7 @@ fn model_fingerprint(model: &Model) -> u64 {
     h
 }
 
-fn read_journal(path: &Path, want: &JournalHeader) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
+fn read_journal(path: &Path, want: &JournalHeader, tiles: usize) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
     let bad = |m: String| Error::Output { path: path.to_path_buf(), msg: m };
     let file = File::open(path).map_err(|e| bad(format!("cannot read the journal: {e}")))?;
     let mut lines = BufReader::new(file).lines();
@@ -606,6 +652,12 @@ fn read_journal(path: &Path, want: &JournalHeader) -> Result<(HashSet<usize>, Ve
     for line in lines.map_while(|l| l.ok()) {
         // A torn last line (killed mid-write) is ignored: that tile is simply redone.
         if let Ok(e) = serde_json::from_str::<JournalEntry>(&line) {
+            if e.tile >= tiles {
+                return Err(bad(format!(
+                    "the journal lists tile {}, but this run has {tiles} tiles; rerun without --resume",
+                    e.tile
+                )));
+            }
             done.insert(e.tile);
             sink.push(e.sink);
         }
@@ -614,7 +666,8 @@ fn read_journal(path: &Path, want: &JournalHeader) -> Result<(HashSet<usize>, Ve
 }
 
 /// Write an image produced band by band (`band(y0, rows)` gives rows `y0..y0+rows`, all columns)
-/// to `out` in `format`, under a temporary name renamed when complete. Memory: one band.
+/// to `out` in `format`, under a temporary name renamed when complete. Memory: one band. The caller
+/// has checked `out` with [`check_destination`].
 pub fn write_bands(
     out: &Path,
     format: Format,
@@ -636,6 +689,5 @@ pub fn write_bands(
         remove_any(&partial);
         return Err(e);
     }
-    remove_any(out);
-    std::fs::rename(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))
+    move_into_place(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))
 }

@@ -44,8 +44,9 @@ impl TiffSource {
         let (w, h) = dec.dimensions().map_err(bad)?;
         let (c, sample) = match dec.colortype().map_err(bad)? {
             ColorType::Gray(8) => (1, "u8"),
-            ColorType::Gray(16) => (1, "u16"),
-            ColorType::Gray(32) => (1, "f32 or u32"),
+            ColorType::Gray(16) => (1, "u16, i16 or f16"),
+            ColorType::Gray(32) => (1, "f32, u32 or i32"),
+            ColorType::Gray(64) => (1, "f64, u64 or i64"),
             ColorType::RGB(8) => (3, "u8"),
             ColorType::RGB(16) => (3, "u16"),
             ColorType::RGB(32) => (3, "f32 or u32"),
@@ -56,7 +57,7 @@ impl TiffSource {
             other => {
                 return Err(input_err(
                     path,
-                    format!("unsupported TIFF sample layout {other:?} (8/16-bit integer or 32-bit float)"),
+                    format!("unsupported TIFF sample layout {other:?} (8 to 64-bit integer or 16 to 64-bit float)"),
                 ));
             }
         };
@@ -95,7 +96,11 @@ impl TiffSource {
                 DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
                 DecodingResult::I8(v) => v.into_iter().map(f32::from).collect(),
                 DecodingResult::I16(v) => v.into_iter().map(f32::from).collect(),
-                _ => return Err(input_err(&self.path, "unsupported TIFF sample type")),
+                // Wider integers round to the nearest f32, as every input is computed in f32.
+                DecodingResult::I32(v) => v.into_iter().map(|x| x as f32).collect(),
+                DecodingResult::I64(v) => v.into_iter().map(|x| x as f32).collect(),
+                DecodingResult::U64(v) => v.into_iter().map(|x| x as f32).collect(),
+                DecodingResult::F16(v) => v.into_iter().map(f32::from).collect(),
             };
             // The decoder returns the chunk's data without the padding of edge tiles.
             let stride_w = cw as usize;
@@ -136,7 +141,15 @@ impl Source for TiffSource {
                     for x in xs.clone() {
                         let src = ((y - oy) * stride + (x - ox)) * c;
                         for ch in 0..c {
-                            t.data[(ch * h + y - y0) * w + x - x0] = vals[src + ch];
+                            let v = vals[src + ch];
+                            // One NaN would make the global statistics NaN and every label class 0.
+                            if !v.is_finite() {
+                                return Err(input_err(
+                                    &self.path,
+                                    format!("NaN or infinite value at ({y}, {x}), channel {ch}"),
+                                ));
+                            }
+                            t.data[(ch * h + y - y0) * w + x - x0] = v;
                         }
                     }
                 }
@@ -193,9 +206,20 @@ impl TiffSink {
             for e in entries.iter().flat_map(|v| v.as_array().cloned().unwrap_or_default()) {
                 let t: (usize, u64, u64) =
                     serde_json::from_value(e).map_err(|e| output_err(path, format!("journal: {e}")))?;
+                // A journal is a file anyone can edit: its numbers are checked, never trusted.
+                let end = t.1.checked_add(t.2);
+                if t.0 >= n || t.1 < 16 || end.is_none() {
+                    return Err(output_err(
+                        path,
+                        format!(
+                            "the journal names TIFF tile {} at {}+{}, which this output cannot hold; rerun without --resume",
+                            t.0, t.1, t.2
+                        ),
+                    ));
+                }
                 sink.offsets[t.0] = t.1;
                 sink.counts[t.0] = t.2;
-                sink.pos = sink.pos.max(t.1 + t.2);
+                sink.pos = sink.pos.max(end.unwrap_or(0));
             }
             sink.file.set_len(sink.pos).map_err(err)?;
         } else {

@@ -1,0 +1,338 @@
+//! The guarantees of docs/reliability.md, from the command line. Never lose the user's data: an
+//! existing output is replaced only with `--overwrite`, and then only by an output of its own kind
+//! (a directory that is not a Zarr store is never deleted); no output may be one of the run's
+//! inputs; two runs on one output cannot interleave (the second stops, touching nothing); a finished
+//! Zarr store keeps no journal. Never a silently wrong result: `--whole` is whole or fails. Inputs
+//! that are not files are refused at once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn seamless(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seamless")).args(args).output().expect("runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    model: PathBuf,
+    image: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, image) = (dir.path().join("m.safetensors"), dir.path().join("img.npy"));
+        let cfg = r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":1}"#;
+        let o = seamless(&["random-model", "--arch", "unet", "--config", cfg, "--out", s(&model)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = seamless(&["synth", "--width", "40", "--height", "30", "--image", s(&image)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        Fixture { dir, model, image }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn infer(&self, out: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["infer", "--model", s(&self.model), "--input", s(&self.image), "--output", s(out), "-q"];
+        args.extend_from_slice(extra);
+        seamless(&args)
+    }
+}
+
+/// Every file below `dir` with its bytes: what must stay untouched.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A hash of every file below `p` (or of the file `p`) with its name.
+fn digest(p: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if p.is_dir() { snapshot(p) } else { vec![(p.to_path_buf(), std::fs::read(p).unwrap())] }.hash(&mut h);
+    h.finish()
+}
+
+#[test]
+fn an_existing_output_is_replaced_only_with_overwrite() {
+    let f = Fixture::new();
+    for name in ["out.npy", "out.tif", "out.zarr"] {
+        let out = f.path(name);
+        let first = f.infer(&out, &[]);
+        assert!(first.status.success(), "{name}: {}", stderr(&first));
+        let before = digest(&out);
+        // Probabilities, not labels: a different result to tell the outputs apart.
+        let again = f.infer(&out, &["--output-kind", "probs"]);
+        assert_eq!(again.status.code(), Some(5), "{name}: {}", stderr(&again));
+        assert!(stderr(&again).contains("--overwrite"), "{name}: {}", stderr(&again));
+        assert_eq!(before, digest(&out), "{name}: the refused run changed the existing output");
+        let replaced = f.infer(&out, &["--output-kind", "probs", "--overwrite"]);
+        assert!(replaced.status.success(), "{name}: {}", stderr(&replaced));
+        assert_ne!(before, digest(&out), "{name}: --overwrite wrote the new result");
+    }
+    // Nothing left behind: no partial outputs, journals, locks or replaced stores.
+    let mut names: Vec<String> =
+        std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    names.sort();
+    assert_eq!(names, ["img.npy", "m.safetensors", "out.npy", "out.tif", "out.zarr"]);
+}
+
+#[test]
+fn a_directory_that_is_not_a_zarr_store_is_never_deleted() {
+    let f = Fixture::new();
+    let dir = f.path("results");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("thesis.tex"), b"years of work").unwrap();
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let o = f.infer(&dir, &[&["--output-format", "zarr"], extra].concat());
+        assert_eq!(o.status.code(), Some(5), "{extra:?}: {}", stderr(&o));
+        assert_eq!(std::fs::read(dir.join("thesis.tex")).unwrap(), b"years of work");
+        // A file output onto a directory, and a Zarr output onto a file, are refused too.
+        let o = f.infer(&dir, &[&["--output-format", "npy"], extra].concat());
+        assert_eq!(o.status.code(), Some(5), "{extra:?}: {}", stderr(&o));
+    }
+    let file = f.path("notes.zarr");
+    std::fs::write(&file, b"not a store").unwrap();
+    let o = f.infer(&file, &["--overwrite"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a store");
+}
+
+#[test]
+fn no_output_may_be_an_input() {
+    let f = Fixture::new();
+    let model_bytes = std::fs::read(&f.model).unwrap();
+    let image_bytes = std::fs::read(&f.image).unwrap();
+    // The same files under other spellings: ./x, dir/../x.
+    let sub = f.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let image_again = sub.join("..").join("img.npy");
+    for (out, extra) in [
+        (f.image.clone(), vec!["--overwrite"]),
+        (image_again.clone(), vec!["--overwrite"]),
+        (f.model.clone(), vec!["--output-format", "npy", "--overwrite"]),
+    ] {
+        let o = f.infer(&out, &extra);
+        assert_eq!(o.status.code(), Some(2), "{}: {}", out.display(), stderr(&o));
+        assert!(stderr(&o).contains("never writes over its own inputs"), "{}", stderr(&o));
+    }
+    let out = f.path("out.npy");
+    for summary in [out.clone(), f.image.clone(), f.model.clone()] {
+        let o = f.infer(&out, &["--summary", s(&summary), "--overwrite"]);
+        assert_eq!(o.status.code(), Some(2), "summary {}: {}", summary.display(), stderr(&o));
+    }
+    assert!(!out.exists(), "a refused run writes nothing");
+    assert_eq!(std::fs::read(&f.model).unwrap(), model_bytes);
+    assert_eq!(std::fs::read(&f.image).unwrap(), image_bytes);
+    let o = seamless(&["synth", "--image", s(&f.image), "--labels", s(&image_again), "--overwrite"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f.image).unwrap(), image_bytes);
+}
+
+#[test]
+fn a_second_run_on_the_same_output_stops_and_touches_nothing() {
+    let f = Fixture::new();
+    let out = f.path("out.zarr");
+    // The first run, stopped mid-way, leaves a partial output to resume; a run holding the lock
+    // stands for it being still alive.
+    let partial = f.path("out.zarr.partial");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("zarr.json"), b"{}").unwrap();
+    let lock = std::fs::File::create(f.path("out.zarr.partial.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let before = digest(&partial);
+    let o = f.infer(&out, &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another seamless run is writing this output"), "{}", stderr(&o));
+    assert_eq!(digest(&partial), before, "the other run's partial output was touched");
+    assert!(!out.exists());
+    // Once the other run is gone, a new run proceeds (and replaces the stale partial output).
+    drop(lock);
+    let o = f.infer(&out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!partial.exists() && !f.path("out.zarr.partial.lock").exists());
+}
+
+#[test]
+fn a_finished_zarr_store_keeps_no_journal() {
+    let f = Fixture::new();
+    let out = f.path("out.zarr");
+    let o = f.infer(&out, &["--tile", "8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let journals: Vec<PathBuf> =
+        snapshot(&out).into_iter().map(|(p, _)| p).filter(|p| p.to_string_lossy().contains("journal")).collect();
+    assert!(journals.is_empty(), "{journals:?}");
+}
+
+#[test]
+fn generators_refuse_to_replace_without_overwrite() {
+    let f = Fixture::new();
+    let model_bytes = std::fs::read(&f.model).unwrap();
+    let cfg = r#"{"in_channels":1,"classes":2,"base_filters":4,"depth":1}"#;
+    let o = seamless(&["random-model", "--arch", "unet", "--config", cfg, "--seed", "9", "--out", s(&f.model)]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f.model).unwrap(), model_bytes);
+    let image_bytes = std::fs::read(&f.image).unwrap();
+    let o = seamless(&["synth", "--width", "50", "--height", "20", "--image", s(&f.image)]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f.image).unwrap(), image_bytes);
+    let o = seamless(&["synth", "--width", "50", "--height", "20", "--image", s(&f.image), "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(&f.image).unwrap(), image_bytes);
+}
+
+/// Inputs that are not what they claim: a FIFO would block the open forever, a directory gave
+/// "No such device". Each is refused at once with a message that says what it is.
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_at_once() {
+    let f = Fixture::new();
+    let fifo = f.path("pipe.npy");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let dir = f.path("folder.npy");
+    std::fs::create_dir(&dir).unwrap();
+    let out = f.path("out.npy");
+    for (input, want) in [(&fifo, "not a regular file"), (&dir, "is a directory")] {
+        let o = seamless(&["infer", "--model", s(&f.model), "--input", s(input), "--output", s(&out), "-q"]);
+        assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+    let fifo_model = f.path("pipe.safetensors");
+    let c = std::ffi::CString::new(s(&fifo_model)).unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (model, want) in [(&fifo_model, "not a regular file"), (&dir, "is a directory")] {
+        let o = seamless(&["infer", "--model", s(model), "--input", s(&f.image), "--output", s(&out), "-q"]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+    for threads in ["0", "100000"] {
+        let o = seamless(&["--threads", threads, "info", s(&f.model)]);
+        assert_eq!(o.status.code(), Some(2), "--threads {threads}: {}", stderr(&o));
+    }
+}
+
+/// `--whole` is the reference run: when the whole image does not fit the budget it fails (exit 6)
+/// instead of silently running tiles with no halo and reporting a whole-image run.
+#[test]
+fn whole_is_whole_or_fails() {
+    let f = Fixture::new();
+    let out = f.path("whole.npy");
+    let o = seamless(&[
+        "infer",
+        "--model",
+        s(&f.model),
+        "--input",
+        "synth:600x500",
+        "--output",
+        s(&out),
+        "--whole",
+        "--backend",
+        "cpu",
+        "--memory-budget",
+        "2MiB",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("never split into tiles"), "{}", stderr(&o));
+    assert!(!out.exists());
+    let o = seamless(&[
+        "infer",
+        "--model",
+        s(&f.model),
+        "--input",
+        "synth:600x500",
+        "--output",
+        s(&out),
+        "--memory-budget",
+        "2e9",
+        "-q",
+    ]);
+    assert!(o.status.success(), "--memory-budget 2e9: {}", stderr(&o));
+}
+
+/// Shards past the last tile would never complete the output; an edited journal naming a tile the
+/// run does not have is refused (it panicked).
+#[test]
+fn impossible_shards_and_edited_journals_are_refused() {
+    let f = Fixture::new();
+    let out = f.path("out.zarr");
+    let o = f.infer(&out, &["--shard", "0/1000000000"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
+    let tif = f.path("out.tif");
+    let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
+        .args([
+            "infer",
+            "--model",
+            s(&f.model),
+            "--input",
+            "synth:300x233:4",
+            "--output",
+            s(&tif),
+            "--tile",
+            "64",
+            "-q",
+        ])
+        .env("SEAMLESS_TEST_ABORT_AFTER_TILES", "2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let journal = f.path("out.tif.partial.journal");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    assert!(lines.len() >= 2, "{text}");
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 2] = [
+        ("tile index", |e| e["tile"] = serde_json::json!(99999)),
+        ("TIFF tile index", |e| e["sink"][0][0] = serde_json::json!(99999)),
+    ];
+    for (what, edit) in edits {
+        let mut edited = lines.clone();
+        let mut last: serde_json::Value = serde_json::from_str(edited.last().unwrap()).unwrap();
+        edit(&mut last);
+        *edited.last_mut().unwrap() = last.to_string();
+        std::fs::write(&journal, edited.join("\n") + "\n").unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
+            .args(["infer", "--model", s(&f.model), "--input", "synth:300x233:4", "--output", s(&tif), "--tile", "64"])
+            .args(["-q", "--resume"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(5), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("rerun without --resume"), "{what}: {}", stderr(&o));
+    }
+}
+
+/// A halo so large that window sizes would overflow is refused with a message, not wrapped.
+#[test]
+fn an_absurd_halo_is_refused() {
+    let f = Fixture::new();
+    let out = f.path("out.npy");
+    let o = f.infer(&out, &["--halo", "18446744073709551608", "--tile", "8"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
