@@ -161,6 +161,69 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A BLAKE3 hash of everything that determines the network's output: every node's op, its
+    /// attributes, its inputs and every bit of every parameter, in graph order. Two graphs with the
+    /// same fingerprint compute the same bytes on the same backend; what `--resume` and `--shard`
+    /// compare, so that a run never mixes two models.
+    pub fn fingerprint(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        let int = |h: &mut blake3::Hasher, v: usize| {
+            h.update(&(v as u64).to_le_bytes());
+        };
+        let floats = |h: &mut blake3::Hasher, v: &[f32]| {
+            h.update(&(v.len() as u64).to_le_bytes());
+            for x in v {
+                h.update(&x.to_bits().to_le_bytes());
+            }
+        };
+        int(&mut h, self.nodes.len());
+        int(&mut h, self.output);
+        for node in &self.nodes {
+            h.update(node.op.kind().as_bytes());
+            int(&mut h, node.inputs.len());
+            for &i in &node.inputs {
+                int(&mut h, i);
+            }
+            match &node.op {
+                Op::Input { channels } => int(&mut h, *channels),
+                Op::Conv2d(c) => {
+                    for v in [c.cin, c.cout, c.k, c.relu as usize, c.algo as usize] {
+                        int(&mut h, v);
+                    }
+                    floats(&mut h, &c.weight);
+                    floats(&mut h, &c.bias);
+                    if let Some(p) = &c.pre {
+                        int(&mut h, 1 + p.relu as usize);
+                        floats(&mut h, &p.scale);
+                        floats(&mut h, &p.shift);
+                    }
+                }
+                Op::ConvTranspose2d(c) => {
+                    for v in [c.cin, c.cout, c.k] {
+                        int(&mut h, v);
+                    }
+                    floats(&mut h, &c.weight);
+                    floats(&mut h, &c.bias);
+                }
+                Op::BatchNorm(b) => {
+                    for v in [&b.gamma, &b.beta, &b.mean, &b.var] {
+                        floats(&mut h, v);
+                    }
+                    h.update(&b.eps.to_bits().to_le_bytes());
+                }
+                Op::ScaleShift(s) => {
+                    int(&mut h, s.relu as usize);
+                    floats(&mut h, &s.scale);
+                    floats(&mut h, &s.shift);
+                }
+                _ => {}
+            }
+        }
+        h.finalize().to_hex().to_string()
+    }
+}
+
+impl Graph {
     pub fn new(in_channels: usize) -> Graph {
         let mut g = Graph::default();
         g.add("input", Op::Input { channels: in_channels }, &[]);

@@ -73,6 +73,7 @@ fn opts(tile: usize, halo: usize) -> StreamOptions {
         shard: None,
         abort_after: None,
         existing: seamless::slide::stream::Existing::Refuse,
+        input_id: String::new(),
     }
 }
 

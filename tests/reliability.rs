@@ -336,3 +336,90 @@ fn an_absurd_halo_is_refused() {
     assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// A copy of the safetensors file `src` at `dst` with one weight of tensor `name` changed: the
+/// same configuration and shapes, one parameter different.
+fn with_one_weight_changed(src: &Path, dst: &Path, name: &str) {
+    let mut bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header[name]["data_offsets"][0].as_u64().expect("the tensor exists") as usize;
+    let at = 8 + n + start + 4 * 5; // weight 5, an f32
+    let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + 0.25;
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    std::fs::write(dst, bytes).unwrap();
+}
+
+/// `--resume` continues only the run it interrupted: another model (here one transposed-conv
+/// weight apart, which the old sampled fingerprint never looked at), another image of the same
+/// size under `--normalize none` (whose statistics cannot tell), or another halo is refused.
+#[test]
+fn resume_never_mixes_two_runs() {
+    let f = Fixture::new();
+    let other_model = f.path("m2.safetensors");
+    with_one_weight_changed(&f.model, &other_model, "up1.up.weight");
+    let out = f.path("r.npy");
+    let run = |model: &Path, input: &str, extra: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_seamless"))
+            .args(["infer", "--model", s(model), "--input", input, "--output", s(&out), "--tile", "64"])
+            .args(["--normalize", "none", "-q"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let o = run(&f.model, "synth:300x233:4", &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "3")]);
+    assert!(!o.status.success() && !out.exists());
+    for (what, model, input, extra) in [
+        ("another model", &other_model, "synth:300x233:4", &[][..]),
+        ("another image of the same size", &f.model, "synth:300x233:5", &[][..]),
+        ("another halo", &f.model, "synth:300x233:4", &["--halo", "32"][..]),
+    ] {
+        let o = run(model, input, &[&["--resume"], extra].concat(), &[]);
+        assert_eq!(o.status.code(), Some(5), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("other settings"), "{what}: {}", stderr(&o));
+    }
+    let o = run(&f.model, "synth:300x233:4", &["--resume"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A file input rewritten with other pixels of the same size.
+    let big = f.path("big.npy");
+    let synth = |seed: &str| {
+        seamless(&["synth", "--width", "300", "--height", "233", "--seed", seed, "--image", s(&big), "--overwrite"])
+    };
+    assert!(synth("4").status.success());
+    std::fs::remove_file(&out).unwrap();
+    let o = run(&f.model, s(&big), &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "3")]);
+    assert!(!o.status.success() && !out.exists());
+    assert!(synth("6").status.success());
+    let o = run(&f.model, s(&big), &["--resume"], &[]);
+    assert_eq!(o.status.code(), Some(5), "a rewritten input file: {}", stderr(&o));
+}
+
+/// Shards of one output must be one run: a shard started with other settings stops before it
+/// writes anything (it used to rewrite the array's metadata).
+#[test]
+fn shards_of_one_output_must_agree() {
+    let f = Fixture::new();
+    let out = f.path("s.zarr");
+    let shard = |i: &str, tile: &str| {
+        Command::new(env!("CARGO_BIN_EXE_seamless"))
+            .args(["infer", "--model", s(&f.model), "--input", "synth:300x233:4", "--output", s(&out)])
+            .args(["--tile", tile, "--shard", i, "-q"])
+            .output()
+            .unwrap()
+    };
+    let o = shard("0/2", "64");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let partial = f.path("s.zarr.partial");
+    let before = digest(&partial);
+    let o = shard("1/2", "32");
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("other shards of this output"), "{}", stderr(&o));
+    assert_eq!(digest(&partial), before, "the refused shard wrote into the store");
+    let o = shard("1/2", "64");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_dir() && !partial.exists());
+    let leftovers: Vec<PathBuf> =
+        snapshot(&out).into_iter().map(|(p, _)| p).filter(|p| p.to_string_lossy().contains("seamless-")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -88,6 +88,7 @@ fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions 
         shard: None,
         abort_after: None,
         existing: seamless::slide::stream::Existing::Refuse,
+        input_id: String::new(),
     }
 }
 

@@ -349,6 +349,8 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let model = Model::open(&a.model)?;
     let src = slide::open_source(&a.input, a.input_format)?;
+    // After open_source, which refuses what cannot be read safely (a FIFO would block here).
+    let input_id = slide::input_identity(&a.input)?;
     let (ih, iw, ic) = src.shape();
     if ic != model.in_channels() {
         return Err(Error::Input {
@@ -394,6 +396,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         shard,
         abort_after: std::env::var("SEAMLESS_TEST_ABORT_AFTER_TILES").ok().and_then(|v| v.parse().ok()),
         existing,
+        input_id,
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
     let t0 = Instant::now();

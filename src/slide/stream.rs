@@ -50,6 +50,9 @@ pub struct StreamOptions {
     pub abort_after: Option<usize>,
     /// Whether an existing output may be replaced (`--overwrite`; only by one of the same kind).
     pub existing: Existing,
+    /// What identifies the input (`slide::input_identity`): a resumed run or another shard must
+    /// read the same image.
+    pub input_id: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,7 +76,12 @@ pub struct Summary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct JournalHeader {
     version: u32,
+    /// Configuration and `Graph::fingerprint` (every parameter bit).
     model: String,
+    /// `slide::input_identity`.
+    input: String,
+    /// The backend and its precision (`Backend::name`): a run never mixes tiles of two.
+    compute: String,
     image: (usize, usize, usize),
     tile: (usize, usize),
     halo: usize,
@@ -405,8 +413,10 @@ pub fn run(
     let partial = partial_path(out);
     let jpath = journal_path(out, opts.format, opts.shard);
     let header = JournalHeader {
-        version: 1,
-        model: format!("{} {}", model.config.config_json(), model_fingerprint(model)),
+        version: 2,
+        model: format!("{} {}", model.config.config_json(), model.graph.fingerprint()),
+        input: opts.input_id.clone(),
+        compute: backend.name(),
         image: (ih, iw, ic),
         tile,
         halo,
@@ -441,6 +451,9 @@ pub fn run(
         && !parent.is_dir()
     {
         return Err(output_err(out, format!("directory {} does not exist", parent.display())));
+    }
+    if opts.shard.is_some() {
+        same_run_as_other_shards(&partial, &header)?;
     }
     let resuming = !done.is_empty();
     let sink = open_sink(opts.format, &partial, spec, resuming.then_some(&sink_journal[..]))?;
@@ -589,6 +602,7 @@ pub fn run(
                     let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.done")));
                     let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.journal")));
                 }
+                let _ = std::fs::remove_file(partial.join("seamless-run.json"));
                 check_destination(out, zarr, opts.existing, &[])?;
                 match move_into_place(&partial, out) {
                     Ok(()) => true,
@@ -620,16 +634,38 @@ pub fn run(
 }
 
 /// A cheap fingerprint of the weights, so a resume with another model is refused.
-fn model_fingerprint(model: &Model) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for node in &model.graph.nodes {
-        if let crate::graph::Op::Conv2d(c) = &node.op {
-            for v in c.weight.iter().step_by(97).chain(&c.bias) {
-                h = (h ^ v.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+/// Shards of one output must be one run: the first to start records the run's settings in the
+/// store (`seamless-run.json`, everything of the journal header but the shard number), and every
+/// other shard must match them before it writes anything, metadata included.
+fn same_run_as_other_shards(partial: &Path, header: &JournalHeader) -> Result<()> {
+    let bad = |m: String| Error::Output { path: partial.to_path_buf(), msg: m };
+    std::fs::create_dir_all(partial).map_err(|e| bad(format!("cannot create: {e}")))?;
+    let mut run = serde_json::to_value(header).expect("serialisable");
+    run["shard"] = serde_json::Value::Null;
+    let text = serde_json::to_string(&run).expect("serialisable");
+    let path = partial.join("seamless-run.json");
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut f) => f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| bad(format!("{e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another shard is writing it at this moment: wait until it holds a whole line.
+            let mut theirs = String::new();
+            for _ in 0..50 {
+                theirs = std::fs::read_to_string(&path).unwrap_or_default();
+                if serde_json::from_str::<serde_json::Value>(&theirs).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if serde_json::from_str::<serde_json::Value>(&theirs).ok() == Some(run) {
+                Ok(())
+            } else {
+                Err(bad("the other shards of this output run with other settings (model, image, backend, tile, halo, \
+                         normalisation or output type differ): every shard must be given the same ones"
+                    .into()))
             }
         }
+        Err(e) => Err(bad(format!("cannot write {}: {e}", path.display()))),
     }
-    h
 }
 
 fn read_journal(path: &Path, want: &JournalHeader, tiles: usize) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
