@@ -109,7 +109,7 @@ pub fn infer_grid_with(
     let a = model.align();
     let padded = pad_image(img, a, pad);
     let mut out = Tensor::zeros(model.classes(), padded.h, padded.w);
-    let mut queue: VecDeque<Tile> = grid.tiles.iter().copied().collect();
+    let mut queue: VecDeque<Tile> = grid.tiles().collect();
     let (mut done, mut total) = (0, queue.len());
     let halo = grid.halo;
     while let Some(t) = queue.pop_front() {

@@ -181,7 +181,7 @@ pub fn run(
         .flat_map(|&h| spec.offsets.iter().map(move |&o| (h, o)))
         .map(|(h, o)| (h, o, grid_for(model, img.h, img.w, spec, h, o)))
         .collect();
-    let total: usize = configs.iter().map(|c| c.2.tiles.len()).sum();
+    let total: usize = configs.iter().map(|c| c.2.len()).sum();
 
     let t0 = Instant::now();
     let reference = infer_whole_on(backend, model, img, spec.pad)?;
@@ -194,7 +194,7 @@ pub fn run(
         let t0 = Instant::now();
         let tiled = infer_grid_on(backend, model, img, spec.pad, &grid, &mut |d, _| progress(done + d, total))?;
         let seconds = t0.elapsed().as_secs_f64();
-        done += grid.tiles.len();
+        done += grid.len();
         let aligned = [spec.tile_h, spec.tile_w, halo, offset].iter().all(|v| v.is_multiple_of(a));
         let windows_on_grid = spec.tile_h.is_multiple_of(a) && spec.tile_w.is_multiple_of(a) && halo % a == offset % a;
         points.push(SweepPoint {
@@ -203,7 +203,7 @@ pub fn run(
             aligned,
             windows_on_grid,
             contract: aligned && halo >= model.exact_halo(),
-            tiles: grid.tiles.len(),
+            tiles: grid.len(),
             overhead: grid.overhead(),
             error: compare(&reference, &ref_labels, &tiled),
             seconds,

@@ -41,12 +41,38 @@ impl Tile {
     }
 }
 
+/// A grid is the product of its row bands and its column bands, so it is kept as those two lists:
+/// O(rows + cols) memory however many tiles it has (a 100000 x 100000 image at the smallest tile
+/// has millions), and each tile is computed when asked for.
 #[derive(Clone, Debug)]
 pub struct TileGrid {
-    pub tiles: Vec<Tile>,
+    /// (start, length) of each row band and column band of output, and of its window.
+    ys: Vec<Band>,
+    xs: Vec<Band>,
     pub rows: usize,
     pub cols: usize,
     pub halo: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Band {
+    start: usize,
+    len: usize,
+    win_start: usize,
+    win_len: usize,
+}
+
+impl Band {
+    fn all(len: usize, tile: usize, offset: usize, halo: usize) -> Vec<Band> {
+        starts(len, tile, offset)
+            .into_iter()
+            .map(|(start, n)| {
+                let win_start = start.saturating_sub(halo);
+                let win_end = (start + n).saturating_add(halo).min(len);
+                Band { start, len: n, win_start, win_len: win_end - win_start }
+            })
+            .collect()
+    }
 }
 
 pub fn round_up(v: usize, a: usize) -> usize {
@@ -108,25 +134,105 @@ impl TileGrid {
         off_y: usize,
         off_x: usize,
     ) -> TileGrid {
-        let ys = starts(padded_h, tile_h, off_y);
-        let xs = starts(padded_w, tile_w, off_x);
-        let mut tiles = Vec::with_capacity(ys.len() * xs.len());
-        for &(y0, h) in &ys {
-            for &(x0, w) in &xs {
-                let win_y0 = y0.saturating_sub(halo);
-                let win_x0 = x0.saturating_sub(halo);
-                let win_y1 = (y0 + h).saturating_add(halo).min(padded_h);
-                let win_x1 = (x0 + w).saturating_add(halo).min(padded_w);
-                tiles.push(Tile { y0, x0, h, w, win_y0, win_x0, win_h: win_y1 - win_y0, win_w: win_x1 - win_x0 });
-            }
+        let ys = Band::all(padded_h, tile_h, off_y, halo);
+        let xs = Band::all(padded_w, tile_w, off_x, halo);
+        TileGrid { rows: ys.len(), cols: xs.len(), ys, xs, halo }
+    }
+
+    /// Number of tiles.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tile `i`, row by row.
+    pub fn tile(&self, i: usize) -> Tile {
+        let (y, x) = (self.ys[i / self.cols], self.xs[i % self.cols]);
+        Tile {
+            y0: y.start,
+            x0: x.start,
+            h: y.len,
+            w: x.len,
+            win_y0: y.win_start,
+            win_x0: x.win_start,
+            win_h: y.win_len,
+            win_w: x.win_len,
         }
-        TileGrid { tiles, rows: ys.len(), cols: xs.len(), halo }
+    }
+
+    /// Every tile, row by row.
+    pub fn tiles(&self) -> impl Iterator<Item = Tile> + '_ {
+        (0..self.len()).map(|i| self.tile(i))
+    }
+
+    /// The distinct window shapes (h, w): few (interior, edges, corner), found from the bands.
+    pub fn window_shapes(&self) -> Vec<(usize, usize)> {
+        let distinct = |b: &[Band]| {
+            let mut v: Vec<usize> = b.iter().map(|b| b.win_len).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let (hs, ws) = (distinct(&self.ys), distinct(&self.xs));
+        hs.iter().flat_map(|&h| ws.iter().map(move |&w| (h, w))).collect()
+    }
+
+    /// Input pixels over all windows.
+    pub fn window_pixels(&self) -> usize {
+        let sum = |b: &[Band]| b.iter().map(|b| b.win_len).sum::<usize>();
+        sum(&self.ys) * sum(&self.xs)
     }
 
     /// Input pixels processed per output pixel: how much the halos cost.
     pub fn overhead(&self) -> f64 {
-        let win: usize = self.tiles.iter().map(|t| t.win_h * t.win_w).sum();
-        let out: usize = self.tiles.iter().map(|t| t.h * t.w).sum();
-        win as f64 / out.max(1) as f64
+        let out = self.ys.iter().map(|b| b.len).sum::<usize>() * self.xs.iter().map(|b| b.len).sum::<usize>();
+        self.window_pixels() as f64 / out.max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grid as every tile written out: what the bands must reproduce.
+    fn every_tile(ph: usize, pw: usize, th: usize, tw: usize, halo: usize, oy: usize, ox: usize) -> Vec<Tile> {
+        let mut v = Vec::new();
+        for (y0, h) in starts(ph, th, oy) {
+            for (x0, w) in starts(pw, tw, ox) {
+                let (wy0, wx0) = (y0.saturating_sub(halo), x0.saturating_sub(halo));
+                let (wy1, wx1) = ((y0 + h + halo).min(ph), (x0 + w + halo).min(pw));
+                v.push(Tile { y0, x0, h, w, win_y0: wy0, win_x0: wx0, win_h: wy1 - wy0, win_w: wx1 - wx0 });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn bands_give_every_tile_window_shape_and_pixel_count() {
+        let mut r = 0x9E37_79B9u64;
+        let mut next = |m: usize| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            1 + (r as usize) % m
+        };
+        for _ in 0..300 {
+            let (ph, pw, th, tw, halo) = (next(300), next(300), next(80), next(80), next(60) - 1);
+            let (oy, ox) = (next(90) - 1, next(90) - 1);
+            let g = TileGrid::with_offset(ph, pw, th, tw, halo, oy, ox);
+            let want = every_tile(ph, pw, th, tw, halo, oy, ox);
+            assert_eq!(g.tiles().collect::<Vec<_>>(), want);
+            assert_eq!(g.len(), want.len());
+            let mut shapes: Vec<(usize, usize)> = want.iter().map(|t| (t.win_h, t.win_w)).collect();
+            shapes.sort_unstable();
+            shapes.dedup();
+            let mut got = g.window_shapes();
+            got.sort_unstable();
+            assert_eq!(got, shapes);
+            assert_eq!(g.window_pixels(), want.iter().map(|t| t.win_h * t.win_w).sum::<usize>());
+        }
     }
 }

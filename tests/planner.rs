@@ -216,6 +216,24 @@ fn tiles_that_run_out_of_memory_are_retried_smaller_and_the_result_stays_exact()
         .unwrap();
         assert_eq!(first_difference(&out, &whole), None, "retried tiles must still be exact");
         assert!(!notes.is_empty() && notes[0].contains("out of memory"), "{notes:?}");
-        assert!(last_total > grid.tiles.len(), "tiles were split: {last_total}");
+        assert!(last_total > grid.len(), "tiles were split: {last_total}");
     }
+}
+
+/// Planning is O(rows + columns) in memory, never O(tiles) or O(pixels): choosing a tile for a
+/// 1,000,000 x 1,000,000 image (about 4e9 tiles at the smallest size the search tries) takes a few
+/// MiB of heap, where a grid of every tile would take hundreds of GiB.
+#[test]
+fn planning_a_huge_image_needs_little_memory() {
+    use seamless::planner::{MemoryModel, Precision, TilePlanner};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let model = random_model(unet(1, 2, 8, 2, true, "transpose"), 3);
+    let base = LIVE.load(Ordering::SeqCst);
+    PEAK.store(base, Ordering::SeqCst);
+    let planner = TilePlanner::new(&model, 1_000_000, 1_000_000, Precision::F32, MemoryModel::Cpu).unwrap();
+    let c = planner.choose(64 << 20).unwrap();
+    let grown = PEAK.load(Ordering::SeqCst) - base;
+    println!("tile {}x{}, {} tiles, planning heap {} KiB", c.tile_h, c.tile_w, c.tiles, grown >> 10);
+    assert!(c.tiles > 1_000_000, "{} tiles", c.tiles);
+    assert!(grown < 64 << 20, "planning took {grown} bytes of heap");
 }

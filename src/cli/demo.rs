@@ -87,7 +87,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
     eprintln!(
         "tiles: {} ({}x{} grid of {}x{}), halo overhead {:.2}x",
-        grid.tiles.len(),
+        grid.len(),
         grid.rows,
         grid.cols,
         tile.0,
@@ -107,7 +107,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     write_preview(&out("preview.png"), n, &raw, &lab_u8)?;
 
     println!("slide            {n}x{n} px ({:.1} Mpx), seed {}", (n * n) as f64 / 1e6, a.seed);
-    println!("tiles            {} of {}x{}, halo {halo} px (exact)", grid.tiles.len(), tile.0, tile.1);
+    println!("tiles            {} of {}x{}, halo {halo} px (exact)", grid.len(), tile.0, tile.1);
     println!("time             {secs:.2} s on {}, {:.3} Mpx/s", backend.name(), (n * n) as f64 / 1e6 / secs.max(1e-9));
     println!("pixel accuracy   {:.2}% against the generator's ground truth", 100.0 * correct as f64 / (n * n) as f64);
     println!(

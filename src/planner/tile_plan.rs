@@ -205,9 +205,7 @@ impl<'a> TilePlanner<'a> {
     /// Peak memory of the grid with tiles `th x tw`: the largest over its distinct window shapes.
     pub fn grid_peak(&self, th: usize, tw: usize) -> Result<(Peak, usize, usize)> {
         let grid = self.grid(th, tw)?;
-        let mut shapes: Vec<(usize, usize)> = grid.tiles.iter().map(|t| (t.win_h, t.win_w)).collect();
-        shapes.sort_unstable();
-        shapes.dedup();
+        let shapes = grid.window_shapes();
         let mut worst: Option<(Peak, usize, usize)> = None;
         for (h, w) in shapes {
             let p = self.window_peak(h, w)?;
@@ -271,7 +269,7 @@ impl<'a> TilePlanner<'a> {
         let grid = self.grid(th, tw)?;
         let (p, window_h, window_w) = self.grid_peak(th, tw)?;
         let halo = self.model.exact_halo();
-        let win: usize = grid.tiles.iter().map(|t| t.win_h * t.win_w).sum();
+        let win = grid.window_pixels();
         let per_window = p.arena_bytes + p.workspace_bytes + p.staging_bytes;
         let batch = budget.saturating_sub(p.weight_bytes).checked_div(per_window).unwrap_or(1).max(1);
         Ok(TileChoice {
@@ -281,10 +279,10 @@ impl<'a> TilePlanner<'a> {
             window_h,
             window_w,
             peak: p,
-            tiles: grid.tiles.len(),
+            tiles: grid.len(),
             halo_overhead: ((th + 2 * halo) as f64 / th as f64) * ((tw + 2 * halo) as f64 / tw as f64),
             relative_compute: win as f64 / (self.padded_h * self.padded_w) as f64,
-            batch: batch.min(grid.tiles.len()),
+            batch: batch.min(grid.len()),
         })
     }
 }

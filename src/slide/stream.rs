@@ -379,20 +379,20 @@ pub fn run(
         return Err(Error::Usage(format!("--shard {i}/{n}: need 0 <= i < n")));
     }
     if let Some((i, n)) = opts.shard
-        && n > grid.tiles.len()
+        && n > grid.len()
     {
         // Shards past the last tile would compute nothing, and the output would never complete.
         return Err(Error::Usage(format!(
             "--shard {i}/{n}: this run has only {} tiles, so at most {} shards",
-            grid.tiles.len(),
-            grid.tiles.len()
+            grid.len(),
+            grid.len()
         )));
     }
     let (channels, out_type) = match opts.kind {
         OutputKind::Labels => (1, if model.classes() > 256 { OutType::U16 } else { OutType::U8 }),
         OutputKind::Probs => (model.classes(), if opts.probs_f16 { OutType::F16 } else { OutType::F32 }),
     };
-    let chunk = chunk_for(opts.format, tile, grid.tiles.len() == 1)?;
+    let chunk = chunk_for(opts.format, tile, grid.len() == 1)?;
     let spec = OutSpec { height: ih, width: iw, channels, out: out_type, chunk };
     if opts.kind == OutputKind::Probs && opts.format == Format::Png {
         return Err(output_err(out, "PNG holds labels only; write probabilities to .npy, .tif or .zarr"));
@@ -438,7 +438,7 @@ pub fn run(
         );
     }
     let (done, sink_journal) = if opts.resume && jpath.exists() && !png_resume {
-        read_journal(&jpath, &header, grid.tiles.len())?
+        read_journal(&jpath, &header, grid.len())?
     } else {
         if partial.exists() && opts.shard.is_none() {
             note(&format!("removing an earlier unfinished output {} (use --resume to continue it)", partial.display()));
@@ -469,9 +469,7 @@ pub fn run(
     }
 
     let todo: Vec<(usize, Tile)> = grid
-        .tiles
-        .iter()
-        .copied()
+        .tiles()
         .enumerate()
         .filter(|(i, _)| opts.shard.is_none_or(|(s, n)| i % n == s))
         .filter(|(i, _)| !done.contains(i))
