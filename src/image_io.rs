@@ -60,12 +60,29 @@ fn planar(h: usize, w: usize, c: usize, hwc: impl IntoIterator<Item = f32>) -> T
     t
 }
 
+/// The largest decoded PNG read (PNG inputs are read whole into memory, as f32 after decoding).
+const MAX_PNG_BYTES: usize = 1 << 30;
+
 fn read_png(path: &Path, r: impl std::io::BufRead + std::io::Seek) -> Result<Tensor> {
     let bad = |e: png::DecodingError| input_err(path, format!("not a readable PNG: {e}"));
     let mut dec = png::Decoder::new(r);
     dec.set_transformations(png::Transformations::EXPAND);
     let mut reader = dec.read_info().map_err(bad)?;
     let size = reader.output_buffer_size().ok_or_else(|| input_err(path, "PNG too large"))?;
+    // A PNG is decoded whole into memory, and its header may claim any size: refuse what deflate
+    // could not have compressed into this file (at most about 1032:1), and what would not fit.
+    let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size as u64 > file_len.saturating_mul(1100).saturating_add(1 << 20) || size > MAX_PNG_BYTES {
+        let (w, h) = reader.info().size();
+        return Err(input_err(
+            path,
+            format!(
+                "the PNG claims {w}x{h} pixels ({size} bytes decoded), which a {file_len}-byte file cannot hold or \
+                 memory should not: PNG inputs are read whole, up to {} MiB; use TIFF or OME-Zarr for larger images",
+                MAX_PNG_BYTES >> 20
+            ),
+        ));
+    }
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(bad)?;
     let (h, w) = (info.height as usize, info.width as usize);

@@ -423,3 +423,68 @@ fn shards_of_one_output_must_agree() {
         snapshot(&out).into_iter().map(|(p, _)| p).filter(|p| p.to_string_lossy().contains("seamless-")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Tiny files whose headers claim huge images are refused from the header, before anything of
+/// that size is allocated: a TIFF claiming 10^6 x 10^6 pixels, a PNG claiming 100000 x 100000, an
+/// `.npy` whose shape's byte count wraps around.
+#[test]
+fn headers_claiming_huge_images_are_refused_before_allocating() {
+    let f = Fixture::new();
+    // TIFF: a real 8x8 one with its width, height and rows-per-strip tags rewritten (one strip,
+    // consistent to the decoder, of 10^12 pixels in 64 bytes).
+    let tif = f.path("huge.tif");
+    {
+        let file = std::fs::File::create(&tif).unwrap();
+        let mut enc = tiff::encoder::TiffEncoder::new(file).unwrap();
+        enc.write_image::<tiff::encoder::colortype::Gray8>(8, 8, &[7u8; 64]).unwrap();
+    }
+    let mut b = std::fs::read(&tif).unwrap();
+    assert_eq!(&b[..4], b"II*\0");
+    let ifd = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+    let n = u16::from_le_bytes(b[ifd..ifd + 2].try_into().unwrap()) as usize;
+    for e in (0..n).map(|k| ifd + 2 + 12 * k) {
+        let tag = u16::from_le_bytes(b[e..e + 2].try_into().unwrap());
+        if tag == 256 || tag == 257 || tag == 278 {
+            b[e + 2..e + 4].copy_from_slice(&4u16.to_le_bytes()); // LONG
+            b[e + 4..e + 8].copy_from_slice(&1u32.to_le_bytes());
+            b[e + 8..e + 12].copy_from_slice(&1_000_000u32.to_le_bytes());
+        }
+    }
+    std::fs::write(&tif, &b).unwrap();
+    assert!(b.len() < 400, "a tiny file: {} bytes", b.len());
+    // PNG: a real 1x1 one with its IHDR claiming 100000 x 100000 (CRC fixed up).
+    let png = f.path("huge.png");
+    {
+        let file = std::fs::File::create(&png).unwrap();
+        let mut enc = png::Encoder::new(file, 1, 1);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header().unwrap().write_image_data(&[9]).unwrap();
+    }
+    let mut b = std::fs::read(&png).unwrap();
+    b[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    b[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    std::fs::write(&png, &b).unwrap();
+    // .npy: 2^62 x 4 bytes, which wraps to 0 in 64 bits.
+    let npy = f.path("huge.npy");
+    let mut b = seamless::slide::npy::header_bytes("|u1", &[1 << 62, 4]);
+    b.extend_from_slice(&[0u8; 16]);
+    std::fs::write(&npy, &b).unwrap();
+    for (input, want) in
+        [(&tif, "more than any TIFF compression reaches"), (&png, "cannot hold"), (&npy, "larger than any file can be")]
+    {
+        let out = f.path("out.npy");
+        let o = seamless(&["infer", "--model", s(&f.model), "--input", s(input), "--output", s(&out), "-q"]);
+        assert_eq!(o.status.code(), Some(4), "{}: {}", input.display(), stderr(&o));
+        assert!(stderr(&o).contains(want), "{}: {}", input.display(), stderr(&o));
+        assert!(!out.exists());
+    }
+    // A PNG output is held whole in memory: one too large is refused before any work.
+    let out = f.path("big.png");
+    let o = seamless(&["infer", "--model", s(&f.model), "--input", "synth:20000x20000", "--output", s(&out), "-q"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("write .tif or .zarr"), "{}", stderr(&o));
+}

@@ -144,7 +144,13 @@ impl NpySource {
                 ));
             }
         };
-        let need = offset + h * w * c * dt.size();
+        // Checked: a header's shape can claim any numbers, and a wrapped product would pass.
+        let need = h
+            .checked_mul(w)
+            .and_then(|n| n.checked_mul(c))
+            .and_then(|n| n.checked_mul(dt.size()))
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| input_err(path, format!("array of shape {shape:?} is larger than any file can be")))?;
         if map.len() < need {
             return Err(input_err(
                 path,

@@ -304,6 +304,9 @@ pub fn open_sink(
     })
 }
 
+/// The largest PNG output, in pixels (1 GiB of f32 labels in memory).
+const MAX_PNG_PIXELS: usize = 1 << 28;
+
 /// PNG holds small label images: the whole image is kept and encoded at the end.
 struct PngSink {
     path: PathBuf,
@@ -315,6 +318,17 @@ impl PngSink {
     fn new(path: &Path, spec: OutSpec) -> Result<PngSink> {
         if spec.channels != 1 {
             return Err(output_err(path, "PNG holds labels only; write probabilities to .npy, .tif or .zarr"));
+        }
+        // The whole image is held until the end: bounded, and said before any work.
+        if spec.height.saturating_mul(spec.width) > MAX_PNG_PIXELS {
+            return Err(output_err(
+                path,
+                format!(
+                    "a {}x{} PNG would be held whole in memory; PNG output is for images up to {MAX_PNG_PIXELS} \
+                     pixels: write .tif or .zarr",
+                    spec.width, spec.height
+                ),
+            ));
         }
         Ok(PngSink {
             path: path.to_path_buf(),

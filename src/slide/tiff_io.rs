@@ -14,6 +14,7 @@ use flate2::Compression;
 use flate2::write::ZlibEncoder;
 use tiff::ColorType;
 use tiff::decoder::{ChunkType, Decoder, DecodingResult};
+use tiff::tags::Tag;
 
 use super::{OutSpec, OutType, Sink, Source, encode, input_err, output_err};
 use crate::error::Result;
@@ -32,6 +33,10 @@ pub struct TiffSource {
     cache: HashMap<u32, (usize, usize, Vec<f32>)>,
     order: VecDeque<u32>,
 }
+
+/// The most a TIFF chunk's bytes are taken to decompress to: beyond LZW's and Deflate's best
+/// (a few thousand to one), so only impossible headers are refused.
+const MAX_RATIO: u64 = 20_000;
 
 /// Decoded chunks kept for windows that overlap (halos): about 16 MiB of f32 samples.
 const CACHE_VALUES: usize = 4 << 20;
@@ -65,6 +70,30 @@ impl TiffSource {
             return Err(input_err(path, "planar (separate) TIFF channels are not supported; use chunky (interleaved)"));
         }
         let tiled = dec.get_chunk_type() == ChunkType::Tile;
+        // The header may claim any size (a 186-byte file claimed 10^12 pixels): every chunk must lie
+        // inside the file, and the pixels must fit what its bytes can decompress to.
+        let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let tag = if tiled { Tag::TileByteCounts } else { Tag::StripByteCounts };
+        let offsets_tag = if tiled { Tag::TileOffsets } else { Tag::StripOffsets };
+        let counts = dec.get_tag_u64_vec(tag).map_err(bad)?;
+        let offsets = dec.get_tag_u64_vec(offsets_tag).map_err(bad)?;
+        if counts.len() != offsets.len()
+            || offsets.iter().zip(&counts).any(|(&o, &n)| o.checked_add(n).is_none_or(|end| end > file_len))
+        {
+            return Err(input_err(path, "its chunk table points past the end of the file (truncated or corrupt?)"));
+        }
+        let stored: u64 = counts.iter().sum();
+        let bits = dec.colortype().map_err(bad)?.bit_depth() as u64;
+        let decoded = (w as u64).saturating_mul(h as u64).saturating_mul(c as u64).saturating_mul(bits) / 8;
+        if decoded > stored.saturating_mul(MAX_RATIO) {
+            return Err(input_err(
+                path,
+                format!(
+                    "it claims {w}x{h} pixels ({decoded} bytes) but holds {stored} bytes of image data: \
+                     more than any TIFF compression reaches (corrupt or truncated?)"
+                ),
+            ));
+        }
         let (cw, ch) = dec.chunk_dimensions();
         Ok(TiffSource {
             dec,
