@@ -114,6 +114,36 @@ fn every_broken_model_file_is_refused_by_name() {
             }),
         ),
         (
+            "base_filters is 1000000000; at most 1048576",
+            broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":1000000000,"depth":2}"#)),
+        ),
+        (
+            "this configuration needs",
+            broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":2,"base_filters":1048576,"depth":8}"#)),
+        ),
+        (
+            "a dense block has more than 1024 layers",
+            broken(|_, m| {
+                set(m, "architecture", "fcdensenet");
+                set(
+                    m,
+                    "config",
+                    r#"{"in_channels":1,"classes":2,"first_conv_filters":8,"growth_rate":12,"down_blocks":[100000],"bottleneck_layers":1,"up_blocks":[1]}"#,
+                )
+            }),
+        ),
+        (
+            "this configuration needs",
+            broken(|_, m| {
+                set(m, "architecture", "fcdensenet");
+                set(
+                    m,
+                    "config",
+                    r#"{"in_channels":1,"classes":2,"first_conv_filters":8,"growth_rate":4096,"down_blocks":[1000],"bottleneck_layers":1,"up_blocks":[1]}"#,
+                )
+            }),
+        ),
+        (
             "at most 65536 are supported",
             broken(|_, m| set(m, "config", r#"{"in_channels":1,"classes":70000,"base_filters":4,"depth":2}"#)),
         ),

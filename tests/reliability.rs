@@ -488,3 +488,13 @@ fn headers_claiming_huge_images_are_refused_before_allocating() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("write .tif or .zarr"), "{}", stderr(&o));
 }
+
+/// Absurd presets on the command line are refused by their size before anything is built.
+#[test]
+fn absurd_presets_are_refused_before_building() {
+    for preset in ["unet-1000000000", "unet-1048576-d8"] {
+        let o = seamless(&["info", preset]);
+        assert_eq!(o.status.code(), Some(3), "{preset}: {}", stderr(&o));
+        assert!(stderr(&o).contains("at most"), "{preset}: {}", stderr(&o));
+    }
+}

@@ -34,7 +34,8 @@ impl<'a> Builder<'a> {
     pub fn conv(&mut self, prefix: &str, x: NodeId, cin: usize, cout: usize, k: usize, bias: bool) -> NodeId {
         let weight =
             self.take(&format!("{prefix}.weight"), &[cout, cin, k, k], ParamKind::ConvWeight { fan_in: cin * k * k });
-        let bias = if bias { self.take(&format!("{prefix}.bias"), &[cout], ParamKind::Bias) } else { vec![0.0; cout] };
+        let bias =
+            if bias { self.take(&format!("{prefix}.bias"), &[cout], ParamKind::Bias) } else { self.src.zeros(cout) };
         self.g.add(
             prefix,
             Op::Conv2d(Conv2d { cin, cout, k, weight, bias, relu: false, pre: None, algo: ConvAlgo::Direct }),

@@ -52,6 +52,11 @@ pub enum ModelConfig {
     FcDenseNet(FcDenseNetConfig),
 }
 
+/// The largest channel count or class count a configuration may name.
+const MAX_WIDTH: usize = 1 << 20;
+/// The most layers in one dense block.
+const MAX_BLOCK_LAYERS: usize = 1024;
+
 impl ModelConfig {
     pub fn architecture(&self) -> &'static str {
         match self {
@@ -96,8 +101,12 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = |what: &str, v: usize| {
-            if v == 0 { Err(Error::Config(format!("{what} must be at least 1"))) } else { Ok(()) }
+        // Bounded above too, so that no size computed from them can overflow (a width of 2^62
+        // panicked); the model's total size is checked by a dry run (`Model::build`).
+        let positive = |what: &str, v: usize| match v {
+            0 => Err(Error::Config(format!("{what} must be at least 1"))),
+            v if v > MAX_WIDTH => Err(Error::Config(format!("{what} is {v}; at most {MAX_WIDTH}"))),
+            _ => Ok(()),
         };
         // Labels are written as 16-bit integers at most: more classes would be capped, silently.
         if self.classes() > 65536 {
@@ -167,6 +176,14 @@ impl ModelConfig {
                     )));
                 }
                 positive("bottleneck_layers", c.bottleneck_layers)?;
+                // A dense layer concatenates every earlier one: graph size grows with the square
+                // of a block's layers (100,000 layers took 4 GiB before any check could run).
+                if c.down_blocks.iter().chain(&c.up_blocks).chain([&c.bottleneck_layers]).any(|&n| n > MAX_BLOCK_LAYERS)
+                {
+                    return Err(Error::Config(format!(
+                        "a dense block has more than {MAX_BLOCK_LAYERS} layers (FC-DenseNet-103's largest has 15)"
+                    )));
+                }
                 if c.up_blocks.contains(&0) {
                     return Err(Error::Config("every up block needs at least one layer".into()));
                 }

@@ -14,6 +14,11 @@ use crate::graph::Graph;
 use crate::receptive_field::ReceptiveField;
 use weights::{RandomSource, WeightSource};
 
+/// The most parameter values (and tensors) a model may have: 2^31 values (8 GiB as f32), seventy
+/// times the largest reference model (U-Net-64, 31 million).
+pub const MAX_PARAMETERS: usize = 1 << 31;
+pub const MAX_TENSORS: usize = 1 << 20;
+
 /// A network ready to run: its configuration, the optimised graph, and what tiling needs to know.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -33,6 +38,20 @@ pub struct Model {
 impl Model {
     pub fn build(config: ModelConfig, src: &mut dyn WeightSource, origin: &str) -> Result<Model> {
         config.validate()?;
+        // A dry run first: an absurd configuration (in a 300-byte file, or a preset name) is
+        // refused by its size before anything of that size is allocated.
+        let mut count = weights::ShapeCounter::default();
+        match &config {
+            ModelConfig::Unet(c) => unet::build(c, &mut count),
+            ModelConfig::FcDenseNet(c) => fcdensenet::build(c, &mut count),
+        };
+        if count.values > MAX_PARAMETERS || count.tensors > MAX_TENSORS {
+            return Err(Error::Config(format!(
+                "this configuration needs {} values in {} tensors; at most {MAX_PARAMETERS} values in {MAX_TENSORS} \
+                 tensors are supported (the largest reference models have about 31 million)",
+                count.values, count.tensors
+            )));
+        }
         let (source_graph, trainable) = match &config {
             ModelConfig::Unet(c) => unet::build(c, src),
             ModelConfig::FcDenseNet(c) => fcdensenet::build(c, src),

@@ -22,6 +22,34 @@ pub trait WeightSource {
     fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Vec<f32>;
     /// Everything wrong so far, plus tensors the file has that the model does not use.
     fn problems(&self) -> Vec<String>;
+    /// `n` zeros where the architecture has no tensor (a conv without bias).
+    fn zeros(&mut self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+}
+
+/// Asks for nothing and allocates nothing: counts the values a configuration would need, so that
+/// an absurd one (widths of 10^9, 100,000 layers) is refused before anything is built.
+#[derive(Default)]
+pub struct ShapeCounter {
+    pub values: usize,
+    pub tensors: usize,
+}
+
+impl WeightSource for ShapeCounter {
+    fn take(&mut self, _name: &str, shape: &[usize], _kind: ParamKind) -> Vec<f32> {
+        let n = shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+        self.values = self.values.saturating_add(n);
+        self.tensors += 1;
+        Vec::new()
+    }
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn zeros(&mut self, n: usize) -> Vec<f32> {
+        self.values = self.values.saturating_add(n);
+        Vec::new()
+    }
 }
 
 /// Tensors of a safetensors file, checked against what the builder asks for.
@@ -63,18 +91,17 @@ impl WeightSource for SafetensorsSource<'_> {
 impl SafetensorsSource<'_> {
     /// The tensor's values as f32, or zeros with a problem noted.
     fn decode(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
-        let n: usize = shape.iter().product();
         self.used.insert(name.to_string());
         let view = match self.st.tensor(name) {
             Ok(v) => v,
             Err(_) => {
                 self.problems.push(format!("missing tensor '{name}' (expected shape {shape:?})"));
-                return vec![0.0; n];
+                return Vec::new(); // the load fails; nothing of the configuration's size is allocated
             }
         };
         if view.shape() != shape {
             self.problems.push(format!("tensor '{name}' has shape {:?}, expected {shape:?}", view.shape()));
-            return vec![0.0; n];
+            return Vec::new();
         }
         let bytes = view.data();
         match view.dtype() {
@@ -84,7 +111,7 @@ impl SafetensorsSource<'_> {
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => {
                 self.problems.push(format!("tensor '{name}' has dtype {other:?}; only F32 and F16 are supported"));
-                vec![0.0; n]
+                Vec::new()
             }
         }
     }

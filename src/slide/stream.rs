@@ -307,6 +307,20 @@ pub fn open_sink(
 /// The largest PNG output, in pixels (1 GiB of f32 labels in memory).
 const MAX_PNG_PIXELS: usize = 1 << 28;
 
+/// A PNG output is held whole until it is encoded: refuse one too large, before any work.
+fn png_fits(path: &Path, h: usize, w: usize) -> Result<()> {
+    if h.saturating_mul(w) > MAX_PNG_PIXELS {
+        return Err(output_err(
+            path,
+            format!(
+                "a {w}x{h} PNG would be held whole in memory; PNG output is for images up to {MAX_PNG_PIXELS} \
+                 pixels: write .tif or .zarr"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// PNG holds small label images: the whole image is kept and encoded at the end.
 struct PngSink {
     path: PathBuf,
@@ -319,17 +333,7 @@ impl PngSink {
         if spec.channels != 1 {
             return Err(output_err(path, "PNG holds labels only; write probabilities to .npy, .tif or .zarr"));
         }
-        // The whole image is held until the end: bounded, and said before any work.
-        if spec.height.saturating_mul(spec.width) > MAX_PNG_PIXELS {
-            return Err(output_err(
-                path,
-                format!(
-                    "a {}x{} PNG would be held whole in memory; PNG output is for images up to {MAX_PNG_PIXELS} \
-                     pixels: write .tif or .zarr",
-                    spec.width, spec.height
-                ),
-            ));
-        }
+        png_fits(path, spec.height, spec.width)?;
         Ok(PngSink {
             path: path.to_path_buf(),
             img: Tensor::zeros(1, spec.height, spec.width),
@@ -377,6 +381,10 @@ pub fn run(
 ) -> Result<Summary> {
     let t0 = Instant::now();
     let (ih, iw, ic) = src.shape();
+    // Before the statistics pass, which alone reads the whole image.
+    if opts.format == Format::Png {
+        png_fits(out, ih, iw)?;
+    }
     if ic != model.in_channels() {
         return Err(Error::Shape(format!("the image has {ic} channel(s), the model expects {}", model.in_channels())));
     }
