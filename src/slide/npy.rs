@@ -25,7 +25,8 @@ enum Dt {
 
 impl Dt {
     fn parse(descr: &str) -> Option<Dt> {
-        let (order, rest) = descr.split_at(1);
+        // split_at_checked: an empty or multi-byte first character is a bad header, not a panic.
+        let (order, rest) = descr.split_at_checked(1)?;
         if order == ">" && !matches!(rest, "u1" | "i1" | "b1") {
             return None; // big-endian multi-byte: not supported
         }
