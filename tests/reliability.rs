@@ -498,3 +498,16 @@ fn absurd_presets_are_refused_before_building() {
         assert!(stderr(&o).contains("at most"), "{preset}: {}", stderr(&o));
     }
 }
+
+/// A negative number reaches the option's own check, which says what is expected (it was
+/// "unexpected argument '-8'").
+#[test]
+fn negative_numbers_are_answered_by_the_option() {
+    let f = Fixture::new();
+    let o = f.infer(&f.path("out.npy"), &["--halo", "-8"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--halo '-8': expected a number of pixels"), "{}", stderr(&o));
+    let o = seamless(&["synth", "--width", "-8", "--image", s(&f.path("x.npy"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid value '-8' for '--width"), "{}", stderr(&o));
+}

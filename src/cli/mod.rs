@@ -111,7 +111,11 @@ struct RandomModelArgs {
 
 pub fn main() -> i32 {
     ignore_file_size_signal();
-    let cli = match Cli::try_parse() {
+    // Negative numbers reach the value parsers, which say what is expected ("--halo -8" was
+    // "unexpected argument '-8'").
+    let command = <Cli as clap::CommandFactory>::command().mut_subcommands(|s| s.allow_negative_numbers(true));
+    let parsed = command.try_get_matches().and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
