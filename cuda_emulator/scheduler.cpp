@@ -62,7 +62,6 @@ struct BlockRun {
     unsigned arrived;  // at the block barrier
     std::vector<Warp> warps;
     void* sched_sp = nullptr;
-    std::string error;
 };
 
 static const size_t STACK_BYTES = 64 * 1024;
@@ -189,19 +188,22 @@ static thread_local FiberSet tl_fibers;
 // Switch from the running fiber back to its block's scheduler.
 static void yield_to_scheduler(Fiber* f) { switch_to(&f->sp, f->block->sched_sp); }
 
+// Every thread waiting at the block barrier may go on.
+static void release_barrier(BlockRun* b) {
+    b->arrived = 0;
+    for (unsigned i = 0; i < b->threads; i++) {
+        Fiber& o = tl_fibers.fibers[i];
+        if (o.state == State::AtBarrier) o.state = State::Ready;
+    }
+}
+
 extern "C" void emu_fiber_main(Fiber* f) {
     BlockRun* b = f->block;
     b->kernel->call(b->kernel->fn, b->args);
     f->state = State::Exited;
     b->live--;
-    if (b->arrived > 0 && b->arrived == b->live) {
-        // The exited thread was the last one the barrier waited for.
-        b->arrived = 0;
-        for (unsigned i = 0; i < b->threads; i++) {
-            Fiber& o = tl_fibers.fibers[i];
-            if (o.state == State::AtBarrier) o.state = State::Ready;
-        }
-    }
+    // The exited thread may have been the last one the barrier waited for.
+    if (b->arrived > 0 && b->arrived == b->live) release_barrier(b);
     yield_to_scheduler(f);
     __builtin_unreachable();
 }
@@ -210,11 +212,7 @@ void sync_block() {
     Fiber* f = tl_fiber;
     BlockRun* b = f->block;
     if (++b->arrived == b->live) {
-        b->arrived = 0;
-        for (unsigned i = 0; i < b->threads; i++) {
-            Fiber& o = tl_fibers.fibers[i];
-            if (o.state == State::AtBarrier) o.state = State::Ready;
-        }
+        release_barrier(b);
         return;
     }
     f->state = State::AtBarrier;
@@ -330,7 +328,6 @@ static std::string run_block(const Launch& l, Dim3 idx, uint64_t* shuffle) {
     b.arrived = 0;
     b.warps.resize((threads + 31) / 32);
     for (Warp& w : b.warps) w.arrived = 0;
-    b.error.clear();
     tl_block = BlockInfo{idx, l.block, l.grid};
     thread_local std::vector<unsigned> order;
     order.resize(threads);

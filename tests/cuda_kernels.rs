@@ -30,23 +30,22 @@ fn tuning() -> TuneMode {
     if emulator::emulated() { TuneMode::Heuristic } else { TuneMode::from_env() }
 }
 
-/// The backend on the real or the emulated device; a device that cannot start fails the test.
-fn gpu(precision: Precision) -> Option<CudaBackend> {
+/// The backend on the real or the emulated device, its f16 conv variants chosen as `mode` says; a
+/// device that cannot start fails the test.
+fn gpu_tuned(precision: Precision, mode: TuneMode) -> CudaBackend {
     emulator::select_cuda_device();
-    match CudaBackend::with_tuning(device(), precision, tuning()) {
-        Ok(b) => Some(b),
+    match CudaBackend::with_tuning(device(), precision, mode) {
+        Ok(b) => b,
         Err(e) => panic!("the CUDA backend cannot start ({}): {e}", device_kind()),
     }
 }
 
-fn device_kind() -> &'static str {
-    if emulator::emulated() { "emulated device" } else { "GPU" }
+fn gpu(precision: Precision) -> CudaBackend {
+    gpu_tuned(precision, tuning())
 }
 
-/// A backend whose f16 conv variants are chosen as `mode` says.
-fn gpu_tuned(precision: Precision, mode: TuneMode) -> Option<CudaBackend> {
-    gpu(precision)?;
-    Some(CudaBackend::with_tuning(device(), precision, mode).expect("the backend started above"))
+fn device_kind() -> &'static str {
+    if emulator::emulated() { "emulated device" } else { "GPU" }
 }
 
 fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
@@ -151,7 +150,7 @@ fn relative_error(gpu: &Tensor, cpu: &Tensor) -> f32 {
 }
 
 fn kernels_match_twins(precision: Precision, tol: f32) {
-    let Some(gpu) = gpu(precision) else { return };
+    let gpu = gpu(precision);
     let mut rng = SplitMix64(0x5EED);
     for (name, op, ins) in random_ops(&mut rng) {
         let (op, ins) = if precision == Precision::F16 { as_f16(&op, &ins) } else { (op, ins) };
@@ -189,7 +188,7 @@ fn every_kernel_matches_its_cpu_twin_f16() {
 #[test]
 #[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn f16_stores_round_to_nearest_even() {
-    let Some(gpu) = gpu(Precision::F16) else { return };
+    let gpu = gpu(Precision::F16);
     let mut rng = SplitMix64(0xF16);
     // Channel scales that land products among normals, subnormals (below 6.1e-5) and past 65504.
     // x * 3 is exact in f32 with 13 significant bits, so a quarter of it lies halfway between two
@@ -221,7 +220,7 @@ fn f16_stores_round_to_nearest_even() {
 #[test]
 #[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn f16_conv_variants_agree_bit_for_bit() {
-    let Some(gpu) = gpu(Precision::F16) else { return };
+    let gpu = gpu(Precision::F16);
     let mut rng = SplitMix64(0xC0DE);
     let shapes = [
         (16, 12, 3),
@@ -283,16 +282,15 @@ fn f16_conv_variants_agree_bit_for_bit() {
 #[test]
 #[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn autotuned_models_equal_the_heuristic_bit_for_bit() {
-    // Built before the GPU check, so that a machine without one still checks the configs.
     let models = [
         ("fcdensenet growth 12", random_model(densenet(3, 2, 16, 12, &[2, 3], 2), 21)),
         ("fcdensenet growth 16", random_model(densenet(1, 3, 24, 16, &[3, 2], 3), 22)),
         ("unet", random_model(unet(1, 2, 16, 2, true, "transpose"), 23)),
     ];
-    let Some(base) = gpu_tuned(Precision::F16, TuneMode::Heuristic) else { return };
+    let base = gpu_tuned(Precision::F16, TuneMode::Heuristic);
     let mut modes = vec![TuneMode::Measure { disk: false }];
     modes.extend(conv_variants::F16_VARIANTS.iter().map(|v| TuneMode::Fixed(v.tag)));
-    let tuned: Vec<CudaBackend> = modes.iter().map(|&m| gpu_tuned(Precision::F16, m).unwrap()).collect();
+    let tuned: Vec<CudaBackend> = modes.iter().map(|&m| gpu_tuned(Precision::F16, m)).collect();
     for (name, model) in &models {
         let a = model.align();
         for (hu, wu) in [(2, 3), (4, 4)] {
@@ -314,7 +312,7 @@ fn autotuned_models_equal_the_heuristic_bit_for_bit() {
 #[test]
 #[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn f32_arithmetic_kernels_equal_the_cpu_bit_for_bit() {
-    let Some(gpu) = gpu(Precision::F32) else { return };
+    let gpu = gpu(Precision::F32);
     let mut rng = SplitMix64(0xB17);
     for (name, op, ins) in random_ops(&mut rng) {
         if matches!(op, Op::Softmax) {
@@ -350,7 +348,7 @@ fn case_count(on_gpu: usize, emulated: usize) -> usize {
 }
 
 fn tiled_equals_whole_on_gpu(family: &str, precision: Precision, cases: usize, seed: u64) {
-    let Some(gpu) = gpu(precision) else { return };
+    let gpu = gpu(precision);
     let mut rng = SplitMix64(seed);
     for case in 0..cases {
         let model = family_model(family, &mut rng);
@@ -410,7 +408,7 @@ fn fcdensenet_tiled_equals_whole_on_gpu_f16() {
 #[test]
 #[cfg_attr(no_cuda_device, ignore = "no GPU, and no emulated one: needs NVRTC and a C++ compiler (build.rs)")]
 fn switching_models_reuploads_weights() {
-    let Some(gpu) = gpu(Precision::F32) else { return };
+    let gpu = gpu(Precision::F32);
     let a = random_model(unet(1, 2, 4, 2, true, "transpose"), 1);
     let b = random_model(unet(1, 2, 4, 2, true, "transpose"), 2);
     let img = random_image(&mut SplitMix64(3), 1, 40, 40);
@@ -443,12 +441,9 @@ fn memory_models() -> Vec<(String, Model)> {
 fn device_allocation_equals_the_plan(precision: Precision) {
     use seamless::cuda::DeviceBytes;
     use seamless::planner::{MemoryModel, tile_plan};
-    if gpu(precision).is_none() {
-        return;
-    }
     for (name, model) in memory_models() {
         // A fresh backend per model: its buffers hold nothing from another model.
-        let gpu = gpu(precision).expect("available above");
+        let gpu = gpu(precision);
         let a = model.align();
         let (free0, _) = gpu.mem_get_info().unwrap();
         let mut largest = DeviceBytes::default();
@@ -498,7 +493,7 @@ fn device_allocation_equals_the_plan_f16() {
 /// gives each window exactly what a lone run gives, in order, across window sizes that grow the
 /// arena mid-stream and shrink again.
 fn pipelined_equals_one_by_one(precision: Precision) {
-    let Some(gpu) = gpu(precision) else { return };
+    let gpu = gpu(precision);
     for (name, model) in memory_models().into_iter().take(4) {
         let a = model.align();
         let sizes = [(1, 1), (2, 2), (1, 3), (3, 2), (1, 1), (2, 1)];

@@ -67,6 +67,11 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// The files below `dir` whose path contains `part`.
+fn files_containing(dir: &Path, part: &str) -> Vec<PathBuf> {
+    snapshot(dir).into_iter().map(|(p, _)| p).filter(|p| p.to_string_lossy().contains(part)).collect()
+}
+
 /// A hash of every file below `p` (or of the file `p`) with its name.
 fn digest(p: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -181,8 +186,7 @@ fn a_finished_zarr_store_keeps_no_journal() {
     let out = f.path("out.zarr");
     let o = f.infer(&out, &["--tile", "8"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let journals: Vec<PathBuf> =
-        snapshot(&out).into_iter().map(|(p, _)| p).filter(|p| p.to_string_lossy().contains("journal")).collect();
+    let journals = files_containing(&out, "journal");
     assert!(journals.is_empty(), "{journals:?}");
 }
 
@@ -419,8 +423,7 @@ fn shards_of_one_output_must_agree() {
     let o = shard("1/2", "64");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.is_dir() && !partial.exists());
-    let leftovers: Vec<PathBuf> =
-        snapshot(&out).into_iter().map(|(p, _)| p).filter(|p| p.to_string_lossy().contains("seamless-")).collect();
+    let leftovers = files_containing(&out, "seamless-");
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

@@ -622,8 +622,8 @@ pub fn run(
                     let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.done")));
                     let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.journal")));
                 }
-                let _ = std::fs::remove_file(partial.join("seamless-run.json"));
                 check_destination(out, zarr, opts.existing, &[])?;
+                let _ = std::fs::remove_file(partial.join("seamless-run.json"));
                 match move_into_place(&partial, out) {
                     Ok(()) => true,
                     // Another shard finished at the same moment and moved it already.
