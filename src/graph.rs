@@ -360,6 +360,7 @@ impl Graph {
     /// inputs do not fit (odd sizes into a pooling, concatenation of different sizes).
     pub fn shapes(&self, h: usize, w: usize) -> Result<Vec<Shape>> {
         let mut shapes: Vec<Shape> = Vec::with_capacity(self.nodes.len());
+        let mut total = 0usize;
         for node in &self.nodes {
             let ins: Vec<Shape> = node.inputs.iter().map(|&i| shapes[i]).collect();
             let bad = |msg: String| Error::Shape(format!("node '{}' ({}): {msg}", node.name, node.op.kind()));
@@ -404,11 +405,25 @@ impl Graph {
                 Op::Argmax => Shape { c: 1, ..ins[0] },
                 _ => ins[0],
             };
+            // Checked: every size the planner and executors derive from shapes (sums of node
+            // sizes, offsets, bytes) then fits in 64 bits with room to spare.
+            let elems = s.c.checked_mul(s.h).and_then(|n| n.checked_mul(s.w));
+            total =
+                elems.and_then(|n| total.checked_add(n)).filter(|&t| t <= MAX_ACTIVATION_ELEMS).ok_or_else(|| {
+                    Error::Shape(format!(
+                        "a {h}x{w} input needs more than 2^{} activation values: no machine holds that; use a smaller \
+                     tile",
+                        MAX_ACTIVATION_ELEMS.ilog2()
+                    ))
+                })?;
             shapes.push(s);
         }
         Ok(shapes)
     }
 }
+
+/// All activations of one forward pass together, in values (2^52 f32 values are 16 PiB).
+pub const MAX_ACTIVATION_ELEMS: usize = 1 << 52;
 
 impl Graph {
     /// Multiply-adds x2 of the convolutions per input pixel (the usual FLOP count), measured on an

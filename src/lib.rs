@@ -14,6 +14,7 @@ pub mod graph;
 pub mod image_io;
 pub mod model;
 pub mod normalize;
+pub mod out_of_memory;
 pub mod output;
 pub mod pipeline;
 pub mod planner;

@@ -2,6 +2,10 @@
 
 mod cli;
 
+#[global_allocator]
+static ALLOCATOR: seamless::out_of_memory::NotingAllocator = seamless::out_of_memory::NotingAllocator;
+
 fn main() {
+    seamless::out_of_memory::install_abort_handler();
     std::process::exit(cli::main());
 }

@@ -129,15 +129,15 @@ pub fn statistics_with(spec: &NormSpec, channels: usize, sweep: &mut Sweep) -> R
     }
 }
 
-/// Statistics of an image held in memory (bands of 256 rows, as the streamed path reads).
+/// Statistics of an image held in memory (the blocks of [`blocks`], as the streamed path reads).
 pub fn statistics(img: &Tensor, mode: Normalize) -> Vec<(f64, f64)> {
     statistics_spec(img, &NormSpec::new(mode)).expect("in-memory statistics cannot fail")
 }
 
 pub fn statistics_spec(img: &Tensor, spec: &NormSpec) -> Result<Vec<(f64, f64)>> {
     statistics_with(spec, img.c, &mut |f| {
-        for y0 in (0..img.h).step_by(BAND) {
-            f(&img.window(y0, 0, BAND.min(img.h - y0), img.w));
+        for (y0, x0, rows, cols) in blocks(img.h, img.w) {
+            f(&img.window(y0, x0, rows, cols));
         }
         Ok(())
     })
@@ -145,6 +145,18 @@ pub fn statistics_spec(img: &Tensor, spec: &NormSpec) -> Result<Vec<(f64, f64)>>
 
 /// Rows per band when sweeping an image for statistics.
 pub const BAND: usize = 256;
+/// Columns per block of a band: a statistics pass holds one block, whatever the image's width
+/// (a band across a 150000-pixel RGB slide would be 460 MB).
+pub const BLOCK_COLUMNS: usize = 4096;
+
+/// The blocks `(y0, x0, rows, cols)` a statistics pass reads, in order: bands of [`BAND`] rows top
+/// to bottom, each in blocks of [`BLOCK_COLUMNS`] left to right. The order fixes how the sums
+/// round, so every path over one image (streamed or in memory) must sweep it in this order.
+pub fn blocks(h: usize, w: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..h).step_by(BAND).flat_map(move |y0| {
+        (0..w).step_by(BLOCK_COLUMNS).map(move |x0| (y0, x0, BAND.min(h - y0), BLOCK_COLUMNS.min(w - x0)))
+    })
+}
 
 pub fn apply(img: &mut Tensor, stats: &[(f64, f64)]) {
     let hw = img.h * img.w;

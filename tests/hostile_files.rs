@@ -181,3 +181,130 @@ proptest! {
         open_and_read(&dir.path().join("o.zarr"));
     }
 }
+
+/// A source that fails on its `fail_at`-th read: a run interrupted part-way, in-process.
+struct FailingSource {
+    inner: Box<dyn slide::Source>,
+    reads: usize,
+    fail_at: usize,
+}
+
+impl slide::Source for FailingSource {
+    fn shape(&self) -> (usize, usize, usize) {
+        self.inner.shape()
+    }
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> seamless::Result<seamless::Tensor> {
+        self.reads += 1;
+        if self.reads == self.fail_at {
+            return Err(seamless::Error::Usage("interrupted".into()));
+        }
+        self.inner.read(y0, x0, h, w)
+    }
+    fn sample_type(&self) -> &'static str {
+        self.inner.sample_type()
+    }
+}
+
+/// An interrupted run's partial TIFF output and journal, the finished output of the same run
+/// uninterrupted, and what it takes to resume.
+struct Interrupted {
+    dir: tempfile::TempDir,
+    model: seamless::Model,
+    opts: slide::stream::StreamOptions,
+    journal: Vec<u8>,
+    partial: Vec<u8>,
+    reference: seamless::Tensor,
+}
+
+const INPUT: &str = "synth:48x40:3";
+
+fn interrupted() -> Interrupted {
+    use seamless::normalize::{NormSpec, Normalize};
+    use seamless::slide::stream::{self, OutputKind, StreamOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_model(unet(1, 2, 4, 1, true, "transpose"), 2);
+    let opts = StreamOptions {
+        tile: (16, 16),
+        halo: model.exact_halo(),
+        whole: false,
+        pad: seamless::pipeline::PadMode::Zero,
+        norm: NormSpec::new(Normalize::Zscore),
+        kind: OutputKind::Labels,
+        probs_f16: false,
+        format: slide::Format::Tiff,
+        resume: true,
+        shard: None,
+        abort_after: None,
+        existing: stream::Existing::Replace,
+        input_id: INPUT.into(),
+        recheck_input: None,
+    };
+    let backend = seamless::backend::CpuBackend::default();
+    let run = |src: Box<dyn slide::Source>, out: &Path| {
+        stream::run(src, &model, &backend, out, &opts, &mut |_| {}, &mut |_| {})
+    };
+    let reference = dir.path().join("reference.tif");
+    run(slide::open_source(INPUT, None).unwrap(), &reference).unwrap();
+    let reference = read_all(&reference);
+    // Two statistics reads (z-score: two passes over one block), then tiles: fail on the sixth.
+    let out = dir.path().join("out.tif");
+    let failing = FailingSource { inner: slide::open_source(INPUT, None).unwrap(), reads: 0, fail_at: 6 };
+    assert!(run(Box::new(failing), &out).is_err());
+    let journal = std::fs::read(dir.path().join("out.tif.partial.journal")).unwrap();
+    let partial = std::fs::read(dir.path().join("out.tif.partial")).unwrap();
+    assert!(journal.iter().filter(|&&b| b == b'\n').count() >= 3, "header and at least two tiles");
+    Interrupted { dir, model, opts, journal, partial, reference }
+}
+
+fn read_all(p: &Path) -> seamless::Tensor {
+    let mut src = slide::open_source(p.to_str().unwrap(), None).unwrap();
+    let (h, w, _) = src.shape();
+    src.read(0, 0, h, w).unwrap()
+}
+
+proptest! {
+    #![proptest_config(config(150))]
+
+    /// A journal damaged on disk or edited at random: resuming from it either refuses (exit 5,
+    /// "rerun without --resume") or gives exactly the uninterrupted run's output. Never a panic,
+    /// and never a tile taken as finished that was not.
+    #[test]
+    fn a_damaged_journal_resumes_to_the_right_output_or_is_refused(
+        e in edits(),
+        whole_file in proptest::bool::weighted(0.2),
+        digits in proptest::collection::vec((any::<usize>(), 0u8..10), 0..3),
+    ) {
+        let run = interrupted_once();
+        let out = run.dir.path().join("resumed.tif");
+        std::fs::write(run.dir.path().join("resumed.tif.partial"), &run.partial).unwrap();
+        // Bytes of the whole file (mostly the header line) or of the tile lines only, then digits
+        // of the tile lines: another tile index or TIFF offset that still parses.
+        let header_end = run.journal.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let mut journal = if whole_file {
+            apply(&run.journal, &e)
+        } else {
+            [&run.journal[..header_end], &apply(&run.journal[header_end..], &e)].concat()
+        };
+        let header_end = journal.iter().position(|&b| b == b'\n').map_or(journal.len(), |i| i + 1);
+        let in_tiles: Vec<usize> = (header_end..journal.len()).filter(|&i| journal[i].is_ascii_digit()).collect();
+        for (at, d) in digits {
+            if !in_tiles.is_empty() {
+                journal[in_tiles[at % in_tiles.len()]] = b'0' + d;
+            }
+        }
+        std::fs::write(run.dir.path().join("resumed.tif.partial.journal"), journal).unwrap();
+        let _ = std::fs::remove_file(&out);
+        let backend = seamless::backend::CpuBackend::default();
+        let src = slide::open_source(INPUT, None).unwrap();
+        match slide::stream::run(src, &run.model, &backend, &out, &run.opts, &mut |_| {}, &mut |_| {}) {
+            Ok(_) => prop_assert!(read_all(&out) == run.reference, "resumed to another output"),
+            Err(err) => prop_assert_eq!(err.exit_code(), 5, "{}", err),
+        }
+    }
+}
+
+/// One interrupted run for all cases (the model and the reference are the same every time).
+fn interrupted_once() -> &'static Interrupted {
+    static RUN: std::sync::OnceLock<Interrupted> = std::sync::OnceLock::new();
+    RUN.get_or_init(interrupted)
+}

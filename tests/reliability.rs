@@ -278,8 +278,53 @@ fn whole_is_whole_or_fails() {
     assert!(o.status.success(), "--memory-budget 2e9: {}", stderr(&o));
 }
 
-/// Shards past the last tile would never complete the output; an edited journal naming a tile the
-/// run does not have is refused (it panicked).
+/// Under `ulimit -v` a run never dies of SIGABRT (exit 134, a backtrace): the default budget stays
+/// inside the limit (`--whole` then fails as planned), a budget past it is refused at once, and an
+/// allocation that fails anyway ends the run with exit 6 and a message. No partial output is left
+/// by a run that failed before its first tile, when it could clean up.
+#[test]
+fn whole_under_an_address_space_limit_fails_cleanly() {
+    let f = Fixture::new();
+    let out = f.path("whole.npy");
+    let mut ways = std::collections::BTreeSet::new();
+    for limit_kib in [100_000, 150_000, 200_000, 300_000] {
+        for budget in ["", "60MiB", "140MiB", "1TiB"] {
+            let budget_arg = if budget.is_empty() { String::new() } else { format!("--memory-budget {budget}") };
+            let script = format!(
+                "ulimit -v {limit_kib}; exec '{}' infer --model '{}' --input synth:3000x3000 --output '{}' --whole \
+                 --backend cpu -q {budget_arg}",
+                env!("CARGO_BIN_EXE_seamless"),
+                s(&f.model),
+                s(&out)
+            );
+            let o = Command::new("sh").arg("-c").arg(&script).env("RUST_BACKTRACE", "0").output().unwrap();
+            let (code, text) = (o.status.code(), stderr(&o));
+            let case = format!("ulimit -v {limit_kib}, budget {budget:?}: exit {code:?}: {text}");
+            assert!(budget != "1TiB" || code == Some(2), "{case}");
+            match code {
+                Some(2) => assert!(text.contains("ulimit -v") && !budget.is_empty(), "{case}"),
+                Some(6) => assert!(text.contains("does not fit") || text.contains("out of memory"), "{case}"),
+                _ => panic!("{case}"),
+            }
+            assert!(!out.exists(), "{case}");
+            let partial = files_containing(f.dir.path(), "whole.npy.partial");
+            if text.contains("out of memory") {
+                // Ended from the abort handler, which cannot clean up; a rerun removes it.
+                partial.iter().for_each(|p| std::fs::remove_file(p).unwrap());
+                ways.insert("allocation failed");
+            } else {
+                assert!(partial.is_empty(), "{case}: a partial output was left: {partial:?}");
+                ways.insert("planned");
+            }
+        }
+    }
+    assert!(ways.contains("planned"), "the default budget never refused the whole image up front");
+}
+
+/// Shards past the last tile would never complete the output. A journal line edited (or damaged
+/// on disk) to name a tile, or a TIFF tile, the run does not have is not taken for a finished tile
+/// (it panicked): every line carries a hash of the run and its content, and a line that does not
+/// match is redone, so the resumed output is the uninterrupted one.
 #[test]
 fn impossible_shards_and_edited_journals_are_refused() {
     let f = Fixture::new();
@@ -287,58 +332,92 @@ fn impossible_shards_and_edited_journals_are_refused() {
     let o = f.infer(&out, &["--shard", "0/1000000000"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
-    let tif = f.path("out.tif");
-    let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
-        .args([
-            "infer",
-            "--model",
-            s(&f.model),
-            "--input",
-            "synth:300x233:4",
-            "--output",
-            s(&tif),
-            "--tile",
-            "64",
-            "-q",
-        ])
-        .env("SEAMLESS_TEST_ABORT_AFTER_TILES", "2")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let journal = f.path("out.tif.partial.journal");
-    let text = std::fs::read_to_string(&journal).unwrap();
-    let lines: Vec<String> = text.lines().map(String::from).collect();
-    assert!(lines.len() >= 2, "{text}");
+    let run = |out: &Path, extra: &[&str], abort_after: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_seamless"));
+        c.args(["infer", "--model", s(&f.model), "--input", "synth:300x233:4", "--output", s(out), "--tile", "64"])
+            .args(["-q"])
+            .args(extra);
+        if let Some(n) = abort_after {
+            c.env("SEAMLESS_TEST_ABORT_AFTER_TILES", n);
+        }
+        c.output().unwrap()
+    };
+    let reference = f.path("reference.tif");
+    assert!(run(&reference, &[], None).status.success());
+    let read = |p: &Path| {
+        let mut src = seamless::slide::open_source(s(p), None).unwrap();
+        let (h, w, _) = src.shape();
+        src.read(0, 0, h, w).unwrap()
+    };
     type Edit = fn(&mut serde_json::Value);
-    let edits: [(&str, Edit); 2] = [
+    let edits: [(&str, Edit); 3] = [
         ("tile index", |e| e["tile"] = serde_json::json!(99999)),
         ("TIFF tile index", |e| e["sink"][0][0] = serde_json::json!(99999)),
+        ("another finished tile", |e| e["tile"] = serde_json::json!(e["tile"].as_u64().unwrap() + 1)),
     ];
     for (what, edit) in edits {
-        let mut edited = lines.clone();
-        let mut last: serde_json::Value = serde_json::from_str(edited.last().unwrap()).unwrap();
+        let tif = f.path("out.tif");
+        let o = run(&tif, &["--overwrite"], Some("2"));
+        assert!(!o.status.success());
+        let journal = f.path("out.tif.partial.journal");
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        assert!(lines.len() >= 3, "{text}");
+        let mut last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
         edit(&mut last);
-        *edited.last_mut().unwrap() = last.to_string();
-        std::fs::write(&journal, edited.join("\n") + "\n").unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
-            .args(["infer", "--model", s(&f.model), "--input", "synth:300x233:4", "--output", s(&tif), "--tile", "64"])
-            .args(["-q", "--resume"])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(5), "{what}: {}", stderr(&o));
-        assert!(stderr(&o).contains("rerun without --resume"), "{what}: {}", stderr(&o));
+        *lines.last_mut().unwrap() = last.to_string();
+        std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+        let o = run(&tif, &["--resume", "--overwrite"], None);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        assert!(read(&tif) == read(&reference), "{what}: the resumed output differs from an uninterrupted run");
     }
 }
 
-/// A halo so large that window sizes would overflow is refused with a message, not wrapped.
+/// Sizes so large that the arithmetic on them would overflow, or whose buffers no machine holds,
+/// are refused with a message before any work, never wrapped or attempted: a halo of 2^64 - 8, an
+/// image (planned, generated or read) past 2^44 pixels or 2^32 per side, a tile whose window is
+/// over the memory budget (its window would have been read whole before the backend refused it).
 #[test]
-fn an_absurd_halo_is_refused() {
+fn absurd_sizes_are_refused_before_any_work() {
     let f = Fixture::new();
     let out = f.path("out.npy");
     let o = f.infer(&out, &["--halo", "18446744073709551608", "--tile", "8"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("at most"), "{}", stderr(&o));
     assert!(!out.exists());
+    let m = s(&f.model);
+    for image in ["18446744073709551615x5", "4294967297x2", "5000000x5000000"] {
+        let o = seamless(&["plan", m, "--image", image]);
+        assert_eq!(o.status.code(), Some(2), "plan {image}: {}", stderr(&o));
+        assert!(stderr(&o).contains("beyond what seamless handles"), "{}", stderr(&o));
+        let input = format!("synth:{image}");
+        let o = seamless(&["infer", "--model", m, "--input", &input, "--output", s(&out), "-q"]);
+        assert_eq!(o.status.code(), Some(2), "{input}: {}", stderr(&o));
+        assert!(!out.exists());
+    }
+    // A 10^6 x 10^6 plan is fine (planning does not grow with the image).
+    assert!(seamless(&["plan", m, "--image", "1000000x1000000"]).status.success());
+    for tile in ["18446744073709551600", "65536"] {
+        let o = seamless(&[
+            "infer",
+            "--model",
+            m,
+            "--input",
+            "synth:4000000x4000000",
+            "--output",
+            s(&out),
+            "--tile",
+            tile,
+            "--normalize",
+            "none",
+            "--memory-budget",
+            "1GiB",
+            "-q",
+        ]);
+        assert_eq!(o.status.code(), Some(6), "--tile {tile}: {}", stderr(&o));
+        assert!(stderr(&o).contains("more than the memory budget"), "{}", stderr(&o));
+        assert!(!out.exists() && files_containing(f.dir.path(), "out.npy").is_empty());
+    }
 }
 
 /// A copy of the safetensors file `src` at `dst` with one weight of tensor `name` changed: the
@@ -429,7 +508,7 @@ fn shards_of_one_output_must_agree() {
 
 /// Tiny files whose headers claim huge images are refused from the header, before anything of
 /// that size is allocated: a TIFF claiming 10^6 x 10^6 pixels, a PNG claiming 100000 x 100000, an
-/// `.npy` whose shape's byte count wraps around.
+/// `.npy` whose shape's byte count wraps around, a Zarr store of metadata only.
 #[test]
 fn headers_claiming_huge_images_are_refused_before_allocating() {
     let f = Fixture::new();
@@ -476,9 +555,30 @@ fn headers_claiming_huge_images_are_refused_before_allocating() {
     let mut b = seamless::slide::npy::header_bytes("|u1", &[1 << 62, 4]);
     b.extend_from_slice(&[0u8; 16]);
     std::fs::write(&npy, &b).unwrap();
-    for (input, want) in
-        [(&tif, "more than any TIFF compression reaches"), (&png, "cannot hold"), (&npy, "larger than any file can be")]
-    {
+    // Zarr: a real 64x64 store (four 32x32 chunks) whose metadata claims 10^6 x 10^6; with its
+    // chunks removed it holds nothing but metadata. Missing chunks are legal (they read as the fill
+    // value), so a store that keeps some is read, with a warning that says how sparse it is.
+    let zarr = f.path("huge.zarr");
+    let spec =
+        seamless::slide::OutSpec { height: 64, width: 64, channels: 1, out: seamless::slide::OutType::U8, chunk: 32 };
+    let band = seamless::Tensor::from_vec(1, 32, 64, vec![5.0; 32 * 64]);
+    seamless::slide::stream::write_bands(&zarr, seamless::slide::Format::Zarr, spec, &mut |_, _| Ok(band.clone()))
+        .unwrap();
+    let meta_path = zarr.join("0/zarr.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["shape"] = serde_json::json!([1, 1_000_000u64, 1_000_000u64]);
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let src = seamless::slide::open_source(s(&zarr), None).unwrap();
+    assert_eq!(src.shape(), (1_000_000, 1_000_000, 1));
+    let w = src.warnings().join(" ");
+    assert!(w.contains("only 4 of its 976562500 chunks are stored"), "{w}");
+    std::fs::remove_dir_all(zarr.join("0/c")).unwrap();
+    for (input, want) in [
+        (&tif, "more than any TIFF compression reaches"),
+        (&png, "cannot hold"),
+        (&npy, "larger than any file can be"),
+        (&zarr, "holds no chunk data"),
+    ] {
         let out = f.path("out.npy");
         let o = seamless(&["infer", "--model", s(&f.model), "--input", s(input), "--output", s(&out), "-q"]);
         assert_eq!(o.status.code(), Some(4), "{}: {}", input.display(), stderr(&o));

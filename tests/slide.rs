@@ -89,13 +89,14 @@ fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions 
         abort_after: None,
         existing: seamless::slide::stream::Existing::Refuse,
         input_id: String::new(),
+        recheck_input: None,
     }
 }
 
 fn run_stream(model: &Model, input: &Path, out: &Path, o: &StreamOptions) {
     let src = slide::open_source(s(input), None).unwrap();
     let backend = seamless::backend::CpuBackend::default();
-    stream::run(src, model, &backend, out, o, &mut |_, _, _| {}, &mut |_| {}).unwrap();
+    stream::run(src, model, &backend, out, o, &mut |_| {}, &mut |_| {}).unwrap();
 }
 
 #[test]
@@ -229,33 +230,36 @@ fn memory_stays_bounded_on_a_20000_by_20000_image() {
     stream::write_bands(&input, Format::Tiff, spec, &mut |_, rows| Ok(zeros.window(0, 0, rows, n))).unwrap();
     let tiny = c.p("tiny.safetensors");
     save_random(&unet(1, 2, 2, 1, false, "transpose"), 1, false, &tiny, "tiny").unwrap();
-    let out = c.p("labels.tif");
-    let o = seamless(
-        &["infer", "--model", s(&tiny), "--input", s(&input), "--output", s(&out), "--memory-budget", "64MiB"],
-        &[],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = stderr(&o);
-    // "peak memory X MiB" from the run's own VmHWM.
-    let peak_mib: f64 = text
-        .split("peak memory ")
-        .nth(1)
-        .and_then(|t| t.split(" MiB").next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no peak memory in: {text}"));
-    eprintln!("20000x20000 run: peak RSS {peak_mib:.1} MiB");
-    // The budget covers the arena, workspace, weights and the windows in flight; what is left is
-    // the process itself (binary, thread stacks, one statistics band of 256 rows, decoder state).
-    assert!(
-        peak_mib < 64.0 + 48.0,
-        "peak RSS {peak_mib} MiB under a 64 MiB budget; the image is 381 MiB as u8, 1526 MiB as f32"
-    );
-    let mut r = slide::open_source(s(&out), None).unwrap();
-    assert_eq!(r.shape(), (n, n, 1));
-    // Away from the image border (where the zero padding shows) a constant image gives constant
-    // labels, across tile seams too.
-    let inner = r.read(n / 2 - 700, n / 2 - 700, 1400, 1400).unwrap();
-    assert!(inner.data.iter().all(|&v| v == inner.data[0]), "a constant image gives constant labels");
+    // Both a tiled BigTIFF and an OME-Zarr output (which once peaked at almost twice its budget).
+    for name in ["labels.tif", "labels.zarr"] {
+        let out = c.p(name);
+        let o = seamless(
+            &["infer", "--model", s(&tiny), "--input", s(&input), "--output", s(&out), "--memory-budget", "64MiB"],
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stderr(&o);
+        // "peak memory X MiB" from the run's own VmHWM.
+        let peak_mib: f64 = text
+            .split("peak memory ")
+            .nth(1)
+            .and_then(|t| t.split(" MiB").next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no peak memory in: {text}"));
+        eprintln!("20000x20000 run to {name}: peak RSS {peak_mib:.1} MiB");
+        // The budget covers the arena, workspace, weights and the windows in flight; what is left is
+        // the process itself (binary, thread stacks, one statistics band of 256 rows, decoder state).
+        assert!(
+            peak_mib < 64.0 + 48.0,
+            "{name}: peak RSS {peak_mib} MiB under a 64 MiB budget; the image is 381 MiB as u8, 1526 MiB as f32"
+        );
+        let mut r = slide::open_source(s(&out), None).unwrap();
+        assert_eq!(r.shape(), (n, n, 1));
+        // Away from the image border (where the zero padding shows) a constant image gives constant
+        // labels, across tile seams too.
+        let inner = r.read(n / 2 - 700, n / 2 - 700, 1400, 1400).unwrap();
+        assert!(inner.data.iter().all(|&v| v == inner.data[0]), "a constant image gives constant labels");
+    }
 }
 
 #[test]
@@ -393,4 +397,152 @@ fn signed_and_double_tiffs_read_back() {
         write_striped_tiff(&path, &img, kind, tiff::encoder::Compression::Deflate(Default::default()));
         assert_eq!(read_all(&path), img, "{kind}");
     }
+}
+
+/// An `.npy` input cut short while it is being read gives an error naming the row (it was
+/// memory-mapped, and the process died of SIGBUS).
+#[test]
+fn an_npy_truncated_during_the_run_gives_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.npy");
+    let img = image(1, 64, 48, 4, 1000.0);
+    write_with_sink(&path, Format::Npy, &img, OutType::F32);
+    let mut src = slide::open_source(s(&path), None).unwrap();
+    assert_eq!(src.read(0, 0, 64, 48).unwrap(), img);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    let e = src.read(32, 0, 32, 48).expect_err("rows past the new end cannot be read").to_string();
+    assert!(e.contains("truncated") && e.contains("row 3"), "{e}");
+    // A window beyond the image is refused, not read past its rows.
+    assert!(src.read(60, 0, 8, 48).is_err());
+}
+
+/// An input rewritten while the run reads it would give tiles of two images: the run fails and
+/// leaves its unfinished output under `.partial`, nothing under the output's name.
+#[test]
+fn an_input_changed_during_the_run_is_not_taken_for_one_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.npy");
+    let img = image(1, 96, 80, 5, 1000.0);
+    write_with_sink(&input, Format::Npy, &img, OutType::F32);
+    let model = random_model(unet(1, 2, 4, 1, false, "transpose"), 3);
+    let out = dir.path().join("out.npy");
+    let mut o = opts(Format::Npy, 32, model.exact_halo(), false);
+    o.input_id = slide::input_identity(s(&input)).unwrap();
+    o.recheck_input = Some(s(&input).to_string());
+    let backend = seamless::backend::CpuBackend::default();
+    let mut rewritten = false;
+    let src = slide::open_source(s(&input), None).unwrap();
+    let e = stream::run(
+        src,
+        &model,
+        &backend,
+        &out,
+        &o,
+        &mut |p| {
+            if matches!(p, stream::Progress::Tiles { .. }) && !rewritten {
+                write_with_sink(&input, Format::Npy, &image(1, 96, 80, 6, 1000.0), OutType::F32);
+                rewritten = true;
+            }
+        },
+        &mut |_| {},
+    )
+    .expect_err("the input changed");
+    assert!(rewritten);
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("changed while it was being read"), "{e}");
+    assert!(!out.exists(), "an output of two images was moved into place");
+    // Unchanged, the same run completes.
+    let mut o2 = o.clone();
+    o2.input_id = slide::input_identity(s(&input)).unwrap();
+    run_stream(&model, &input, &out, &o2);
+    assert!(out.exists());
+}
+
+/// The statistics pass reads an image in blocks of at most 256 x 4096 pixels, whatever its width,
+/// and its sums round exactly as the in-memory statistics' (the same blocks in the same order).
+#[test]
+fn statistics_of_a_wide_image_stream_in_blocks_and_match_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("wide.npy");
+    let img = image(1, 300, 9001, 8, 60000.0);
+    write_with_sink(&input, Format::Npy, &img, OutType::U16);
+    let model = random_model(unet(1, 2, 2, 1, false, "transpose"), 4);
+    let backend = seamless::backend::CpuBackend::default();
+    for mode in [Normalize::Zscore, Normalize::Percentile] {
+        let mut o = opts(Format::Npy, 512, model.exact_halo(), false);
+        o.norm = NormSpec::new(mode);
+        let out = dir.path().join(format!("{mode:?}.npy"));
+        let widest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let probe = ReadProbe { inner: slide::open_source(s(&input), None).unwrap(), widest: widest.clone() };
+        let summary = stream::run(Box::new(probe), &model, &backend, &out, &o, &mut |_| {}, &mut |_| {}).unwrap();
+        let want = normalize::statistics_spec(&img, &o.norm).unwrap();
+        let bits = |v: &[(f64, f64)]| v.iter().map(|(a, b)| (a.to_bits(), b.to_bits())).collect::<Vec<_>>();
+        assert_eq!(bits(&summary.normalization), bits(&want), "{mode:?}");
+        let widest = widest.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(widest <= 4096, "a read {widest} pixels wide");
+    }
+}
+
+/// A source that records its widest read (tile windows here are at most 512 + 2 halos wide).
+struct ReadProbe {
+    inner: Box<dyn slide::Source>,
+    widest: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl slide::Source for ReadProbe {
+    fn shape(&self) -> (usize, usize, usize) {
+        self.inner.shape()
+    }
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> seamless::Result<Tensor> {
+        self.widest.fetch_max(w, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read(y0, x0, h, w)
+    }
+    fn sample_type(&self) -> &'static str {
+        self.inner.sample_type()
+    }
+}
+
+/// A 16-bit float TIFF (written by hand: the `tiff` crate's encoder has no f16) reads as the
+/// values it holds.
+#[test]
+fn half_float_tiffs_read_back() {
+    let (w, h) = (7u16, 5u16);
+    let values: Vec<f32> = (0..w as usize * h as usize).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let data: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    let entries: [(u16, u16, u32); 10] = [
+        (256, 3, w as u32),          // ImageWidth, SHORT
+        (257, 3, h as u32),          // ImageLength
+        (258, 3, 16),                // BitsPerSample
+        (259, 3, 1),                 // Compression: none
+        (262, 3, 1),                 // Photometric: black is zero
+        (273, 4, 0),                 // StripOffsets, LONG: filled in below
+        (277, 3, 1),                 // SamplesPerPixel
+        (278, 3, h as u32),          // RowsPerStrip
+        (279, 4, data.len() as u32), // StripByteCounts
+        (339, 3, 3),                 // SampleFormat: IEEE float
+    ];
+    let data_at = 8 + 2 + 12 * entries.len() as u32 + 4;
+    let mut b = b"II*\0".to_vec();
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, kind, value) in entries {
+        let value = if tag == 273 { data_at } else { value };
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&kind.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        match kind {
+            3 => b.extend_from_slice(&[(value as u16).to_le_bytes().as_slice(), &[0, 0]].concat()),
+            _ => b.extend_from_slice(&value.to_le_bytes()),
+        }
+    }
+    b.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(b.len() as u32, data_at);
+    b.extend_from_slice(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.tif");
+    std::fs::write(&path, &b).unwrap();
+    let got = read_all(&path);
+    assert_eq!((got.c, got.h, got.w), (1, h as usize, w as usize));
+    assert_eq!(got.data, values);
 }

@@ -9,7 +9,7 @@ use seamless::error::{Error, Result};
 use seamless::normalize::{NormSpec, Normalize};
 use seamless::output::{Existing, check_destination};
 use seamless::pipeline::{self, PadMode};
-use seamless::planner::tile_plan::{available_host_memory, parse_bytes};
+use seamless::planner::tile_plan::{address_space_headroom, available_host_memory, parse_bytes};
 use seamless::planner::{Precision, TilePlanner};
 use seamless::slide::stream::{self, StreamOptions};
 use seamless::slide::{self, Format};
@@ -123,9 +123,20 @@ pub enum OutputKind {
 const CPU_DEFAULT_CAP: usize = 4 << 30;
 
 /// The CPU memory budget: `--memory-budget`, or half the memory available now, at most 4 GiB.
+/// A budget past what `ulimit -v` leaves the process is refused: the run would abort part-way.
 pub fn memory_budget(arg: Option<&str>) -> Result<usize> {
     if let Some(s) = arg {
-        return parse_bytes(s);
+        let budget = parse_bytes(s)?;
+        if let Some(room) = address_space_headroom()
+            && budget > room
+        {
+            return Err(Error::Usage(format!(
+                "--memory-budget {s}: the process's resource limit (ulimit -v or -d) leaves it only {}; \
+                 give at most that, or raise the limit",
+                human(room)
+            )));
+        }
+        return Ok(budget);
     }
     let avail = available_host_memory()
         .ok_or_else(|| Error::Usage("cannot read the available memory; give --memory-budget".into()))?;
@@ -164,6 +175,36 @@ pub fn auto_tile(
         );
     }
     Ok((choice.tile_h, choice.tile_w))
+}
+
+/// A tile given on the command line must fit the budget: its window would otherwise be read whole
+/// before the backend could refuse it, and a tile as large as the image is a window as large.
+fn explicit_tile_fits(
+    backend: &dyn Compute,
+    model: &Model,
+    (h, w): (usize, usize),
+    tile: (usize, usize),
+    halo: usize,
+    budget: usize,
+) -> Result<()> {
+    let (precision, mem) = backend.memory_model();
+    let planner = TilePlanner::new(model, h, w, precision, mem)?;
+    let a = model.align();
+    let grid = TileGrid::new(round_up(h, a), round_up(w, a), tile.0, tile.1, halo, a)?;
+    for (wh, ww) in grid.window_shapes() {
+        let need = planner.window_peak(wh, ww)?.total();
+        if need > budget {
+            return Err(Error::Backend(format!(
+                "--tile {}x{}: a {ww}x{wh} window needs {}, more than the memory budget of {}; give a smaller \
+                 --tile, --tile auto (the largest that fits), or a larger --memory-budget",
+                tile.1,
+                tile.0,
+                human(need),
+                human(budget)
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_tile(
@@ -288,6 +329,22 @@ pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
     pb
 }
 
+/// Rows read by a statistics pass over the whole image (which comes before the first tile).
+fn statistics_bar(rows: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(rows as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] statistics, pass {msg}: {pos}/{len} rows  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
 /// The probabilities for `img` (already normalised), tiled or whole, with progress. Windows the
 /// backend refuses for lack of memory are retried as smaller tiles, with a warning.
 #[allow(clippy::too_many_arguments)]
@@ -351,6 +408,11 @@ pub fn run(a: InferArgs) -> Result<()> {
     let src = slide::open_source(&a.input, a.input_format)?;
     // After open_source, which refuses what cannot be read safely (a FIFO would block here).
     let input_id = slide::input_identity(&a.input)?;
+    if !a.quiet {
+        for w in src.warnings() {
+            eprintln!("warning: {w}");
+        }
+    }
     let (ih, iw, ic) = src.shape();
     if ic != model.in_channels() {
         return Err(Error::Input {
@@ -369,6 +431,9 @@ pub fn run(a: InferArgs) -> Result<()> {
         parse_tile(&a.tile, backend.as_ref(), &model, (ih, iw), budget, multiple, a.quiet)?
     };
     let halo = parse_halo(&a.halo, &model)?;
+    if !a.whole && a.tile != "auto" {
+        explicit_tile_fits(backend.as_ref(), &model, (ih, iw), tile, halo, budget)?;
+    }
     if !a.whole && halo < model.exact_halo() && !a.quiet {
         eprintln!(
             "warning: halo {halo} is below the exact halo {}; the output will differ from the whole-image run",
@@ -397,8 +462,10 @@ pub fn run(a: InferArgs) -> Result<()> {
         abort_after: std::env::var("SEAMLESS_TEST_ABORT_AFTER_TILES").ok().and_then(|v| v.parse().ok()),
         existing,
         input_id,
+        recheck_input: Some(a.input.clone()),
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
+    let mut stats_bar: Option<indicatif::ProgressBar> = None;
     let t0 = Instant::now();
     let summary = stream::run(
         src,
@@ -406,11 +473,21 @@ pub fn run(a: InferArgs) -> Result<()> {
         backend.as_ref(),
         &a.output,
         &opts,
-        &mut |done, total, mpx| {
-            let bar = pb.get_or_insert_with(|| progress_bar(total, a.quiet));
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(format!("{:.2} Mpx/s", mpx / t0.elapsed().as_secs_f64().max(1e-9)));
+        &mut |p| match p {
+            stream::Progress::Statistics { pass, rows_done, rows } => {
+                let bar = stats_bar.get_or_insert_with(|| statistics_bar(rows, a.quiet));
+                bar.set_message(pass.to_string());
+                bar.set_position(rows_done as u64);
+            }
+            stream::Progress::Tiles { done, total, megapixels } => {
+                if let Some(bar) = stats_bar.take() {
+                    bar.finish_and_clear();
+                }
+                let bar = pb.get_or_insert_with(|| progress_bar(total, a.quiet));
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(format!("{:.2} Mpx/s", megapixels / t0.elapsed().as_secs_f64().max(1e-9)));
+            }
         },
         &mut |note| {
             if !a.quiet {
@@ -418,7 +495,7 @@ pub fn run(a: InferArgs) -> Result<()> {
             }
         },
     )?;
-    if let Some(bar) = pb {
+    for bar in [pb, stats_bar].into_iter().flatten() {
         bar.finish_and_clear();
     }
     if let Some(path) = &a.summary {

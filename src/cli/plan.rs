@@ -44,6 +44,7 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     if w == 0 || h == 0 {
         return Err(bad());
     }
+    seamless::slide::check_image_size(&format!("--image {s}"), h, w)?;
     Ok((w, h))
 }
 

@@ -90,7 +90,10 @@ pub struct Buffers {
 fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
     if buf.len() < elems {
         *buf = Vec::new();
-        buf.try_reserve_exact(elems).map_err(|_| Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 })?;
+        buf.try_reserve_exact(elems).map_err(|_| {
+            crate::out_of_memory::handled();
+            Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 }
+        })?;
         advise_huge_pages(buf.as_mut_ptr(), elems * 4);
         buf.resize(elems, 0.0);
     }

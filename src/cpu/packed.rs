@@ -65,9 +65,10 @@ impl Packed {
         let total = elems(graph);
         if self.data.len() != total {
             self.data = Vec::new();
-            self.data
-                .try_reserve_exact(total)
-                .map_err(|_| Error::OutOfMemory { what: "packed weights".into(), bytes: total * 4 })?;
+            self.data.try_reserve_exact(total).map_err(|_| {
+                crate::out_of_memory::handled();
+                Error::OutOfMemory { what: "packed weights".into(), bytes: total * 4 }
+            })?;
             self.data.resize(total, 0.0);
         }
         self.start.clear();

@@ -93,10 +93,11 @@ impl ArenaPlan {
     /// `h·w / (h0·w0)`. Planning once at A x A and scaling is how tile searches stay fast.
     pub fn scaled_to(&self, graph: &Graph, h: usize, w: usize) -> Result<ArenaPlan> {
         let shapes = graph.shapes(h, w)?;
-        let (num, den) = (h * w, self.h * self.w);
+        // In 128 bits: `shapes` bounds the result, not the product on the way to it.
+        let (num, den) = (h as u128 * w as u128, (self.h * self.w) as u128);
         let scale = |v: usize| {
-            debug_assert!((v * num).is_multiple_of(den), "sizes must scale exactly");
-            v * num / den
+            debug_assert!((v as u128 * num).is_multiple_of(den), "sizes must scale exactly");
+            (v as u128 * num / den) as usize
         };
         let s = |x: Slot| Slot { offset: scale(x.offset), len: scale(x.len) };
         let plan = ArenaPlan {

@@ -316,7 +316,8 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
     Ok((v * mult) as usize)
 }
 
-/// Bytes of memory available to this process now (Linux: MemAvailable, and a cgroup limit if lower).
+/// Bytes of memory available to this process now (Linux: MemAvailable, and a cgroup limit or what
+/// `ulimit -v` / `ulimit -d` leave this process, if lower).
 pub fn available_host_memory() -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: usize =
@@ -330,7 +331,33 @@ pub fn available_host_memory() -> Option<usize> {
     {
         avail = avail.min(limit.saturating_sub(used));
     }
-    Some(avail)
+    Some(avail.min(address_space_headroom().unwrap_or(usize::MAX)))
+}
+
+/// What the process may still map under its resource limits (`ulimit -v`: RLIMIT_AS against
+/// VmSize; `ulimit -d`: RLIMIT_DATA against VmData), or `None` when neither is set. Past it every
+/// allocation fails, and one that cannot fail cleanly aborts the process; so budgets stay inside.
+pub fn address_space_headroom() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok();
+    let used = |key: &str| -> usize {
+        status
+            .as_deref()
+            .and_then(|s| s.lines().find(|l| l.starts_with(key)))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<usize>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    let limit = |resource| {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes only the struct it is given.
+        let ok = unsafe { libc::getrlimit(resource, &mut r) } == 0;
+        (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as usize)
+    };
+    let room = [
+        limit(libc::RLIMIT_AS).map(|l| l.saturating_sub(used("VmSize:"))),
+        limit(libc::RLIMIT_DATA).map(|l| l.saturating_sub(used("VmData:"))),
+    ];
+    room.into_iter().flatten().min()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Whole-slide I/O: image sources that read only the windows a tile needs, and sinks that write
 //! each tile's interior as soon as it is done, so host memory stays bounded whatever the image
 //! size. Formats by extension (overridable): TIFF/BigTIFF, OME-Zarr (v2 and v3), .npy
-//! (memory-mapped), PNG (small images only: decoded whole), and `synth:WxH[:seed]` (generated).
+//! (positioned reads), PNG (small images only: decoded whole), and `synth:WxH[:seed]` (generated).
 
 pub mod npy;
 pub mod stream;
@@ -24,6 +24,10 @@ pub trait Source: Send {
     fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor>;
     /// Sample type name, for messages and summaries.
     fn sample_type(&self) -> &'static str;
+    /// Something about the input the user should know before a long run (a sparse store, say).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Element type of an output.
@@ -157,10 +161,28 @@ pub fn input_identity(spec: &str) -> Result<String> {
     Ok(format!("{} {}", canon.display(), h.finalize().to_hex()))
 }
 
+/// Images larger than this many pixels are refused (2^44: a thousand times the largest whole-slide
+/// scans). Below it every size derived from an image (with at most 2^20 channels or classes, 4
+/// bytes each) fits in 64 bits.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 44;
+
+/// Refuse an image of `h x w` pixels that no run could handle, before anything is sized from it.
+pub fn check_image_size(what: &str, h: usize, w: usize) -> Result<()> {
+    let pixels = (h as u128) * (w as u128);
+    if pixels > MAX_IMAGE_PIXELS as u128 || h > u32::MAX as usize || w > u32::MAX as usize {
+        return Err(Error::Usage(format!(
+            "{what}: a {w}x{h} image is beyond what seamless handles (at most 2^44 pixels, 2^32 per side)"
+        )));
+    }
+    Ok(())
+}
+
 /// Open an image for windowed reading.
 pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>> {
     if let Some(rest) = spec.strip_prefix("synth:") {
-        return Ok(Box::new(synth_source::SynthSource::parse(rest)?));
+        let src = synth_source::SynthSource::parse(rest)?;
+        check_image_size(spec, src.height, src.width)?;
+        return Ok(Box::new(src));
     }
     let path = PathBuf::from(spec);
     let format = format.or_else(|| format_of(&path)).ok_or_else(|| {
@@ -183,6 +205,12 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
     let (h, w, c) = src.shape();
     if h == 0 || w == 0 || c == 0 {
         return Err(input_err(&path, format!("empty image ({h}x{w} with {c} channels)")));
+    }
+    if check_image_size(spec, h, w).is_err() {
+        return Err(input_err(
+            &path,
+            format!("claims {w}x{h} pixels, beyond what seamless handles (at most 2^44 pixels, 2^32 per side)"),
+        ));
     }
     Ok(src)
 }

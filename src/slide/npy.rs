@@ -1,5 +1,7 @@
-//! `.npy` in and out. Input is memory-mapped and read a window at a time; output is a file of its
-//! final size from the start, each tile's rows written in place.
+//! `.npy` in and out. Input is read a window at a time, a row at a time with positioned reads (not
+//! memory-mapped: a file truncated during a run would kill the process with SIGBUS where a read
+//! gives an error); output is a file of its final size from the start, each tile's rows written in
+//! place.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -82,7 +84,8 @@ impl Dt {
 }
 
 pub struct NpySource {
-    map: memmap2::Mmap,
+    file: File,
+    row: Vec<u8>,
     offset: usize,
     dt: Dt,
     h: usize,
@@ -113,10 +116,19 @@ fn field<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
 impl NpySource {
     pub fn open(path: &Path) -> Result<NpySource> {
         let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
-        // SAFETY: read-only map; a file truncated underneath us by another process could fault,
-        // the documented risk of any mmap reader.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| input_err(path, format!("cannot map: {e}")))?;
-        let (dict, offset) = header(&map).ok_or_else(|| input_err(path, "not a readable .npy file (bad header)"))?;
+        let len = file.metadata().map_err(|e| input_err(path, format!("cannot open: {e}")))?.len();
+        // The header: 10 or 12 bytes, then its length (at most 4 GiB by its u32, 64 KiB in practice).
+        let mut head = vec![0u8; 12.min(len as usize)];
+        file.read_exact_at(&mut head, 0).map_err(|e| input_err(path, format!("cannot read: {e}")))?;
+        let declared = match head.get(6) {
+            Some(1) => head.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]]) as u64 + 10),
+            Some(2 | 3) => head.get(8..12).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as u64 + 12),
+            _ => None,
+        };
+        let head_len = declared.filter(|&n| n <= len).unwrap_or(head.len() as u64);
+        head.resize(head_len as usize, 0);
+        file.read_exact_at(&mut head, 0).map_err(|e| input_err(path, format!("cannot read: {e}")))?;
+        let (dict, offset) = header(&head).ok_or_else(|| input_err(path, "not a readable .npy file (bad header)"))?;
         let descr = field(&dict, "descr").and_then(|v| v.get(1..).and_then(|v| v.split('\'').next()));
         let dt = descr.and_then(Dt::parse).ok_or_else(|| {
             input_err(path, format!("unsupported .npy dtype {descr:?} (integer, bool or float, little-endian)"))
@@ -152,13 +164,10 @@ impl NpySource {
             .and_then(|n| n.checked_mul(dt.size()))
             .and_then(|n| n.checked_add(offset))
             .ok_or_else(|| input_err(path, format!("array of shape {shape:?} is larger than any file can be")))?;
-        if map.len() < need {
-            return Err(input_err(
-                path,
-                format!("the .npy file ends early (truncated?): {} of {need} bytes", map.len()),
-            ));
+        if (len as usize) < need {
+            return Err(input_err(path, format!("the .npy file ends early (truncated?): {len} of {need} bytes")));
         }
-        Ok(NpySource { map, offset, dt, h, w, c, path: path.to_path_buf() })
+        Ok(NpySource { file, row: Vec::new(), offset, dt, h, w, c, path: path.to_path_buf() })
     }
 }
 
@@ -170,9 +179,19 @@ impl Source for NpySource {
     fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
         let (c, s) = (self.c, self.dt.size());
         let mut t = Tensor::zeros(c, h, w);
+        if y0 + h > self.h || x0 + w > self.w {
+            return Err(input_err(&self.path, format!("window {h}x{w} at ({y0}, {x0}) is outside the image")));
+        }
+        self.row.resize(w * c * s, 0);
         for y in 0..h {
-            let row = self.offset + ((y0 + y) * self.w + x0) * c * s;
-            let bytes = &self.map[row..row + w * c * s];
+            let at = self.offset + ((y0 + y) * self.w + x0) * c * s;
+            let bytes = &mut self.row;
+            self.file.read_exact_at(bytes, at as u64).map_err(|e| {
+                input_err(
+                    &self.path,
+                    format!("cannot read row {} (was the file truncated during the run?): {e}", y0 + y),
+                )
+            })?;
             for x in 0..w {
                 for ch in 0..c {
                     let v = self.dt.get(&bytes[(x * c + ch) * s..]);

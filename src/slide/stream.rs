@@ -31,6 +31,15 @@ pub enum OutputKind {
     Probs,
 }
 
+/// What a long run reports as it goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Progress {
+    /// A statistics pass (the first is 1) has read `rows_done` of the image's `rows`.
+    Statistics { pass: usize, rows_done: usize, rows: usize },
+    /// `done` of `total` tiles are written (resumed ones included); `megapixels` computed so far.
+    Tiles { done: usize, total: usize, megapixels: f64 },
+}
+
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
     pub tile: (usize, usize),
@@ -53,6 +62,10 @@ pub struct StreamOptions {
     /// What identifies the input (`slide::input_identity`): a resumed run or another shard must
     /// read the same image.
     pub input_id: String,
+    /// The input's spec, when it is a file or store: its identity is taken again when the last
+    /// tile is written, and a run whose input changed meanwhile (its tiles would come from two
+    /// images) fails instead of moving its output into place.
+    pub recheck_input: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -95,6 +108,21 @@ struct JournalHeader {
 struct JournalEntry {
     tile: usize,
     sink: serde_json::Value,
+    /// [`JournalEntry::check`]: a line damaged on disk or edited is not taken for a finished tile.
+    check: String,
+}
+
+impl JournalEntry {
+    fn new(header: &JournalHeader, tile: usize, sink: serde_json::Value) -> JournalEntry {
+        let check = Self::check(header, tile, &sink);
+        JournalEntry { tile, sink, check }
+    }
+
+    /// A BLAKE3 hash of the run's header, the tile and what the sink recorded for it.
+    fn check(header: &JournalHeader, tile: usize, sink: &serde_json::Value) -> String {
+        let text = format!("{}\n{tile}\n{sink}", serde_json::to_string(header).expect("serialisable"));
+        blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
+    }
 }
 
 /// Depth of the queue reader -> compute, and of the queue compute -> writer. One is enough for
@@ -110,7 +138,8 @@ const QUEUE_DEPTH: usize = 1;
 /// The tile planner counts these against a CPU memory budget with the arena.
 pub fn in_flight_bytes(in_c: usize, out_c: usize, h: usize, w: usize) -> usize {
     let (inputs, outputs) = (3 + QUEUE_DEPTH, 3 + QUEUE_DEPTH);
-    (inputs * in_c + outputs * out_c) * h * w * std::mem::size_of::<f32>()
+    // Saturating: a window no machine could hold is then simply over every budget.
+    (inputs * in_c + outputs * out_c).saturating_mul(h).saturating_mul(w).saturating_mul(std::mem::size_of::<f32>())
 }
 
 /// Peak resident memory of this process so far (Linux), in bytes.
@@ -368,7 +397,7 @@ impl Sink for PngSink {
     }
 }
 
-/// Run `model` over `src` into `out`. `progress(done, total, megapixels_done)` after each tile.
+/// Run `model` over `src` into `out`, calling `progress` after each statistics band and each tile.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     mut src: Box<dyn Source>,
@@ -376,7 +405,7 @@ pub fn run(
     backend: &dyn Backend,
     out: &Path,
     opts: &StreamOptions,
-    progress: &mut dyn FnMut(usize, usize, f64),
+    progress: &mut dyn FnMut(Progress),
     note: &mut dyn FnMut(&str),
 ) -> Result<Summary> {
     let t0 = Instant::now();
@@ -424,9 +453,14 @@ pub fn run(
     if !matches!(opts.norm.mode, normalize::Normalize::None | normalize::Normalize::Fixed) {
         note(&format!("normalisation: {:?} statistics over the whole {iw}x{ih} image ...", opts.norm.mode));
     }
+    let mut pass = 0;
     let stats = normalize::statistics_with(&opts.norm, ic, &mut |f| {
-        for y0 in (0..ih).step_by(normalize::BAND) {
-            f(&src.read(y0, 0, normalize::BAND.min(ih - y0), iw)?);
+        pass += 1;
+        for (y0, x0, rows, cols) in normalize::blocks(ih, iw) {
+            f(&src.read(y0, x0, rows, cols)?);
+            if x0 + cols == iw {
+                progress(Progress::Statistics { pass, rows_done: y0 + rows, rows: ih });
+            }
         }
         Ok(())
     })?;
@@ -435,7 +469,7 @@ pub fn run(
     let partial = partial_path(out);
     let jpath = journal_path(out, opts.format, opts.shard);
     let header = JournalHeader {
-        version: 2,
+        version: 3,
         model: format!("{} {}", model.config.config_json(), model.graph.fingerprint()),
         input: opts.input_id.clone(),
         compute: backend.name(),
@@ -523,6 +557,7 @@ pub fn run(
             }
         });
         let jpath_w = &jpath;
+        let header_w = &header;
         let writer = scope.spawn(move || -> Result<(Box<dyn Sink>, usize)> {
             let mut sink = sink;
             let mut n = 0;
@@ -532,7 +567,7 @@ pub fn run(
                     sink.write(t.y0, t.x0, &visible)?;
                 }
                 let delta = sink.sync()?;
-                let line = serde_json::to_string(&JournalEntry { tile: i, sink: delta }).expect("serialisable");
+                let line = serde_json::to_string(&JournalEntry::new(header_w, i, delta)).expect("serialisable");
                 writeln!(journal, "{line}")
                     .and_then(|_| journal.sync_data())
                     .map_err(|e| output_err(jpath_w, format!("journal: {e}")))?;
@@ -578,7 +613,7 @@ pub fn run(
             }
             computed += 1;
             mpx += (t.h.min(ih.saturating_sub(t.y0)) * t.w.min(iw.saturating_sub(t.x0))) as f64 / 1e6;
-            progress(resumed + computed, total, mpx);
+            progress(Progress::Tiles { done: resumed + computed, total, megapixels: mpx });
             true
         };
         backend.run_pipelined(&model.graph, &mut next, &mut done);
@@ -594,7 +629,28 @@ pub fn run(
         debug_assert_eq!(n, computed);
         Ok(sink)
     });
-    let sink = result?;
+    let sink = match result {
+        Ok(sink) => sink,
+        Err(e) => {
+            // Nothing of this output was ever written: an empty partial output helps no resume.
+            if resumed == 0 && computed == 0 && opts.shard.is_none() {
+                remove_any(&partial);
+                remove_any(&jpath);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(spec) = &opts.recheck_input
+        && super::input_identity(spec)? != opts.input_id
+    {
+        return Err(Error::Input {
+            path: PathBuf::from(spec),
+            msg: format!(
+                "changed while it was being read; the output is left unfinished in {} (rerun without --resume)",
+                partial.display()
+            ),
+        });
+    }
     for r in &retries {
         note(r);
     }
@@ -706,8 +762,11 @@ fn read_journal(path: &Path, want: &JournalHeader, tiles: usize) -> Result<(Hash
     }
     let (mut done, mut sink) = (HashSet::new(), Vec::new());
     for line in lines.map_while(|l| l.ok()) {
-        // A torn last line (killed mid-write) is ignored: that tile is simply redone.
-        if let Ok(e) = serde_json::from_str::<JournalEntry>(&line) {
+        // A torn last line (killed mid-write), or one damaged or edited, is ignored: that tile is
+        // simply redone.
+        if let Ok(e) = serde_json::from_str::<JournalEntry>(&line)
+            && e.check == JournalEntry::check(want, e.tile, &e.sink)
+        {
             if e.tile >= tiles {
                 return Err(bad(format!(
                     "the journal lists tile {}, but this run has {tiles} tiles; rerun without --resume",

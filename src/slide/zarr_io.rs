@@ -24,6 +24,28 @@ pub struct ZarrSource {
     c: Option<usize>,
     shape: Vec<u64>,
     sample: &'static str,
+    /// Chunk files present, and chunks in the array's grid (missing ones read as the fill value).
+    chunks: (u64, u64),
+}
+
+/// Chunk (or shard) files below an array's folder: every file but the metadata. Bounded by what
+/// the store really holds, whatever its metadata claims.
+fn stored_chunks(dir: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() && name != "zarr.json" && !name.starts_with(".z") => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
 }
 
 /// Path of the first multiscale dataset and the axis names, from OME-NGFF 0.4 or 0.5 attributes.
@@ -43,8 +65,8 @@ impl ZarrSource {
     pub fn open(path: &Path) -> Result<ZarrSource> {
         let err = |m: String| input_err(path, m);
         let store = Arc::new(Store::new(path).map_err(|e| err(format!("cannot open: {e}")))?);
-        let (array, axes) = match Array::open(store.clone(), "/") {
-            Ok(a) => (a, None),
+        let (array, axes, array_dir) = match Array::open(store.clone(), "/") {
+            Ok(a) => (a, None, path.to_path_buf()),
             Err(_) => {
                 let group = Group::open(store.clone(), "/")
                     .map_err(|e| err(format!("neither a Zarr array nor a readable Zarr group: {e}")))?;
@@ -52,7 +74,7 @@ impl ZarrSource {
                     .ok_or_else(|| err("a Zarr group without OME-NGFF 'multiscales' metadata".into()))?;
                 let a = Array::open(store, &format!("/{}", ds.trim_start_matches('/')))
                     .map_err(|e| err(format!("cannot open dataset '{ds}': {e}")))?;
-                (a, axes)
+                (a, axes, path.join(ds.trim_start_matches('/')))
             }
         };
         let shape = array.shape().to_vec();
@@ -97,7 +119,18 @@ impl ZarrSource {
         } else {
             return Err(err(format!("unsupported Zarr data type {dt} (uint8, uint16, int16, float32, float64)")));
         };
-        Ok(ZarrSource { array, path: path.to_path_buf(), y, x, c, shape, sample })
+        let grid = array.chunk_grid_shape().iter().try_fold(1u64, |n, &k| n.checked_mul(k)).unwrap_or(u64::MAX);
+        let stored = stored_chunks(&array_dir);
+        // A store whose metadata claims an image but holds no chunk at all is all fill value:
+        // nothing to segment, and reading it would take as long as the claimed size.
+        if stored == 0 && shape.iter().all(|&n| n > 0) {
+            return Err(err(format!(
+                "holds no chunk data: every one of its {} pixels would be the fill value (an array written \
+                 only as metadata?)",
+                shape.iter().product::<u64>()
+            )));
+        }
+        Ok(ZarrSource { array, path: path.to_path_buf(), y, x, c, shape, sample, chunks: (stored, grid) })
     }
 }
 
@@ -168,6 +201,17 @@ impl Source for ZarrSource {
 
     fn sample_type(&self) -> &'static str {
         self.sample
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let (stored, grid) = self.chunks;
+        if stored >= grid {
+            return Vec::new();
+        }
+        vec![format!(
+            "{}: only {stored} of its {grid} chunks are stored; the others read as the array's fill value",
+            self.path.display()
+        )]
     }
 }
 
