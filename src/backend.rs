@@ -1,24 +1,39 @@
-//! The backend seam: what the pipeline needs from a compute device. The CPU backend implements it
-//! here; the CUDA backend (src/cuda/) implements the same trait with the same op set.
+//! The backend seam: everything the runner, the planner and the benchmarks need from a compute
+//! device, and the only place that knows one. The CPU (`cpu::CpuBackend`) and CUDA
+//! (`cuda::CudaBackend`) implement it with the same op set; each also describes its memory to the
+//! planner through [`MemoryModel`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::borrow::Cow;
 
-use crate::cpu::Buffers;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::graph::Graph;
-use crate::planner::{ArenaPlan, MemoryModel, Precision};
+use crate::planner::MemoryModel;
 use crate::tensor::Tensor;
+
+/// What one timed run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// The whole network, by the backend's own clock (CUDA: events around the compute on the
+    /// device, without the transfers; CPU: wall time).
+    pub compute_seconds: f64,
+    /// Seconds per node of [`Backend::lowered`]'s graph, when asked for (empty otherwise).
+    pub nodes: Vec<f64>,
+}
 
 pub trait Backend: Sync {
     /// Human-readable name for logs and summaries, e.g. "cpu (2 threads)".
     fn name(&self) -> String;
+    /// How the planner counts this backend's memory, and how it lowers a graph.
+    fn memory(&self) -> &dyn MemoryModel;
+    /// The graph this backend executes for `graph`: per-node timings refer to its nodes.
+    fn lowered<'g>(&self, graph: &'g Graph) -> Cow<'g, Graph> {
+        self.memory().lower(graph)
+    }
     /// Run the whole graph on one input window (CHW, f32) and return the graph's output.
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor>;
-    /// How the tile planner should count this backend's memory.
-    fn memory_model(&self) -> (Precision, MemoryModel) {
-        (Precision::F32, MemoryModel::Cpu)
-    }
+    /// [`Backend::run`], timed; with `per_node`, each node of the lowered graph too (which may
+    /// slow the run: nodes are then synchronised one by one).
+    fn run_timed(&self, graph: &Graph, input: &Tensor, per_node: bool) -> Result<(Tensor, Timings)>;
     /// Run the graph on every window `next` yields until it yields `None`, handing each window
     /// back with its result to `done`, in the order the windows came. `done` returns false to
     /// stop early; it may call [`Backend::run`] (the streaming runner retries a window that ran
@@ -36,51 +51,5 @@ pub trait Backend: Sync {
                 return;
             }
         }
-    }
-}
-
-/// The multi-threaded f32 CPU backend (src/cpu/): the planned executor, with plans cached per
-/// window size and one arena reused across tiles.
-#[derive(Default)]
-pub struct CpuBackend {
-    plans: Mutex<HashMap<(usize, usize), Arc<ArenaPlan>>>,
-    buffers: Mutex<Buffers>,
-    /// Refuse windows whose arena and workspace exceed this many bytes, as a device with that much
-    /// free memory would (`--memory-budget` minus the weights and their packed copy).
-    pub limit_bytes: Option<usize>,
-}
-
-impl CpuBackend {
-    pub fn with_limit(limit_bytes: Option<usize>) -> CpuBackend {
-        CpuBackend { limit_bytes, ..CpuBackend::default() }
-    }
-
-    fn plan(&self, graph: &Graph, h: usize, w: usize) -> Result<Arc<ArenaPlan>> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = plans.get(&(h, w)) {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(ArenaPlan::new(graph, h, w)?);
-        plans.insert((h, w), p.clone());
-        Ok(p)
-    }
-}
-
-impl Backend for CpuBackend {
-    fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
-    }
-
-    fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {
-        let plan = self.plan(graph, input.h, input.w)?;
-        let need = (plan.arena_elems + crate::cpu::workspace_elems(graph, &plan)) * 4;
-        if let Some(limit) = self.limit_bytes
-            && need > limit
-        {
-            return Err(Error::OutOfMemory { what: format!("a {}x{} window", input.h, input.w), bytes: need });
-        }
-        // The buffers grow to the largest window seen and are reused, not reallocated per tile.
-        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        crate::cpu::run_planned(graph, &plan, input, &mut bufs, false)
     }
 }

@@ -1,6 +1,7 @@
-//! Reading images into f32 CHW tensors and writing labels / probabilities, by file extension:
-//! `.npy` (shape `(H, W)` or `(H, W, C)`, C-order, any common integer or float dtype) and `.png`
-//! (grey, grey+alpha, RGB, RGBA; 8 or 16 bit; alpha is dropped).
+//! Whole-file codecs below the windowed I/O of `slide`: PNG decoding into an f32 CHW tensor (grey,
+//! grey+alpha, RGB, RGBA; 8 or 16 bit; alpha is dropped), PNG encoding of labels and of RGB
+//! pictures, and `.npy` writing of small arrays. Which format a path is, and reading any image a
+//! window at a time, is `slide`'s.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -12,38 +13,14 @@ use crate::error::{Error, Result};
 use crate::output::AtomicFile;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Npy,
-    Png,
-}
-
-pub fn format_of(path: &Path) -> Option<Format> {
-    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-        "npy" => Some(Format::Npy),
-        "png" => Some(Format::Png),
-        _ => None,
-    }
-}
-
 fn input_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Input { path: path.to_path_buf(), msg: msg.into() }
 }
 
-pub fn read_image(path: &Path) -> Result<Tensor> {
-    let fmt = format_of(path).ok_or_else(|| input_err(path, "unknown image format (supported: .npy, .png)"))?;
-    let img = match fmt {
-        // One reader for .npy: the windowed one, asked for the whole image.
-        Format::Npy => {
-            let mut src = crate::slide::npy::NpySource::open(path)?;
-            let (h, w, _) = crate::slide::Source::shape(&src);
-            crate::slide::Source::read(&mut src, 0, 0, h, w)?
-        }
-        Format::Png => {
-            let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
-            read_png(path, BufReader::new(file))?
-        }
-    };
+/// A PNG file decoded whole (PNG inputs are small images: see [`MAX_PNG_BYTES`]).
+pub fn read_png_file(path: &Path) -> Result<Tensor> {
+    let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+    let img = read_png(path, BufReader::new(file))?;
     if img.h == 0 || img.w == 0 || img.c == 0 {
         return Err(input_err(path, format!("empty image ({}x{} with {} channels)", img.h, img.w, img.c)));
     }
@@ -102,76 +79,32 @@ fn read_png(path: &Path, r: impl std::io::BufRead + std::io::Seek) -> Result<Ten
     Ok(planar(h, w, keep, values))
 }
 
-/// Where results go, opened before any work so an unwritable location fails at once.
-pub struct Sink {
-    file: AtomicFile,
-    format: Format,
-    path: std::path::PathBuf,
+/// Labels (a 1-channel map of class indices) as a greyscale PNG: 8-bit, or 16-bit where `wide`
+/// (more than 256 classes).
+pub fn write_png_labels(
+    w: impl std::io::Write,
+    labels: &Tensor,
+    wide: bool,
+) -> std::result::Result<(), png::EncodingError> {
+    let mut enc = png::Encoder::new(w, labels.w as u32, labels.h as u32);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(if wide { png::BitDepth::Sixteen } else { png::BitDepth::Eight });
+    let bytes: Vec<u8> = if wide {
+        labels.data.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect()
+    } else {
+        labels.data.iter().map(|&v| v as u8).collect()
+    };
+    let mut wr = enc.write_header()?;
+    wr.write_image_data(&bytes)?;
+    wr.finish()
 }
 
-impl Sink {
-    pub fn create(path: &Path, probabilities: bool) -> Result<Sink> {
-        let format = format_of(path).ok_or_else(|| Error::Output {
-            path: path.to_path_buf(),
-            msg: "unknown output format (supported: .npy, .png)".into(),
-        })?;
-        if probabilities && format == Format::Png {
-            return Err(Error::Output {
-                path: path.to_path_buf(),
-                msg: "probabilities are written as float32 .npy (H, W, classes); PNG holds labels only".into(),
-            });
-        }
-        Ok(Sink { file: AtomicFile::create(path)?, format, path: path.to_path_buf() })
-    }
-
-    fn io(&self, e: impl std::fmt::Display) -> Error {
-        io_error(&self.path, e)
-    }
-
-    /// Labels (a 1-channel map of class indices) as u8, or u16 where there are more than 256 classes.
-    pub fn write_labels(mut self, labels: &Tensor, classes: usize) -> Result<()> {
-        let wide = classes > 256;
-        let (h, w) = (labels.h, labels.w);
-        match self.format {
-            Format::Npy => {
-                let shape = [h as u64, w as u64];
-                let res = if wide {
-                    write_npy(self.file.writer(), &shape, labels.data.iter().map(|&v| v as u16))
-                } else {
-                    write_npy(self.file.writer(), &shape, labels.data.iter().map(|&v| v as u8))
-                };
-                res.map_err(|e| self.io(e))?;
-            }
-            Format::Png => {
-                let mut enc = png::Encoder::new(self.file.writer(), w as u32, h as u32);
-                enc.set_color(png::ColorType::Grayscale);
-                enc.set_depth(if wide { png::BitDepth::Sixteen } else { png::BitDepth::Eight });
-                let bytes: Vec<u8> = if wide {
-                    labels.data.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect()
-                } else {
-                    labels.data.iter().map(|&v| v as u8).collect()
-                };
-                let path = &self.path;
-                let mut wr = enc.write_header().map_err(|e| io_error(path, e))?;
-                wr.write_image_data(&bytes).map_err(|e| io_error(path, e))?;
-                wr.finish().map_err(|e| io_error(path, e))?;
-            }
-        }
-        self.file.commit()
-    }
-
-    /// Probabilities as float32 `(H, W, classes)`.
-    pub fn write_probs(mut self, probs: &Tensor) -> Result<()> {
-        let hw = probs.h * probs.w;
-        let shape = [probs.h as u64, probs.w as u64, probs.c as u64];
-        let values = (0..hw).flat_map(|p| (0..probs.c).map(move |c| probs.data[c * hw + p]));
-        write_npy(self.file.writer(), &shape, values).map_err(|e| self.io(e))?;
-        self.file.commit()
-    }
-}
-
-fn io_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") }
+/// [`write_png_labels`] to `path`, atomically.
+pub fn save_png_labels(path: &Path, labels: &Tensor, wide: bool) -> Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    write_png_labels(f.writer(), labels, wide)
+        .map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") })?;
+    f.commit()
 }
 
 pub fn write_npy<T: npyz::AutoSerialize>(

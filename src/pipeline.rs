@@ -1,66 +1,48 @@
-//! The data path: padded image -> tiles -> backend -> stitched output. The whole-image reference
-//! and the tiled run share everything but the grid.
+//! In-memory inference: an image held whole goes in, its probabilities come out. It runs through
+//! the one tile runner of the streaming path (`slide`), with the image as the source and a tensor
+//! as the sink, so a tiled run here, a whole-image run here and a run to a file read the same
+//! windows, pad them the same way and retry the same way.
 
-use crate::backend::{Backend, CpuBackend};
-use crate::cpu;
+use std::sync::{Arc, Mutex};
+
+use crate::backend::Backend;
+use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::slide::tiles::TileRun;
+pub use crate::slide::{PadMode, Progress};
+use crate::slide::{Sink, Source};
 use crate::tensor::Tensor;
-use std::collections::VecDeque;
+use crate::tile_grid::{TileGrid, round_up};
 
-use crate::tile_grid::{Tile, TileGrid, round_up};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-pub enum PadMode {
-    /// Zeros below and right of the image (DESIGN.md's reference).
-    Zero,
-    /// Mirror the image without repeating the edge (numpy's 'reflect'), as the NIST paper does.
-    Reflect,
+/// How an image is cut into windows.
+#[derive(Clone, Copy, Debug)]
+pub enum Tiling<'a> {
+    /// One window over the whole image padded to a multiple of A, no halo: the reference run.
+    Whole,
+    /// Tiles of `tile` (rows, columns) with `halo` pixels of context on every side.
+    Tiles { tile: (usize, usize), halo: usize },
+    /// Any grid over the image padded to a multiple of A, including ones that break the
+    /// exactness contract (experiments: `sweep`); windows off the A grid are extended to it.
+    Grid(&'a TileGrid),
 }
 
-/// Pad bottom/right to a multiple of `align`.
-pub fn pad_image(img: &Tensor, align: usize, mode: PadMode) -> Tensor {
-    let (ph, pw) = (round_up(img.h, align), round_up(img.w, align));
-    if (ph, pw) == (img.h, img.w) {
-        return img.clone();
-    }
-    let mut out = Tensor::zeros(img.c, ph, pw);
-    let reflect = |i: usize, n: usize| -> usize {
-        if n == 1 {
-            return 0;
-        }
-        let period = 2 * (n - 1);
-        let m = i % period;
-        if m < n { m } else { period - m }
-    };
-    for c in 0..img.c {
-        for y in 0..ph {
-            for x in 0..pw {
-                let v = match mode {
-                    PadMode::Zero if y >= img.h || x >= img.w => 0.0,
-                    PadMode::Zero => img.at(c, y, x),
-                    PadMode::Reflect => img.at(c, reflect(y, img.h), reflect(x, img.w)),
-                };
-                out.data[(c * ph + y) * pw + x] = v;
-            }
-        }
-    }
-    out
+/// [`infer_on`] on the CPU, without progress.
+pub fn infer(model: &Model, img: &Tensor, pad: PadMode, tiling: Tiling) -> Result<Tensor> {
+    infer_on(&CpuBackend::default(), model, img, pad, tiling, &mut |_| {})
 }
 
-/// Network output (softmax probabilities) for the whole image at once: the reference.
-pub fn infer_whole(model: &Model, img: &Tensor, pad: PadMode) -> Result<Tensor> {
-    infer_whole_on(&CpuBackend::default(), model, img, pad)
-}
-
-pub fn infer_whole_on(backend: &dyn Backend, model: &Model, img: &Tensor, pad: PadMode) -> Result<Tensor> {
-    check_channels(model, img)?;
-    let padded = pad_image(img, model.align(), pad);
-    let out = backend.run(&model.graph, &padded)?;
-    Ok(out.window(0, 0, img.h, img.w))
-}
-
-fn check_channels(model: &Model, img: &Tensor) -> Result<()> {
+/// Softmax probabilities of `model` over `img` (already normalised), cut as `tiling` says and
+/// stitched. `progress` hears of each tile, and of a window that ran out of memory and was retried
+/// as smaller tiles (the result is unchanged; a whole-image run fails instead).
+pub fn infer_on(
+    backend: &dyn Backend,
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    tiling: Tiling,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Tensor> {
     if img.c != model.in_channels() {
         return Err(Error::Shape(format!(
             "the image has {} channel(s), the model expects {}",
@@ -68,110 +50,77 @@ fn check_channels(model: &Model, img: &Tensor) -> Result<()> {
             model.in_channels()
         )));
     }
-    Ok(())
-}
-
-/// Network output over a tile grid, stitched. `progress(done, total)` is called after each tile.
-pub fn infer_grid(
-    model: &Model,
-    img: &Tensor,
-    pad: PadMode,
-    grid: &TileGrid,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    infer_grid_on(&CpuBackend::default(), model, img, pad, grid, progress)
-}
-
-pub fn infer_grid_on(
-    backend: &dyn Backend,
-    model: &Model,
-    img: &Tensor,
-    pad: PadMode,
-    grid: &TileGrid,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    infer_grid_with(backend, model, img, pad, grid, progress, &mut |_| {})
-}
-
-/// [`infer_grid_on`], telling `notify` when a tile runs out of memory and is retried as smaller
-/// tiles (another process took memory the plan counted on). Every output pixel is still
-/// computed exactly once; the smaller tiles stay on the A grid, so the result is unchanged.
-pub fn infer_grid_with(
-    backend: &dyn Backend,
-    model: &Model,
-    img: &Tensor,
-    pad: PadMode,
-    grid: &TileGrid,
-    progress: &mut dyn FnMut(usize, usize),
-    notify: &mut dyn FnMut(&str),
-) -> Result<Tensor> {
-    check_channels(model, img)?;
     let a = model.align();
-    let padded = pad_image(img, a, pad);
-    let mut out = Tensor::zeros(model.classes(), padded.h, padded.w);
-    let mut queue: VecDeque<Tile> = grid.tiles().collect();
-    let (mut done, mut total) = (0, queue.len());
-    let halo = grid.halo;
-    while let Some(t) = queue.pop_front() {
-        // Contract-conforming windows are already multiples of A; others (experiments) are
-        // zero-extended so the network accepts them.
-        let window = padded.window(t.win_y0, t.win_x0, round_up(t.win_h, a), round_up(t.win_w, a));
-        match backend.run(&model.graph, &window) {
-            Ok(y) => {
-                out.paste(&y, t.y0 - t.win_y0, t.x0 - t.win_x0, t.y0, t.x0, t.h, t.w);
-                done += 1;
-                progress(done, total);
-            }
-            Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
-                let (sh, sw) = t.retry_size(a);
-                let parts = t.split(sh, sw, halo, padded.h, padded.w);
-                notify(&format!(
-                    "out of memory for {what} ({bytes} bytes); retrying its {}x{} tile as {} tiles of {sh}x{sw}",
-                    t.h,
-                    t.w,
-                    parts.len()
-                ));
-                total += parts.len() - 1;
-                for p in parts.into_iter().rev() {
-                    queue.push_front(p);
-                }
-            }
-            Err(e) => return Err(e),
+    let (ph, pw) = (round_up(img.h, a), round_up(img.w, a));
+    let owned;
+    let grid = match tiling {
+        Tiling::Whole => {
+            owned = TileGrid::new(ph, pw, ph, pw, 0, a)?;
+            &owned
         }
-    }
-    Ok(out.window(0, 0, img.h, img.w))
-}
-
-/// Tiled inference under the exactness contract: tiles of `tile_h x tile_w`, halo `halo`.
-pub fn infer_tiled(
-    model: &Model,
-    img: &Tensor,
-    pad: PadMode,
-    tile_h: usize,
-    tile_w: usize,
-    halo: usize,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    infer_tiled_on(&CpuBackend::default(), model, img, pad, tile_h, tile_w, halo, progress)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn infer_tiled_on(
-    backend: &dyn Backend,
-    model: &Model,
-    img: &Tensor,
-    pad: PadMode,
-    tile_h: usize,
-    tile_w: usize,
-    halo: usize,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    let a = model.align();
-    let grid = TileGrid::new(round_up(img.h, a), round_up(img.w, a), tile_h, tile_w, halo, a)?;
-    infer_grid_on(backend, model, img, pad, &grid, progress)
+        Tiling::Tiles { tile, halo } => {
+            owned = TileGrid::new(ph, pw, tile.0, tile.1, halo, a)?;
+            &owned
+        }
+        Tiling::Grid(g) => g,
+    };
+    let todo: Vec<_> = grid.tiles().enumerate().collect();
+    let result = Arc::new(Mutex::new(None));
+    let sink = Box::new(TensorSink { probs: Tensor::zeros(model.classes(), img.h, img.w), done: result.clone() });
+    let run = TileRun {
+        backend,
+        model,
+        image: (img.h, img.w),
+        padded: (grid.padded_h, grid.padded_w),
+        halo: grid.halo,
+        pad,
+        stats: &[], // normalised by the caller
+        whole: matches!(tiling, Tiling::Whole),
+        labels: false,
+        abort_after: None,
+    };
+    let tiles = run.run(&mut Borrowed(img), &todo, sink, &mut |_, _| Ok(()), (0, todo.len()), progress);
+    tiles.sink?.finish()?;
+    let probs = result.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Ok(probs.expect("the sink's finish leaves the result"))
 }
 
 /// Class index per pixel (first maximum on ties).
 pub fn labels(probs: &Tensor) -> Tensor {
-    cpu::softmax::argmax(probs)
+    crate::cpu::softmax::argmax(probs)
+}
+
+/// An image in memory, read in windows without a copy of the whole.
+struct Borrowed<'a>(&'a Tensor);
+
+impl Source for Borrowed<'_> {
+    fn shape(&self) -> (usize, usize, usize) {
+        (self.0.h, self.0.w, self.0.c)
+    }
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
+        Ok(self.0.window(y0, x0, h, w))
+    }
+    fn sample_type(&self) -> &'static str {
+        "f32"
+    }
+}
+
+/// The stitched result, handed over when the run finishes.
+struct TensorSink {
+    probs: Tensor,
+    done: Arc<Mutex<Option<Tensor>>>,
+}
+
+impl Sink for TensorSink {
+    fn write(&mut self, y0: usize, x0: usize, t: &Tensor) -> Result<()> {
+        self.probs.paste(t, 0, 0, y0, x0, t.h, t.w);
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.probs);
+        Ok(())
+    }
 }

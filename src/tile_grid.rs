@@ -52,6 +52,9 @@ pub struct TileGrid {
     pub rows: usize,
     pub cols: usize,
     pub halo: usize,
+    /// The padded image the grid covers.
+    pub padded_h: usize,
+    pub padded_w: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +80,16 @@ impl Band {
 
 pub fn round_up(v: usize, a: usize) -> usize {
     v.div_ceil(a) * a
+}
+
+pub fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The least common multiple (`a`, `b` > 0): tiles that are multiples of both A and an output
+/// format's block size.
+pub fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
 }
 
 fn starts(len: usize, tile: usize, offset: usize) -> Vec<(usize, usize)> {
@@ -136,7 +149,7 @@ impl TileGrid {
     ) -> TileGrid {
         let ys = Band::all(padded_h, tile_h, off_y, halo);
         let xs = Band::all(padded_w, tile_w, off_x, halo);
-        TileGrid { rows: ys.len(), cols: xs.len(), ys, xs, halo }
+        TileGrid { rows: ys.len(), cols: xs.len(), ys, xs, halo, padded_h, padded_w }
     }
 
     /// Number of tiles.

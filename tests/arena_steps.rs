@@ -145,13 +145,13 @@ fn every_action_stays_inside_the_arena_and_launches_never_alias() {
 /// input and one output staging buffer.
 #[test]
 fn the_device_memory_model_counts_the_split_graph_and_the_staging_buffers() {
-    use seamless::planner::{MemoryModel, Precision, tile_plan};
+    use seamless::planner::{Precision, tile_plan};
     for model in models() {
         let a = model.align();
         let split = model.graph.without_conv_pre();
         for precision in [Precision::F32, Precision::F16] {
             let (h, w) = (2 * a, 3 * a);
-            let p = tile_plan::peak(&model.graph, h, w, precision, MemoryModel::Device).unwrap();
+            let p = tile_plan::peak(&model.graph, h, w, &seamless::cuda::DeviceMemory { precision }).unwrap();
             let plan = ArenaPlan::new(&split, h, w).unwrap();
             let e = precision.bytes();
             assert_eq!(p.arena_bytes, plan.arena_elems * e);

@@ -10,13 +10,14 @@ mod common;
 
 use common::emulator;
 use common::*;
-use seamless::backend::{Backend, CpuBackend};
+use seamless::backend::Backend;
 use seamless::cpu;
+use seamless::cpu::CpuBackend;
 use seamless::cuda::conv_variants;
 use seamless::cuda::{CudaBackend, Precision, TuneMode};
 use seamless::graph::{BatchNorm, Conv2d, ConvTranspose2d, Op, ScaleShift, UpsampleMode};
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{PadMode, infer_tiled_on, infer_whole_on};
+use seamless::pipeline::{PadMode, Tiling, infer_on};
 use seamless::{Model, Tensor};
 
 fn device() -> usize {
@@ -365,12 +366,13 @@ fn tiled_equals_whole_on_gpu(family: &str, precision: Precision, cases: usize, s
             precision.name(),
             model.config.config_json()
         );
-        let whole = infer_whole_on(&gpu, &model, &img, pad).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let tiled = infer_tiled_on(&gpu, &model, &img, pad, tile_h, tile_w, halo, &mut |_, _| {})
+        let whole =
+            infer_on(&gpu, &model, &img, pad, Tiling::Whole, &mut |_| {}).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let tiled = infer_on(&gpu, &model, &img, pad, Tiling::Tiles { tile: (tile_h, tile_w), halo }, &mut |_| {})
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(first_difference(&whole, &tiled), None, "{what}");
         // Across backends only a tolerance holds (and f32 is nearly exact: only exp differs).
-        let cpu = infer_whole_on(&CpuBackend::default(), &model, &img, pad).unwrap();
+        let cpu = infer_on(&CpuBackend::default(), &model, &img, pad, Tiling::Whole, &mut |_| {}).unwrap();
         let diff = max_abs_diff(&whole, &cpu);
         println!("{what}: tiled == whole; max |gpu - cpu| = {diff:.2e}");
         if precision == Precision::F32 {
@@ -440,7 +442,7 @@ fn memory_models() -> Vec<(String, Model)> {
 /// arena (nothing is reallocated, nothing shrinks).
 fn device_allocation_equals_the_plan(precision: Precision) {
     use seamless::cuda::DeviceBytes;
-    use seamless::planner::{MemoryModel, tile_plan};
+    use seamless::planner::tile_plan;
     for (name, model) in memory_models() {
         // A fresh backend per model: its buffers hold nothing from another model.
         let gpu = gpu(precision);
@@ -452,7 +454,7 @@ fn device_allocation_equals_the_plan(precision: Precision) {
             let img = random_image(&mut SplitMix64(h as u64), model.in_channels(), h, w);
             let out = gpu.run(&model.graph, &img).unwrap_or_else(|e| panic!("{name} {h}x{w}: {e}"));
             assert!(out.data.iter().all(|v| v.is_finite()), "{name} {h}x{w}: non-finite output");
-            let p = tile_plan::peak(&model.graph, h, w, precision, MemoryModel::Device).unwrap();
+            let p = tile_plan::peak(&model.graph, h, w, &seamless::cuda::DeviceMemory { precision }).unwrap();
             let want = DeviceBytes { arena: p.arena_bytes, weights: p.weight_bytes, staging: p.staging_bytes };
             let got = gpu.allocated();
             let (free, _) = gpu.mem_get_info().unwrap();

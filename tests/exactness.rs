@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use seamless::Model;
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{PadMode, infer_grid, infer_tiled, infer_whole};
+use seamless::pipeline::{PadMode, Tiling, infer};
 use seamless::tile_grid::{TileGrid, round_up};
 
 fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
@@ -46,8 +46,8 @@ fn exact_over_random_geometries(family: &str, cases: usize, seed: u64, winograd:
         let halo = halo0 + a * pick(&mut rng, 0, 1);
         let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
         let img = random_image(&mut rng, model.in_channels(), h, w);
-        let whole = infer_whole(&model, &img, pad).unwrap();
-        let tiled = infer_tiled(&model, &img, pad, tile_h, tile_w, halo, &mut |_, _| {}).unwrap();
+        let whole = infer(&model, &img, pad, Tiling::Whole).unwrap();
+        let tiled = infer(&model, &img, pad, Tiling::Tiles { tile: (tile_h, tile_w), halo }).unwrap();
         assert_eq!(
             first_difference(&whole, &tiled),
             None,
@@ -96,9 +96,9 @@ fn converse_setup(family: &str, seed: u64) -> (Model, seamless::Tensor, usize) {
 fn halo_below_exact_changes_the_output() {
     for family in ["unet", "fcdensenet"] {
         let (model, img, tile) = converse_setup(family, 3);
-        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        let whole = infer(&model, &img, PadMode::Zero, Tiling::Whole).unwrap();
         let short = model.exact_halo() - model.align();
-        let tiled = infer_tiled(&model, &img, PadMode::Zero, tile, tile, short, &mut |_, _| {}).unwrap();
+        let tiled = infer(&model, &img, PadMode::Zero, Tiling::Tiles { tile: (tile, tile), halo: short }).unwrap();
         assert!(
             first_difference(&whole, &tiled).is_some(),
             "{family}: halo {short} < exact {} should differ from the whole-image run",
@@ -113,16 +113,16 @@ fn misaligned_tile_origins_change_the_output() {
     for family in ["unet", "fcdensenet"] {
         let (model, img, tile) = converse_setup(family, 4);
         let a = model.align();
-        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        let whole = infer(&model, &img, PadMode::Zero, Tiling::Whole).unwrap();
         // Exact halo plus one more step, so only the phase is wrong, not the context.
         let halo = model.exact_halo() + a;
         let (ph, pw) = (round_up(img.h, a), round_up(img.w, a));
         let grid = TileGrid::with_offset(ph, pw, tile, tile, halo, a / 2, a / 2);
-        let tiled = infer_grid(&model, &img, PadMode::Zero, &grid, &mut |_, _| {}).unwrap();
+        let tiled = infer(&model, &img, PadMode::Zero, Tiling::Grid(&grid)).unwrap();
         assert!(first_difference(&whole, &tiled).is_some(), "{family}: origins off the A grid should differ");
         // ...while the same grid shifted by a whole A is exact again.
         let grid = TileGrid::with_offset(ph, pw, tile, tile, halo, a, a);
-        let tiled = infer_grid(&model, &img, PadMode::Zero, &grid, &mut |_, _| {}).unwrap();
+        let tiled = infer(&model, &img, PadMode::Zero, Tiling::Grid(&grid)).unwrap();
         assert_eq!(first_difference(&whole, &tiled), None, "{family}: origins on the A grid are exact");
     }
 }
@@ -132,7 +132,7 @@ fn tiling_refuses_sizes_off_the_alignment() {
     let model = random_model(unet(1, 2, 2, 2, false, "transpose"), 1);
     let img = random_image(&mut SplitMix64(1), 1, 40, 40);
     for (tile, halo) in [(6, 12), (8, 6), (0, 12)] {
-        let err = infer_tiled(&model, &img, PadMode::Zero, tile, tile, halo, &mut |_, _| {}).unwrap_err();
+        let err = infer(&model, &img, PadMode::Zero, Tiling::Tiles { tile: (tile, tile), halo }).unwrap_err();
         assert_eq!(err.exit_code(), 2, "tile {tile} halo {halo}: {err}");
         assert!(err.to_string().contains("multiple"), "{err}");
     }
@@ -152,7 +152,7 @@ fn results_do_not_depend_on_the_thread_count() {
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                infer_tiled(&model, &img, PadMode::Zero, 16, 32, model.exact_halo(), &mut |_, _| {}).unwrap()
+                infer(&model, &img, PadMode::Zero, Tiling::Tiles { tile: (16, 32), halo: model.exact_halo() }).unwrap()
             })
         };
         let one = run(1);

@@ -239,7 +239,7 @@ fn interrupted() -> Interrupted {
         input_id: INPUT.into(),
         recheck_input: None,
     };
-    let backend = seamless::backend::CpuBackend::default();
+    let backend = seamless::cpu::CpuBackend::default();
     let run = |src: Box<dyn slide::Source>, out: &Path| {
         stream::run(src, &model, &backend, out, &opts, &mut |_| {}, &mut |_| {})
     };
@@ -294,7 +294,7 @@ proptest! {
         }
         std::fs::write(run.dir.path().join("resumed.tif.partial.journal"), journal).unwrap();
         let _ = std::fs::remove_file(&out);
-        let backend = seamless::backend::CpuBackend::default();
+        let backend = seamless::cpu::CpuBackend::default();
         let src = slide::open_source(INPUT, None).unwrap();
         match slide::stream::run(src, &run.model, &backend, &out, &run.opts, &mut |_| {}, &mut |_| {}) {
             Ok(_) => prop_assert!(read_all(&out) == run.reference, "resumed to another output"),

@@ -7,7 +7,7 @@ use common::*;
 use safetensors::Dtype;
 use seamless::model::file::{load, save_random};
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{PadMode, infer_whole};
+use seamless::pipeline::{PadMode, Tiling, infer};
 use seamless::{Error, Model};
 
 fn small_unet() -> seamless::model::ModelConfig {
@@ -27,8 +27,8 @@ fn round_trip_reproduces_the_random_model_bit_for_bit() {
         assert_eq!(loaded.config, cfg);
         assert_eq!(loaded.description.as_deref(), Some("test"));
         let img = random_image(&mut SplitMix64(1), cfg.in_channels(), 37, 41);
-        let a = infer_whole(&loaded, &img, PadMode::Zero).unwrap();
-        let b = infer_whole(&direct, &img, PadMode::Zero).unwrap();
+        let a = infer(&loaded, &img, PadMode::Zero, Tiling::Whole).unwrap();
+        let b = infer(&direct, &img, PadMode::Zero, Tiling::Whole).unwrap();
         assert_eq!(first_difference(&a, &b), None);
     }
 }
@@ -42,8 +42,8 @@ fn f16_weights_load_and_agree_with_f32_closely() {
     let (m16, m32) = (load(&p16).unwrap(), load(&p32).unwrap());
     let img = random_image(&mut SplitMix64(2), 1, 32, 32);
     let d = max_abs_diff(
-        &infer_whole(&m16, &img, PadMode::Zero).unwrap(),
-        &infer_whole(&m32, &img, PadMode::Zero).unwrap(),
+        &infer(&m16, &img, PadMode::Zero, Tiling::Whole).unwrap(),
+        &infer(&m32, &img, PadMode::Zero, Tiling::Whole).unwrap(),
     );
     assert!(d > 0.0 && d < 2e-2, "f16 rounding should change probabilities a little: {d}");
 }

@@ -8,13 +8,15 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
-use seamless::backend::{Backend, CpuBackend};
+use seamless::backend::Backend;
+use seamless::backend::Timings;
+use seamless::cpu::CpuBackend;
 use seamless::error::Result;
 use seamless::graph::Graph;
 use seamless::model::weights::SplitMix64;
 use seamless::normalize::{NormSpec, Normalize};
-use seamless::pipeline::{PadMode, infer_whole};
-use seamless::planner::{ArenaPlan, MemoryModel, Precision};
+use seamless::pipeline::{PadMode, Tiling, infer};
+use seamless::planner::{ArenaPlan, MemoryModel};
 use seamless::slide::stream::{self, OutputKind, StreamOptions};
 use seamless::slide::{self, Format};
 use seamless::{Model, Tensor, cpu};
@@ -33,8 +35,11 @@ impl Backend for Lagging {
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {
         self.inner.run(graph, input)
     }
-    fn memory_model(&self) -> (Precision, MemoryModel) {
-        self.inner.memory_model()
+    fn memory(&self) -> &dyn MemoryModel {
+        self.inner.memory()
+    }
+    fn run_timed(&self, graph: &Graph, input: &Tensor, per_node: bool) -> Result<(Tensor, Timings)> {
+        self.inner.run_timed(graph, input, per_node)
     }
     fn run_pipelined(
         &self,
@@ -95,7 +100,7 @@ fn a_lagging_pipeline_streams_every_tile_in_order_and_exactly() {
         [random_model(unet(1, 2, 4, 2, true, "transpose"), 7), random_model(densenet(1, 2, 4, 3, &[1, 2], 1), 8)]
     {
         let img = random_image(&mut SplitMix64(4), 1, 150, 131);
-        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        let whole = infer(&model, &img, PadMode::Zero, Tiling::Whole).unwrap();
         let backend = Lagging { inner: CpuBackend::default(), overlapped: AtomicUsize::new(0) };
         let (got, retries) = stream_through(&backend, &model, &img, 32);
         assert_eq!(first_difference(&got, &whole), None);
@@ -110,7 +115,7 @@ fn a_window_out_of_memory_inside_the_pipeline_is_retried_smaller() {
         [random_model(unet(1, 2, 4, 2, true, "transpose"), 7), random_model(densenet(1, 2, 4, 3, &[1, 2], 1), 8)]
     {
         let img = random_image(&mut SplitMix64(5), 1, 150, 131);
-        let whole = infer_whole(&model, &img, PadMode::Zero).unwrap();
+        let whole = infer(&model, &img, PadMode::Zero, Tiling::Whole).unwrap();
         // Memory for windows of tiles up to 16x16 only: the 64x64 tiles' windows fail and are
         // retried from inside `done`, with a later window already taken from the reader.
         let small = 16 + 2 * model.exact_halo();

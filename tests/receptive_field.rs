@@ -6,7 +6,7 @@ use common::*;
 use seamless::Model;
 use seamless::model::ModelConfig;
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{PadMode, infer_whole};
+use seamless::pipeline::{PadMode, Tiling, infer};
 
 /// Perturb single input pixels (one per phase of A, far from the borders, in every row) and
 /// measure how far left/right outputs change: the empirical one-sided reaches, and the halo the
@@ -18,7 +18,7 @@ fn measured_reach(model: &Model) -> (usize, usize, usize, usize) {
     let n = n.div_ceil(a) * a;
     let mut rng = SplitMix64(99);
     let img = random_image(&mut rng, model.in_channels(), a, n);
-    let base = infer_whole(model, &img, PadMode::Zero).unwrap();
+    let base = infer(model, &img, PadMode::Zero, Tiling::Whole).unwrap();
     let (mut before, mut after, mut need_b, mut need_a) = (0usize, 0usize, 0usize, 0usize);
     let centre = (n / 2) / a * a;
     for phase in 0..a {
@@ -29,7 +29,7 @@ fn measured_reach(model: &Model) -> (usize, usize, usize, usize) {
                 p.data[(c * p.h + y) * p.w + i] += 3.0;
             }
         }
-        let out = infer_whole(model, &p, PadMode::Zero).unwrap();
+        let out = infer(model, &p, PadMode::Zero, Tiling::Whole).unwrap();
         for (k, (x, y)) in base.data.iter().zip(&out.data).enumerate() {
             if x.to_bits() != y.to_bits() {
                 let q = k % base.w;

@@ -11,7 +11,7 @@ use common::*;
 use seamless::model::file::save_random;
 use seamless::model::weights::SplitMix64;
 use seamless::normalize::{self, NormSpec, Normalize};
-use seamless::pipeline::{PadMode, infer_whole};
+use seamless::pipeline::{PadMode, Tiling, infer};
 use seamless::slide::stream::{self, OutputKind, StreamOptions};
 use seamless::slide::{self, Format, OutSpec, OutType};
 use seamless::{Model, Tensor};
@@ -95,7 +95,7 @@ fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions 
 
 fn run_stream(model: &Model, input: &Path, out: &Path, o: &StreamOptions) {
     let src = slide::open_source(s(input), None).unwrap();
-    let backend = seamless::backend::CpuBackend::default();
+    let backend = seamless::cpu::CpuBackend::default();
     stream::run(src, model, &backend, out, o, &mut |_| {}, &mut |_| {}).unwrap();
 }
 
@@ -121,7 +121,7 @@ fn every_input_and_output_format_streams_the_whole_image_result_bit_for_bit() {
     write_with_sink(&p("in.npy"), Format::Npy, &float, OutType::F32);
     inputs.push((p("in.npy"), &float));
     let png = p("in.png");
-    seamless::image_io::Sink::create(&png, false).unwrap().write_labels(&gray, 256).unwrap();
+    seamless::image_io::save_png_labels(&png, &gray, false).unwrap();
     inputs.push((png, &gray));
 
     for (k, (input, img)) in inputs.iter().enumerate() {
@@ -130,7 +130,7 @@ fn every_input_and_output_format_streams_the_whole_image_result_bit_for_bit() {
         // The in-memory reference: global z-score, whole image at once.
         let mut norm = (*img).clone();
         normalize::apply(&mut norm, &normalize::statistics(img, Normalize::Zscore));
-        let reference = infer_whole(&model, &norm, PadMode::Zero).unwrap();
+        let reference = infer(&model, &norm, PadMode::Zero, Tiling::Whole).unwrap();
         for (name, format) in [("o.npy", Format::Npy), ("o.tif", Format::Tiff), ("o.zarr", Format::Zarr)] {
             let out = p(&format!("{k}-{name}"));
             run_stream(&model, input, &out, &opts(format, 32, model.exact_halo(), false));
@@ -364,7 +364,7 @@ fn ome_zarr_v2_input_is_read_and_streams_exactly() {
     let model = random_model(unet(2, 2, 4, 2, true, "bilinear"), 3);
     let mut norm = img.clone();
     normalize::apply(&mut norm, &normalize::statistics(&img, Normalize::Zscore));
-    let reference = infer_whole(&model, &norm, PadMode::Zero).unwrap();
+    let reference = infer(&model, &norm, PadMode::Zero, Tiling::Whole).unwrap();
     let out = dir.path().join("o.zarr");
     run_stream(&model, &input, &out, &opts(Format::Zarr, 16, model.exact_halo(), false));
     assert_eq!(first_difference(&read_all(&out), &reference), None);
@@ -430,7 +430,7 @@ fn an_input_changed_during_the_run_is_not_taken_for_one_image() {
     let mut o = opts(Format::Npy, 32, model.exact_halo(), false);
     o.input_id = slide::input_identity(s(&input)).unwrap();
     o.recheck_input = Some(s(&input).to_string());
-    let backend = seamless::backend::CpuBackend::default();
+    let backend = seamless::cpu::CpuBackend::default();
     let mut rewritten = false;
     let src = slide::open_source(s(&input), None).unwrap();
     let e = stream::run(
@@ -468,7 +468,7 @@ fn statistics_of_a_wide_image_stream_in_blocks_and_match_memory() {
     let img = image(1, 300, 9001, 8, 60000.0);
     write_with_sink(&input, Format::Npy, &img, OutType::U16);
     let model = random_model(unet(1, 2, 2, 1, false, "transpose"), 4);
-    let backend = seamless::backend::CpuBackend::default();
+    let backend = seamless::cpu::CpuBackend::default();
     for mode in [Normalize::Zscore, Normalize::Percentile] {
         let mut o = opts(Format::Npy, 512, model.exact_halo(), false);
         o.norm = NormSpec::new(mode);

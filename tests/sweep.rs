@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use seamless::backend::CpuBackend;
+use seamless::cpu::CpuBackend;
 use seamless::erf::{self, ErfSpec};
 use seamless::model::weights::SplitMix64;
 use seamless::pipeline::PadMode;

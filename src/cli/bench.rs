@@ -1,11 +1,17 @@
 //! `seamless bench`: forward-pass throughput of a model on one square window, per layer and for
-//! the whole network (Mpx/s and achieved GFLOP/s), so kernels can be compared run against run.
+//! the whole network (Mpx/s and achieved GFLOP/s), so kernels can be compared run against run. One
+//! program for every backend, through the `Backend` trait; on CUDA it adds what only a device has:
+//! device memory (planned, allocated, cuMemGetInfo), the tensor-core rate of the same device
+//! (`kernels/peak.cu`) with each layer's share of it, and the f16 conv variant of each layer.
 
 use seamless::Model;
-use seamless::cpu::{self, Buffers};
+use seamless::backend::Backend;
+use seamless::cpu::CpuBackend;
+use seamless::cuda::{CudaBackend, DeviceBytes};
 use seamless::error::{Error, Result};
+use seamless::graph::Op;
 use seamless::model::weights::SplitMix64;
-use seamless::planner::{ArenaPlan, Precision};
+use seamless::planner::{Peak, Precision, tile_plan};
 use seamless::tensor::Tensor;
 
 #[derive(clap::Args)]
@@ -47,17 +53,52 @@ struct Report {
     model: String,
     backend: String,
     threads: usize,
+    precision: &'static str,
     size: usize,
     flop_per_pixel: f64,
+    /// Wall time per window through `run`, one window at a time (on CUDA with the host conversion
+    /// and the transfers, which the streaming runner overlaps between windows).
     run_seconds: Vec<f64>,
     median_seconds: f64,
+    /// Compute per window by the backend's own clock: CUDA events around the compute on the
+    /// device; on the CPU the wall time.
+    compute_run_seconds: Vec<f64>,
+    median_compute_seconds: f64,
     /// CPU time (user + system, all threads) per run: less sensitive than wall time to other
     /// processes sharing the cores, though not to their use of caches and memory bandwidth.
     run_cpu_seconds: Vec<f64>,
     median_cpu_seconds: f64,
+    /// From the compute time.
     mpx_per_s: f64,
     gflop_per_s: f64,
+    seconds_per_gigapixel: f64,
+    /// From the wall time.
+    wall_mpx_per_s: f64,
+    /// CUDA: the device's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    /// CUDA: mma.sync.m16n8k16 f16->f32 rate of this device (kernels/peak.cu), TFLOP/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mma_peak_tflops: Option<f64>,
+    /// CUDA: device memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<Memory>,
     layers: Vec<LayerReport>,
+}
+
+#[derive(serde::Serialize)]
+struct Memory {
+    /// `seamless plan --memory device` for this window.
+    planned: Peak,
+    planned_total_bytes: usize,
+    /// What the backend holds after the runs.
+    allocated: DeviceBytes,
+    allocated_total_bytes: usize,
+    /// Device memory in use (total - free, cuMemGetInfo) with the context and kernels loaded,
+    /// before the model was uploaded, and after the timed runs.
+    used_before_bytes: usize,
+    used_after_bytes: usize,
+    device_total_bytes: usize,
 }
 
 #[derive(serde::Serialize)]
@@ -68,6 +109,12 @@ struct LayerReport {
     median_seconds: f64,
     gflop: f64,
     gflop_per_s: f64,
+    /// CUDA f16: share of the measured mma.sync rate (layers with FLOPs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    percent_of_mma_peak: Option<f64>,
+    /// CUDA: the conv kernel this layer ran (f16: the variant the autotuner kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'static str>,
 }
 
 /// User + system CPU time of this process so far, in seconds.
@@ -102,99 +149,194 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Err(Error::Usage("--runs must be at least 1".into()));
     }
     let m = Model::open(&a.model)?;
-    if a.size == 0 || !a.size.is_multiple_of(m.align()) {
+    let n = a.size;
+    if n == 0 || !n.is_multiple_of(m.align()) {
         return Err(Error::Usage(format!(
-            "--size {} must be a positive multiple of the model's down-sampling factor {}",
-            a.size,
+            "--size {n} must be a positive multiple of the model's down-sampling factor {}",
             m.align()
         )));
     }
-    if a.backend == "cuda" {
-        return super::bench_cuda::run(&a, &m);
-    }
+    let cuda = if a.backend == "cuda" { Some(CudaBackend::new(a.device, a.precision)?) } else { None };
+    let cpu = CpuBackend::default();
+    let backend: &dyn Backend = match &cuda {
+        Some(c) => c,
+        None => &cpu,
+    };
+    let used_before = cuda.as_ref().map(|c| c.mem_get_info()).transpose()?;
     let g = &m.graph;
-    let (n, px) = (a.size, (a.size * a.size) as f64);
-    let shapes = g.shapes(n, n)?;
+    let px = (n * n) as f64;
     let flop_per_pixel = g.flops_per_pixel(n)?;
     let mut rng = SplitMix64(1);
     let input =
         Tensor::from_vec(m.in_channels(), n, n, (0..m.in_channels() * n * n).map(|_| rng.normal() as f32).collect());
-    let plan = ArenaPlan::new(g, n, n)?;
-    let mut bufs = Buffers::default();
-    for _ in 0..a.warmup {
-        cpu::run_planned(g, &plan, &input, &mut bufs, false)?;
+    // CUDA: at least one, which also uploads the weights (the kernels are loaded already).
+    for _ in 0..a.warmup.max(cuda.is_some() as usize) {
+        backend.run(g, &input)?;
     }
-    let mut per_node = vec![vec![0.0; a.runs]; g.nodes.len()];
-    let mut run_seconds = Vec::with_capacity(a.runs);
-    let mut run_cpu_seconds = Vec::with_capacity(a.runs);
-    let mut t = vec![0.0; g.nodes.len()];
-    for r in 0..a.runs {
+    let (mut run_seconds, mut compute_run_seconds, mut run_cpu_seconds) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.runs {
         let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
-        cpu::run_planned_timed(g, &plan, &input, &mut bufs, false, Some(&mut t))?;
+        let (_, t) = backend.run_timed(g, &input, false)?;
         run_seconds.push(t0.elapsed().as_secs_f64());
         run_cpu_seconds.push(cpu_seconds() - c0);
-        for (p, &v) in per_node.iter_mut().zip(&t) {
-            p[r] = v;
-        }
+        compute_run_seconds.push(t.compute_seconds);
     }
-    let med = median(&run_seconds);
-    let layers: Vec<LayerReport> = g
-        .nodes
-        .iter()
-        .zip(&shapes)
-        .zip(&per_node)
-        .zip(g.node_flops(&shapes))
-        .map(|(((node, s), times), flop)| {
+    // Per node in runs of their own: marking every node can slow a device's run as a whole.
+    let lowered = backend.lowered(g);
+    let peak = match &cuda {
+        Some(c) if !a.no_peak => Some(c.mma_peak_flops()?),
+        _ => None,
+    };
+    let mut layers = Vec::new();
+    if a.layers || a.json {
+        let mut per_node = vec![Vec::new(); lowered.nodes.len()];
+        for _ in 0..a.runs {
+            let (_, t) = backend.run_timed(g, &input, true)?;
+            for (p, s) in per_node.iter_mut().zip(t.nodes) {
+                p.push(s);
+            }
+        }
+        let shapes = lowered.shapes(n, n)?;
+        let flops = lowered.node_flops(&shapes);
+        for (((node, s), times), flop) in lowered.nodes.iter().zip(&shapes).zip(&per_node).zip(flops) {
             let t = median(times);
-            LayerReport {
+            let rate = if t > 0.0 { flop / t } else { 0.0 };
+            let f16 = a.precision == Precision::F16;
+            layers.push(LayerReport {
                 name: node.name.clone(),
                 op: node.op.kind(),
                 shape: [s.c, s.h, s.w],
                 median_seconds: t,
                 gflop: flop / 1e9,
-                gflop_per_s: if t > 0.0 { flop / t / 1e9 } else { 0.0 },
-            }
-        })
-        .collect();
+                gflop_per_s: rate / 1e9,
+                percent_of_mma_peak: peak.filter(|_| f16 && flop > 0.0).map(|p| 100.0 * rate / p),
+                variant: match (&cuda, &node.op) {
+                    (Some(c), Op::Conv2d(conv)) => c.conv_variant(conv, s.h, s.w),
+                    _ => None,
+                },
+            });
+        }
+    }
+    let memory = match (&cuda, used_before) {
+        (Some(c), Some((free0, total))) => {
+            let planned = tile_plan::peak(g, n, n, c.memory())?;
+            let allocated = c.allocated();
+            let (free1, _) = c.mem_get_info()?;
+            Some(Memory {
+                planned_total_bytes: planned.total(),
+                planned,
+                allocated_total_bytes: allocated.total(),
+                allocated,
+                used_before_bytes: total - free0,
+                used_after_bytes: total - free1,
+                device_total_bytes: total,
+            })
+        }
+        _ => None,
+    };
+    let (med, med_compute) = (median(&run_seconds), median(&compute_run_seconds));
     let report = Report {
         model: m.origin.clone(),
-        backend: format!("cpu ({} threads)", rayon::current_num_threads()),
+        backend: backend.name(),
         threads: rayon::current_num_threads(),
+        precision: a.precision.name(),
         size: n,
         flop_per_pixel,
         median_seconds: med,
-        mpx_per_s: px / med / 1e6,
-        gflop_per_s: flop_per_pixel * px / med / 1e9,
         run_seconds,
+        median_compute_seconds: med_compute,
+        compute_run_seconds,
         median_cpu_seconds: median(&run_cpu_seconds),
         run_cpu_seconds,
+        mpx_per_s: px / med_compute / 1e6,
+        gflop_per_s: flop_per_pixel * px / med_compute / 1e9,
+        seconds_per_gigapixel: med_compute * 1e9 / px,
+        wall_mpx_per_s: px / med / 1e6,
+        device: cuda.as_ref().map(|c| c.info().name.clone()),
+        mma_peak_tflops: peak.map(|p| p / 1e12),
+        memory,
         layers,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
-        return Ok(());
+    } else {
+        print_text(&a, &report);
     }
+    Ok(())
+}
+
+fn print_text(a: &BenchArgs, r: &Report) {
+    let cuda = r.device.is_some();
     if a.layers {
-        println!("{:<44} {:<16} {:>16} {:>10} {:>8} {:>9}", "layer", "op", "out c x h x w", "ms", "GFLOP", "GFLOP/s");
-        for l in &report.layers {
+        println!(
+            "{:<44} {:<16} {:>16} {:>10} {:>8} {:>9}{}",
+            "layer",
+            "op",
+            "out c x h x w",
+            "ms",
+            "GFLOP",
+            "GFLOP/s",
+            if cuda { format!(" {:>7}  variant", "% mma") } else { String::new() }
+        );
+        for l in &r.layers {
+            let extra = if cuda {
+                format!(
+                    " {:>7}  {}",
+                    l.percent_of_mma_peak.map_or(String::new(), |p| format!("{p:.1}")),
+                    l.variant.unwrap_or("")
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{:<44} {:<16} {:>16} {:>10.3} {:>8.2} {:>9.1}",
+                "{:<44} {:<16} {:>16} {:>10.3} {:>8.2} {:>9.1}{extra}",
                 l.name,
                 l.op,
                 format!("{}x{}x{}", l.shape[0], l.shape[1], l.shape[2]),
                 l.median_seconds * 1e3,
                 l.gflop,
-                l.gflop_per_s
+                l.gflop_per_s,
+            );
+        }
+        if let Some(p) = r.mma_peak_tflops {
+            println!("% mma = share of this device's mma.sync f16->f32 rate, {p:.1} TFLOP/s (kernels/peak.cu)");
+        }
+        if cuda && a.precision == Precision::F16 {
+            println!(
+                "variant = the f16 conv kernel kept for the layer (autotuned during warm-up unless \
+                 SEAMLESS_AUTOTUNE=off; all variants give identical bits)"
             );
         }
         println!();
     }
-    println!("model        {}", report.model);
-    println!("backend      {}", report.backend);
-    println!("window       {n}x{n}, {} timed run(s) after {} warm-up", a.runs, a.warmup);
-    println!("median       {:.4} s per window", report.median_seconds);
-    println!("cpu time     {:.4} s per window (all threads)", report.median_cpu_seconds);
-    println!("throughput   {:.4} Mpx/s", report.mpx_per_s);
-    println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", report.gflop_per_s, flop_per_pixel / 1e6);
-    Ok(())
+    let n = r.size;
+    println!("model        {}", r.model);
+    println!("backend      {}", r.backend);
+    println!("window       {n}x{n}, {} timed run(s) after {} warm-up", a.runs, a.warmup.max(cuda as usize));
+    if cuda {
+        println!("device       {:.4} s per window (compute, CUDA events)", r.median_compute_seconds);
+        println!("wall         {:.4} s per window (with transfers, one window at a time)", r.median_seconds);
+    } else {
+        println!("median       {:.4} s per window", r.median_seconds);
+        println!("cpu time     {:.4} s per window (all threads)", r.median_cpu_seconds);
+    }
+    println!("throughput   {:.4} Mpx/s ({:.2} s per gigapixel)", r.mpx_per_s, r.seconds_per_gigapixel);
+    println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", r.gflop_per_s, r.flop_per_pixel / 1e6);
+    if let Some(p) = r.mma_peak_tflops {
+        println!("mma peak     {p:.1} TFLOP/s (mma.sync m16n8k16 f16->f32 on this device)");
+    }
+    if let Some(mem) = &r.memory {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "memory       planned {:.1} MiB (arena {:.1} + weights {:.1} + staging {:.1}); allocated {:.1} MiB; \
+             cuMemGetInfo used {:.1} -> {:.1} MiB",
+            mib(mem.planned_total_bytes),
+            mib(mem.planned.arena_bytes),
+            mib(mem.planned.weight_bytes),
+            mib(mem.planned.staging_bytes),
+            mib(mem.allocated_total_bytes),
+            mib(mem.used_before_bytes),
+            mib(mem.used_after_bytes)
+        );
+    }
 }

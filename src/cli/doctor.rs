@@ -1,7 +1,8 @@
 //! `seamless doctor`: what CUDA this machine offers and whether every kernel compiles for it.
 
 use seamless::Tensor;
-use seamless::backend::{Backend as _, CpuBackend};
+use seamless::backend::Backend as _;
+use seamless::cpu::CpuBackend;
 use seamless::cuda::{CudaBackend, Precision, compile, device, libs, sources::FAMILIES};
 use seamless::error::{Error, Result};
 use seamless::model::weights::SplitMix64;

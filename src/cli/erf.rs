@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use seamless::Model;
-use seamless::backend::CpuBackend;
+use seamless::cpu::CpuBackend;
 use seamless::erf::{self, Erf, ErfSpec};
 use seamless::error::{Error, Result};
 use seamless::pipeline::PadMode;

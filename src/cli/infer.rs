@@ -3,15 +3,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use seamless::backend::{Backend as Compute, CpuBackend};
+use seamless::backend::Backend as Compute;
+use seamless::cpu::CpuBackend;
 use seamless::cuda::CudaBackend;
 use seamless::error::{Error, Result};
 use seamless::normalize::{NormSpec, Normalize};
 use seamless::output::{Existing, check_destination};
-use seamless::pipeline::{self, PadMode};
+use seamless::pipeline::{self, PadMode, Progress, Tiling};
 use seamless::planner::tile_plan::{address_space_headroom, available_host_memory, parse_bytes};
 use seamless::planner::{Precision, TilePlanner};
-use seamless::slide::stream::{self, StreamOptions};
+use seamless::slide::stream::{self, OutputKind, StreamOptions};
 use seamless::slide::{self, Format};
 use seamless::tile_grid::{TileGrid, round_up};
 
@@ -112,12 +113,6 @@ pub enum Backend {
     Cuda,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputKind {
-    Labels,
-    Probs,
-}
-
 /// Default CPU budget cap: past a few thousand pixels a larger tile saves little halo work (the
 /// overhead ((T+2H)/T)^2 is already within a few percent), and a shared machine keeps its memory.
 const CPU_DEFAULT_CAP: usize = 4 << 30;
@@ -152,8 +147,7 @@ pub fn auto_tile(
     multiple: usize,
     quiet: bool,
 ) -> Result<(usize, usize)> {
-    let (precision, mem) = backend.memory_model();
-    let mut planner = TilePlanner::new(model, h, w, precision, mem)?.with_multiple(multiple);
+    let mut planner = TilePlanner::new(model, h, w, backend.memory())?.with_multiple(multiple);
     let choice = match planner.choose(budget) {
         Err(Error::OutOfMemory { .. }) if multiple > 16 => {
             planner.set_multiple(16);
@@ -187,8 +181,7 @@ fn explicit_tile_fits(
     halo: usize,
     budget: usize,
 ) -> Result<()> {
-    let (precision, mem) = backend.memory_model();
-    let planner = TilePlanner::new(model, h, w, precision, mem)?;
+    let planner = TilePlanner::new(model, h, w, backend.memory())?;
     let a = model.align();
     let grid = TileGrid::new(round_up(h, a), round_up(w, a), tile.0, tile.1, halo, a)?;
     for (wh, ww) in grid.window_shapes() {
@@ -293,7 +286,7 @@ pub fn select_backend(
     };
     let cpu = || -> Result<(Box<dyn Compute>, usize)> {
         let budget = memory_budget(budget_arg)?;
-        let weights = model.graph.params() * 4 + seamless::cpu::packed_weight_bytes(&model.graph);
+        let weights = seamless::cpu::CPU_F32.weight_bytes(&model.graph);
         let limit = budget.saturating_sub(weights);
         Ok((Box::new(CpuBackend::with_limit(Some(limit))), budget))
     };
@@ -358,31 +351,20 @@ pub fn compute(
     pad: PadMode,
     quiet: bool,
 ) -> Result<Tensor> {
-    if whole {
-        return pipeline::infer_whole_on(backend, model, img, pad);
-    }
-    let al = model.align();
-    let grid = TileGrid::new(round_up(img.h, al), round_up(img.w, al), tile.0, tile.1, halo, al)?;
+    let tiling = if whole { Tiling::Whole } else { Tiling::Tiles { tile, halo } };
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let mut notes = Vec::new();
-    let out = pipeline::infer_grid_with(
-        backend,
-        model,
-        img,
-        pad,
-        &grid,
-        &mut |done, total| {
+    let out = pipeline::infer_on(backend, model, img, pad, tiling, &mut |p| match p {
+        Progress::Tiles { done, total, .. } if !whole => {
             let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
             bar.set_length(total as u64);
             bar.set_position(done as u64);
-        },
-        &mut |note| notes.push(note.to_string()),
-    )?;
-    if !quiet {
-        for n in &notes {
-            eprintln!("warning: {n}");
         }
-    }
+        Progress::Retry(note) if !quiet => match &pb {
+            Some(bar) => bar.println(format!("warning: {note}")),
+            None => eprintln!("warning: {note}"),
+        },
+        _ => {}
+    })?;
     if let Some(bar) = pb {
         bar.finish_and_clear();
     }
@@ -451,10 +433,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         whole: a.whole,
         pad: a.pad,
         norm,
-        kind: match a.output_kind {
-            OutputKind::Labels => stream::OutputKind::Labels,
-            OutputKind::Probs => stream::OutputKind::Probs,
-        },
+        kind: a.output_kind,
         probs_f16: a.probs_f16,
         format,
         resume: a.resume,
@@ -488,6 +467,11 @@ pub fn run(a: InferArgs) -> Result<()> {
                 bar.set_position(done as u64);
                 bar.set_message(format!("{:.2} Mpx/s", megapixels / t0.elapsed().as_secs_f64().max(1e-9)));
             }
+            stream::Progress::Retry(note) if !a.quiet => match &pb {
+                Some(bar) => bar.println(&note),
+                None => eprintln!("{note}"),
+            },
+            stream::Progress::Retry(_) => {}
         },
         &mut |note| {
             if !a.quiet {

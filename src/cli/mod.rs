@@ -1,7 +1,6 @@
 //! Argument parsing (clap) and the subcommands.
 
 mod bench;
-mod bench_cuda;
 mod demo;
 mod doctor;
 mod erf;
@@ -193,14 +192,15 @@ fn synth(a: SynthArgs) -> Result<()> {
 
 /// A single-channel u8 image as .npy (H, W) or greyscale .png.
 pub(crate) fn write_u8_image(path: &std::path::Path, w: usize, h: usize, data: &[u8]) -> Result<()> {
-    use seamless::image_io::{Format, Sink, format_of, save_npy};
+    use seamless::image_io::{save_npy, save_png_labels};
+    use seamless::slide::{Format, format_of};
     match format_of(path) {
         Some(Format::Npy) => save_npy(path, &[h as u64, w as u64], data.iter().copied()),
         Some(Format::Png) => {
             let t = seamless::Tensor::from_vec(1, h, w, data.iter().map(|&v| v as f32).collect());
-            Sink::create(path, false)?.write_labels(&t, 256)
+            save_png_labels(path, &t, false)
         }
-        None => Err(Error::Output { path: path.to_path_buf(), msg: "unknown format (use .npy or .png)".into() }),
+        _ => Err(Error::Output { path: path.to_path_buf(), msg: "unknown format (use .npy or .png)".into() }),
     }
 }
 

@@ -6,6 +6,28 @@ use seamless::planner::arena::liveness_peak;
 use seamless::planner::tile_plan::parse_bytes;
 use seamless::planner::{MemoryModel, Precision, TileChoice, TilePlanner};
 
+/// Whose memory `seamless plan` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Memory {
+    /// The CPU executor inside the streaming pipeline: arena, convolution workspace (padded
+    /// input), the weights plus their copy packed for the convolution engine, and the input
+    /// windows and outputs in flight between the reader, compute and writer threads.
+    Cpu,
+    /// The CUDA executor: the arena of the graph it runs (fused conv pre-ops split into their own
+    /// nodes), its parameters as laid out on the device, and one input and one output staging
+    /// buffer. Computed from the model alone: no GPU needed.
+    Device,
+}
+
+impl Memory {
+    pub fn model(self, precision: Precision) -> Box<dyn MemoryModel> {
+        match self {
+            Memory::Cpu => Box::new(seamless::cpu::CpuMemory { precision }),
+            Memory::Device => Box::new(seamless::cuda::DeviceMemory { precision }),
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct PlanArgs {
     /// A model file (.safetensors) or a preset: unet-64, unet-F[-dD], fcdensenet-56/67/103.
@@ -22,8 +44,8 @@ pub struct PlanArgs {
     /// Whose memory to count: the CPU pipeline (arena + convolution workspace + weights + the
     /// windows in flight between reader, compute and writer) or the CUDA executor (the arena of
     /// the graph it runs, its device parameters, one input and one output staging buffer).
-    #[arg(long, value_enum, default_value_t = MemoryModel::Cpu)]
-    memory: MemoryModel,
+    #[arg(long, value_enum, default_value_t = Memory::Cpu)]
+    memory: Memory,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -61,7 +83,8 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let model = Model::open(&a.model)?;
     let (w, h) = parse_size(&a.image)?;
     let budgets: Vec<usize> = a.budget.split(',').map(parse_bytes).collect::<Result<_>>()?;
-    let planner = TilePlanner::new(&model, h, w, a.precision, a.memory)?;
+    let mem = a.memory.model(a.precision);
+    let planner = TilePlanner::new(&model, h, w, mem.as_ref())?;
     let rows: Vec<Row> = budgets
         .iter()
         .map(|&b| match planner.choose(b) {

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use seamless::backend::CpuBackend;
+use seamless::cpu::CpuBackend;
 use seamless::error::{Error, Result};
-use seamless::image_io::read_image;
 use seamless::normalize::{self, Normalize};
 use seamless::output::AtomicFile;
 use seamless::pipeline::PadMode;
@@ -90,7 +89,7 @@ pub fn parse_size(what: &str, s: &str) -> Result<(usize, usize)> {
 pub fn load_image(a: &ImageArgs, model: &Model, default_synth: &str) -> Result<(Tensor, String)> {
     let (mut img, what) = match &a.input {
         Some(p) => {
-            let img = read_image(p)?;
+            let img = seamless::slide::read_image(&p.to_string_lossy())?;
             if img.c != model.in_channels() {
                 return Err(Error::Input {
                     path: p.clone(),

@@ -2,6 +2,7 @@
 //! executor that runs them. f32, multi-threaded over output channels and rows only, so every output
 //! element is accumulated by one thread in one fixed order whatever the tile's extent or position.
 
+mod backend;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
@@ -13,6 +14,8 @@ pub mod softmax;
 pub mod unpadded;
 pub mod upsample;
 pub mod winograd;
+
+pub use backend::{CPU_F32, CpuBackend, CpuMemory};
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};

@@ -35,13 +35,8 @@ use super::direct::{self, Isa, MR, Taps};
 use crate::graph::Conv2d;
 use crate::tensor::{Tensor, View};
 
-/// The smallest input and output channel counts for which the model graph picks Winograd. Below
-/// that the transforms' memory traffic (16 values per 2 x 2 block and channel, in and out) eats
-/// the saved multiplications: on U-Net-64's 64-channel 512 x 512 layers Winograd ran from 15 %
-/// faster to 45 % slower than the direct engine depending on the process (a cache effect not
-/// tracked down), while from 128 channels on it wins in every process measured. This also keeps
-/// FC-DenseNet's 16-channel dense layers and every first layer direct.
-pub const MIN_CHANNELS: usize = 128;
+/// Where the model graph picks Winograd (the graph carries the choice: [`crate::graph::Graph::assign_conv_algos`]).
+pub use crate::graph::WINOGRAD_MIN_CHANNELS as MIN_CHANNELS;
 
 /// Transform-domain elements per tile.
 const T: usize = 16;

@@ -21,7 +21,7 @@ use super::kernels::{self, FamilyReport, Kernels};
 use super::storage::Storage;
 use super::weights::LayerParams;
 use super::{Precision, libs};
-use crate::backend::Backend;
+use crate::backend::{Backend, Timings};
 use crate::error::{Error, Result};
 use crate::graph::{Conv2d, Graph, Op, Shape};
 use crate::tensor::Tensor;
@@ -55,6 +55,7 @@ macro_rules! with_exec {
 
 pub struct CudaBackend {
     precision: Precision,
+    memory: super::DeviceMemory,
     info: DeviceInfo,
     ctx: Arc<CudaContext>,
     streams: Streams,
@@ -87,7 +88,16 @@ impl CudaBackend {
             Precision::F32 => PrecisionState::F32(Mutex::new(Exec::new(&ctx)?)),
             Precision::F16 => PrecisionState::F16(Mutex::new(Exec::new(&ctx)?)),
         };
-        Ok(CudaBackend { precision, info, ctx, streams, kernels, reports, state })
+        Ok(CudaBackend {
+            precision,
+            memory: super::DeviceMemory { precision },
+            info,
+            ctx,
+            streams,
+            kernels,
+            reports,
+            state,
+        })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -121,7 +131,7 @@ impl CudaBackend {
 
     /// Run `graph` on `input` once, recording `timer`'s events around the compute (and around
     /// every node when it has per-node marks), for `seamless bench --backend cuda`.
-    pub fn run_timed(&self, graph: &Graph, input: &Tensor, timer: Option<&mut NodeTimer>) -> Result<Tensor> {
+    pub fn run_with_timer(&self, graph: &Graph, input: &Tensor, timer: Option<&mut NodeTimer>) -> Result<Tensor> {
         with_exec!(self, exec => {
             let run = exec.prepare(&self.streams, graph)?;
             let p = exec.enqueue(&self.ctx, &self.streams, &self.kernels, &run, input, timer)?;
@@ -300,8 +310,8 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
-    fn memory_model(&self) -> (Precision, crate::planner::MemoryModel) {
-        (self.precision, crate::planner::MemoryModel::Device)
+    fn memory(&self) -> &dyn crate::planner::MemoryModel {
+        &self.memory
     }
 
     fn name(&self) -> String {
@@ -309,7 +319,15 @@ impl Backend for CudaBackend {
     }
 
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {
-        self.run_timed(graph, input, None)
+        self.run_with_timer(graph, input, None)
+    }
+
+    fn run_timed(&self, graph: &Graph, input: &Tensor, per_node: bool) -> Result<(Tensor, Timings)> {
+        let nodes = if per_node { self.executed_graph(graph)?.nodes.len() } else { 0 };
+        let mut timer = NodeTimer::new(&self.ctx, nodes)?;
+        let y = self.run_with_timer(graph, input, Some(&mut timer))?;
+        let nodes = if per_node { timer.node_ms()?.into_iter().map(|ms| ms * 1e-3).collect() } else { Vec::new() };
+        Ok((y, Timings { compute_seconds: timer.whole_ms()? * 1e-3, nodes }))
     }
 
     fn run_pipelined(

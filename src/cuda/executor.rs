@@ -299,7 +299,7 @@ impl<T: Storage> Exec<T> {
         streams.synchronize()?; // tiles of the old graph may still read its parameters
         self.plans.clear();
         self.params = None;
-        let run = Arc::new(if graph.has_conv_pre() { graph.without_conv_pre() } else { graph.clone() });
+        let run = Arc::new(super::memory::lower(graph).into_owned());
         self.graph = Some((key, run.clone()));
         self.params = Some(GraphParams::upload(&streams.compute, &run)?);
         Ok(run)

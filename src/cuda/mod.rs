@@ -14,6 +14,7 @@
 //! - [`weights`]: layer parameters in the layouts the kernels read (f16 mma fragments).
 //! - [`conv_variants`]: the f16 conv kernels' shapes; [`autotune`]: one of them per layer.
 //! - [`kernels`]: loaded modules and one launch wrapper per op.
+//! - [`memory`]: the executor's memory as the planner counts it (no device needed).
 //! - [`executor`]: the arena, the staging buffers and the three streams one forward pass runs on.
 //! - [`backend`]: [`CudaBackend`], the graph executor implementing [`crate::backend::Backend`].
 
@@ -25,6 +26,7 @@ pub mod device;
 pub mod executor;
 pub mod kernels;
 pub mod libs;
+pub mod memory;
 pub mod sources;
 pub mod storage;
 pub mod weights;
@@ -32,6 +34,7 @@ pub mod weights;
 pub use autotune::TuneMode;
 pub use backend::CudaBackend;
 pub use executor::{DeviceBytes, NodeTimer};
+pub use memory::DeviceMemory;
 
 /// Arithmetic of the CUDA backend (the planner's precision: element sizes follow from it).
 pub use crate::planner::Precision;

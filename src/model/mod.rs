@@ -64,7 +64,7 @@ impl Model {
             });
         }
         let mut graph = source_graph.optimized();
-        graph.assign_conv_algos(config.align(), crate::cpu::winograd::MIN_CHANNELS);
+        graph.assign_conv_algos(config.align(), crate::graph::WINOGRAD_MIN_CHANNELS);
         let rf = ReceptiveField::analyze(&graph, config.align())?;
         Ok(Model { config, source_graph, graph, rf, trainable, origin: origin.to_string(), description: None })
     }

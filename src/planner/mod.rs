@@ -7,4 +7,4 @@ pub mod tile_plan;
 
 pub use arena::{ArenaPlan, Slot};
 pub use steps::{Action, NodeStep, Schedule};
-pub use tile_plan::{MemoryModel, Peak, Precision, TileChoice, TilePlanner};
+pub use tile_plan::{MemoryModel, Peak, Precision, QUEUE_DEPTH, TileChoice, TilePlanner, in_flight_bytes};

@@ -40,18 +40,34 @@ impl Precision {
     }
 }
 
-/// Which executor's memory to account for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-pub enum MemoryModel {
-    /// The CPU executor inside the streaming pipeline: arena, convolution workspace (padded
-    /// input), the weights plus their copy packed for the convolution engine, and the input
-    /// windows and outputs in flight between the reader, compute and writer threads (all host
-    /// memory, all under one budget).
-    Cpu,
-    /// The CUDA executor: the arena of the graph it runs (fused conv pre-ops split into their own
-    /// nodes), its parameters as laid out on the device, and one input and one output staging
-    /// buffer (the pipelined path uploads the next window and downloads the last output there).
-    Device,
+/// How one executor's memory grows with the window it runs: what the planner counts for it.
+/// Each backend implements this for itself (`cpu::CpuMemory`, `cuda::DeviceMemory`); the planner
+/// knows no backend, only this.
+pub trait MemoryModel: Sync {
+    /// Element size of activations and weights.
+    fn precision(&self) -> Precision;
+    /// The graph the executor really runs for `graph` (a backend may lower it: CUDA splits fused
+    /// pre-ops into their own nodes); its arena is the one planned.
+    fn lower<'g>(&self, graph: &'g Graph) -> Cow<'g, Graph>;
+    /// Peak memory of one forward pass of the lowered `graph` with `plan`.
+    fn peak(&self, graph: &Graph, plan: &ArenaPlan) -> Peak;
+}
+
+/// Windows in flight in the streaming runner: one queued between each pair of its three threads
+/// (reader -> compute -> writer), beside the one each thread holds. One is enough for the threads
+/// to overlap; every extra slot is another window the memory budget has to hold.
+pub const QUEUE_DEPTH: usize = 1;
+
+/// Host bytes of the tiles in flight for windows of `h x w`, `in_c` input and `out_c` output
+/// channels (f32): at most four input windows (the reader's window and, for a window that
+/// crosses the image border, the part it pastes from; one queued; one being computed) and four
+/// window-sized outputs (the network's output and its cropped tile in the compute thread, one
+/// queued, one being written). Output tiles are counted at the window's size, an upper bound.
+/// A memory model of a host executor counts these with its arena.
+pub fn in_flight_bytes(in_c: usize, out_c: usize, h: usize, w: usize) -> usize {
+    let (inputs, outputs) = (3 + QUEUE_DEPTH, 3 + QUEUE_DEPTH);
+    // Saturating: a window no machine could hold is then simply over every budget.
+    (inputs * in_c + outputs * out_c).saturating_mul(h).saturating_mul(w).saturating_mul(std::mem::size_of::<f32>())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,44 +87,10 @@ impl Peak {
     }
 }
 
-/// The graph whose memory `mem` counts: the CUDA kernels do not fuse an input scale-shift into a
-/// convolution, so the device executor runs the graph with those split into their own nodes.
-pub fn executed_graph(graph: &Graph, mem: MemoryModel) -> Cow<'_, Graph> {
-    match mem {
-        MemoryModel::Device if graph.has_conv_pre() => Cow::Owned(graph.without_conv_pre()),
-        _ => Cow::Borrowed(graph),
-    }
-}
-
 /// Memory of one forward pass of `graph` over an `h x w` window, by the executor `mem` describes.
-pub fn peak(graph: &Graph, h: usize, w: usize, precision: Precision, mem: MemoryModel) -> Result<Peak> {
-    let graph = executed_graph(graph, mem);
-    peak_of(&graph, &ArenaPlan::new(&graph, h, w)?, precision, mem)
-}
-
-/// `graph` must already be the executed graph.
-fn peak_of(graph: &Graph, plan: &ArenaPlan, precision: Precision, mem: MemoryModel) -> Result<Peak> {
-    Ok(match mem {
-        MemoryModel::Cpu => Peak {
-            arena_bytes: plan.arena_elems * precision.bytes(),
-            workspace_bytes: crate::cpu::workspace_elems(graph, plan) * 4,
-            weight_bytes: graph.params() * precision.bytes() + crate::cpu::packed_weight_bytes(graph),
-            // Node 0 is the input (see `Graph`).
-            staging_bytes: crate::slide::stream::in_flight_bytes(
-                plan.shapes[0].c,
-                plan.shapes[graph.output].c,
-                plan.h,
-                plan.w,
-            ),
-        },
-        MemoryModel::Device => Peak {
-            arena_bytes: plan.arena_elems * precision.bytes(),
-            workspace_bytes: 0,
-            weight_bytes: crate::cuda::weights::device_bytes(graph, precision),
-            // Node 0 is the input (see `Graph`).
-            staging_bytes: (plan.slots[0].len + plan.slots[graph.output].len) * precision.bytes(),
-        },
-    })
+pub fn peak(graph: &Graph, h: usize, w: usize, mem: &dyn MemoryModel) -> Result<Peak> {
+    let graph = mem.lower(graph);
+    Ok(mem.peak(&graph, &ArenaPlan::new(&graph, h, w)?))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -133,12 +115,11 @@ pub struct TileChoice {
 /// Plans for one image under one budget.
 pub struct TilePlanner<'a> {
     pub model: &'a Model,
-    /// The graph the backend runs (see [`executed_graph`]).
+    /// The graph the backend runs ([`MemoryModel::lower`]).
     graph: Cow<'a, Graph>,
     /// The arena plan at A x A, scaled to every window size asked about.
     unit: ArenaPlan,
-    pub precision: Precision,
-    pub mem: MemoryModel,
+    pub mem: &'a dyn MemoryModel,
     pub padded_h: usize,
     pub padded_w: usize,
     /// Tiles are multiples of this: A, or a multiple of it an output format needs (TIFF: 16).
@@ -154,31 +135,17 @@ impl<'a> TilePlanner<'a> {
 
     /// As [`Self::with_multiple`], in place: retrying with another multiple keeps the unit plan.
     pub fn set_multiple(&mut self, m: usize) {
-        let a = self.model.align();
-        let gcd = |mut x: usize, mut y: usize| {
-            while y != 0 {
-                (x, y) = (y, x % y);
-            }
-            x
-        };
-        self.step = a / gcd(a, m.max(1)) * m.max(1);
+        self.step = crate::tile_grid::lcm(self.model.align(), m.max(1));
     }
 
-    pub fn new(
-        model: &'a Model,
-        image_h: usize,
-        image_w: usize,
-        precision: Precision,
-        mem: MemoryModel,
-    ) -> Result<Self> {
+    pub fn new(model: &'a Model, image_h: usize, image_w: usize, mem: &'a dyn MemoryModel) -> Result<Self> {
         let a = model.align();
-        let graph = executed_graph(&model.graph, mem);
+        let graph = mem.lower(&model.graph);
         let unit = ArenaPlan::new(&graph, a, a)?;
         Ok(TilePlanner {
             model,
             graph,
             unit,
-            precision,
             mem,
             padded_h: round_up(image_h, a),
             padded_w: round_up(image_w, a),
@@ -194,7 +161,7 @@ impl<'a> TilePlanner<'a> {
     /// Memory of one forward pass over an `h x w` window (multiples of A).
     pub fn window_peak(&self, h: usize, w: usize) -> Result<Peak> {
         let plan = self.unit.scaled_to(&self.graph, h, w)?;
-        peak_of(&self.graph, &plan, self.precision, self.mem)
+        Ok(self.mem.peak(&self.graph, &plan))
     }
 
     fn grid(&self, th: usize, tw: usize) -> Result<TileGrid> {

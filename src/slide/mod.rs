@@ -3,10 +3,12 @@
 //! size. Formats by extension (overridable): TIFF/BigTIFF, OME-Zarr (v2 and v3), .npy
 //! (positioned reads), PNG (small images only: decoded whole), and `synth:WxH[:seed]` (generated).
 
+mod journal;
 pub mod npy;
 pub mod stream;
 pub mod synth_source;
 pub mod tiff_io;
+pub(crate) mod tiles;
 pub mod zarr_io;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
 use crate::tensor::Tensor;
+pub use tiles::{PadMode, Progress};
 
 /// An image that can be read a window at a time.
 pub trait Source: Send {
@@ -200,7 +204,7 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
         Format::Tiff => Box::new(tiff_io::TiffSource::open(&path)?),
         Format::Zarr => Box::new(zarr_io::ZarrSource::open(&path)?),
         Format::Npy => Box::new(npy::NpySource::open(&path)?),
-        Format::Png => Box::new(InMemory::new(crate::image_io::read_image(&path)?)),
+        Format::Png => Box::new(InMemory::new(crate::image_io::read_png_file(&path)?)),
     };
     let (h, w, c) = src.shape();
     if h == 0 || w == 0 || c == 0 {
@@ -213,6 +217,14 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
         ));
     }
     Ok(src)
+}
+
+/// A whole image in memory, from any source `open_source` reads (sweeps and receptive-field
+/// measurements work on images held whole).
+pub fn read_image(spec: &str) -> Result<Tensor> {
+    let mut src = open_source(spec, None)?;
+    let (h, w, _) = src.shape();
+    src.read(0, 0, h, w)
 }
 
 /// A decoded image held in memory (PNG, small inputs).

@@ -1,0 +1,113 @@
+//! The CPU as a [`Backend`]: the planned executor, with plans cached per window size and one arena
+//! reused across tiles; and its memory model for the planner.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::Buffers;
+use crate::backend::{Backend, Timings};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::planner::{ArenaPlan, MemoryModel, Peak, Precision, in_flight_bytes};
+use crate::tensor::Tensor;
+
+/// What the CPU executor holds inside the streaming runner: the arena, the convolution workspace
+/// (padded inputs, Winograd transforms), the weights plus their copy packed for the convolution
+/// engine, and the windows and outputs in flight between the runner's reader, compute and writer
+/// threads (all host memory, all under one budget). The backend computes in f32; other element
+/// sizes are for planning what storage in them would need.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMemory {
+    pub precision: Precision,
+}
+
+/// The CPU backend's own memory model.
+pub const CPU_F32: CpuMemory = CpuMemory { precision: Precision::F32 };
+
+impl MemoryModel for CpuMemory {
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn lower<'g>(&self, graph: &'g Graph) -> Cow<'g, Graph> {
+        Cow::Borrowed(graph)
+    }
+
+    fn peak(&self, graph: &Graph, plan: &ArenaPlan) -> Peak {
+        Peak {
+            arena_bytes: plan.arena_elems * self.precision.bytes(),
+            workspace_bytes: super::workspace_elems(graph, plan) * std::mem::size_of::<f32>(),
+            weight_bytes: self.weight_bytes(graph),
+            // Node 0 is the input (see `Graph`).
+            staging_bytes: in_flight_bytes(plan.shapes[0].c, plan.shapes[graph.output].c, plan.h, plan.w),
+        }
+    }
+}
+
+impl CpuMemory {
+    /// The parameters and their packed copy: what the model costs before any window.
+    pub fn weight_bytes(&self, graph: &Graph) -> usize {
+        graph.params() * self.precision.bytes() + super::packed_weight_bytes(graph)
+    }
+}
+
+/// The multi-threaded f32 CPU backend.
+#[derive(Default)]
+pub struct CpuBackend {
+    plans: Mutex<HashMap<(usize, usize), Arc<ArenaPlan>>>,
+    buffers: Mutex<Buffers>,
+    /// Refuse windows whose arena and workspace exceed this many bytes, as a device with that much
+    /// free memory would (`--memory-budget` minus the weights and their packed copy).
+    pub limit_bytes: Option<usize>,
+}
+
+impl CpuBackend {
+    pub fn with_limit(limit_bytes: Option<usize>) -> CpuBackend {
+        CpuBackend { limit_bytes, ..CpuBackend::default() }
+    }
+
+    fn plan(&self, graph: &Graph, h: usize, w: usize) -> Result<Arc<ArenaPlan>> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&(h, w)) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(ArenaPlan::new(graph, h, w)?);
+        plans.insert((h, w), p.clone());
+        Ok(p)
+    }
+
+    fn run_with(&self, graph: &Graph, input: &Tensor, per_node: Option<&mut [f64]>) -> Result<Tensor> {
+        let plan = self.plan(graph, input.h, input.w)?;
+        let need = (plan.arena_elems + super::workspace_elems(graph, &plan)) * 4;
+        if let Some(limit) = self.limit_bytes
+            && need > limit
+        {
+            return Err(Error::OutOfMemory { what: format!("a {}x{} window", input.h, input.w), bytes: need });
+        }
+        // The buffers grow to the largest window seen and are reused, not reallocated per tile.
+        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        super::run_planned_timed(graph, &plan, input, &mut bufs, false, per_node)
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn memory(&self) -> &dyn MemoryModel {
+        &CPU_F32
+    }
+
+    fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {
+        self.run_with(graph, input, None)
+    }
+
+    fn run_timed(&self, graph: &Graph, input: &Tensor, per_node: bool) -> Result<(Tensor, Timings)> {
+        let mut nodes = vec![0.0; if per_node { graph.nodes.len() } else { 0 }];
+        let t0 = std::time::Instant::now();
+        let y = self.run_with(graph, input, per_node.then_some(nodes.as_mut_slice()))?;
+        Ok((y, Timings { compute_seconds: t0.elapsed().as_secs_f64(), nodes }))
+    }
+}
