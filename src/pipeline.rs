@@ -12,7 +12,7 @@ use crate::tile_grid::{Tile, TileGrid, round_up};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum PadMode {
-    /// Zeros below and right of the image (DESIGN.md's reference).
+    /// Zeros below and right of the image (the reference run of docs/design.md).
     Zero,
     /// Mirror the image without repeating the edge (numpy's 'reflect'), as the NIST paper does.
     Reflect,
