@@ -1,4 +1,5 @@
-//! The receptive-field analysis against measurement, and against DESIGN.md's reference numbers.
+//! The receptive-field analysis against measurement, and against the reference numbers of
+//! docs/design.md.
 
 mod common;
 
@@ -91,8 +92,9 @@ fn analysis_bounds_measurement_and_is_tight_to_the_alignment() {
 
 #[test]
 fn presets_match_the_reference_table() {
-    // DESIGN.md: U-Net (64 filters, 4 poolings) ~1.47 MFLOP/px, 31.0 M params, RF ~188-204 px;
-    // FC-DenseNet56/67/103: 0.36/0.83/0.80 MFLOP/px, 1.4/3.5/9.4 M params, RF ~0.8k/1.0k/2.3k.
+    // The table of docs/design.md, "Reference numbers": U-Net (64 filters, 4 poolings)
+    // ~1.47 MFLOP/px, 31.0 M params, RF ~188-204 px; FC-DenseNet56/67/103: 0.36/0.83/0.80 MFLOP/px,
+    // 1.4/3.5/9.4 M params, RF ~0.8k/1.0k/2.3k.
     // Exact halos: the paper's Table 2 has 96 / 384 / 480 / 1120; ours are one A larger for
     // FC-DenseNet because its 3x3 transposed convolutions reach further on one side than the
     // paper's Σ 2^level·⌊k/2⌋ counts (tests above measure the reach).

@@ -7,7 +7,7 @@ The network is rebuilt from docs/model-format.md as a plain ONNX graph (Conv, Ba
 Relu, MaxPool, ConvTranspose, Slice, Resize, Concat, Softmax) and run on the CPU with graph
 optimisations off, so every operator is computed as written.
 
-Reference run (the exactness contract of DESIGN.md): the whole image, zero-padded at the
+Reference run (the exactness contract of docs/design.md): the whole image, zero-padded at the
 bottom/right to a multiple of the alignment A, every conv with its own zero "same" padding, output
 cropped back.
 

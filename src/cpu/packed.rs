@@ -23,9 +23,11 @@ pub fn elems(graph: &Graph) -> usize {
 
 /// Identifies the weights a pack was made from: their addresses and lengths, each convolution's
 /// algorithm, and a sample of their values (so a model dropped and another loaded at the same addresses is still told apart).
-fn fingerprint(graph: &Graph) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
+fn fingerprint(graph: &Graph) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    let mut mix = |v: u64| {
+        h.update(&v.to_le_bytes());
+    };
     for n in &graph.nodes {
         let w = match &n.op {
             Op::Conv2d(c) => {
@@ -43,13 +45,13 @@ fn fingerprint(graph: &Graph) -> u64 {
         }
     }
     mix(graph.nodes.len() as u64);
-    h
+    h.finalize()
 }
 
 /// The packed weights of every convolution of one graph, stored flat.
 #[derive(Default)]
 pub struct Packed {
-    key: Option<u64>,
+    key: Option<blake3::Hash>,
     start: Vec<usize>,
     data: Vec<f32>,
 }

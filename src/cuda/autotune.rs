@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::compile::{cache_dir, fnv1a};
+use super::compile::{cache_dir, cache_key};
 use super::conv_variants::{self, F16Variant};
 use super::sources::FAMILIES;
 use crate::error::Result;
@@ -173,8 +173,8 @@ impl Autotune {
 /// `autotune-<hash of device, arch, conv source>.json`.
 pub fn cache_file_name(device: &str, arch: &str) -> String {
     let conv = FAMILIES.iter().find(|f| f.name == "conv").expect("the conv family");
-    let key = fnv1a(&[device.as_bytes(), arch.as_bytes(), conv.full_source().as_bytes()]);
-    format!("autotune-{key:016x}.json")
+    let key = cache_key(&[device.as_bytes(), arch.as_bytes(), conv.full_source().as_bytes()]);
+    format!("autotune-{key}.json")
 }
 
 /// Choices in a cache file written for this device and arch; unknown tags are dropped.

@@ -100,25 +100,25 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
 }
 
-/// 64-bit FNV-1a: stable across Rust versions and platforms (std's hasher is not), which is all a
-/// cache key needs.
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// A cache file's key: 16 hex digits of the BLAKE3 hash of `parts`. BLAKE3 because the key must
+/// not change between Rust versions or platforms (std's hasher may); each part goes in after its
+/// length, so moving bytes from one part to the next changes the key; 64 bits, because a cache
+/// folder holds a few dozen files, not billions.
+pub(crate) fn cache_key(parts: &[&[u8]]) -> String {
+    let mut h = blake3::Hasher::new();
     for part in parts {
-        for &b in *part {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h = (h ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3); // separator between parts
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
     }
-    h
+    h.finalize().to_hex()[..16].to_string()
 }
 
 /// The cache file name for a family compiled with `options` for `arch` by NVRTC `nvrtc`.
 pub fn cache_file_name(family: &Family, arch: &str, options: &[String], nvrtc: (i32, i32)) -> String {
     let version = format!("{}.{}", nvrtc.0, nvrtc.1);
     let opts = options.join(" ");
-    let key = fnv1a(&[family.full_source().as_bytes(), arch.as_bytes(), opts.as_bytes(), version.as_bytes()]);
-    format!("{}-{arch}-{key:016x}.cubin", family.name)
+    let key = cache_key(&[family.full_source().as_bytes(), arch.as_bytes(), opts.as_bytes(), version.as_bytes()]);
+    format!("{}-{arch}-{key}.cubin", family.name)
 }
 
 /// A compiled family and whether it came from the cache.
@@ -179,6 +179,14 @@ mod tests {
         assert_ne!(a, cache_file_name(f, "sm_90", &o, (13, 5)));
         assert_ne!(a, cache_file_name(f, "sm_90", &[o.join(" "), "--ftz=true".into()], (13, 0)));
         assert_ne!(a, cache_file_name(&FAMILIES[1], "sm_90", &o, (13, 0)));
+    }
+
+    #[test]
+    fn cache_keys_keep_parts_apart() {
+        let k = cache_key(&[b"sm_9", b"0--fmad=false"]);
+        assert_eq!(k.len(), 16, "{k}");
+        assert_ne!(k, cache_key(&[b"sm_90", b"--fmad=false"]));
+        assert_ne!(cache_key(&[b"", b"x"]), cache_key(&[b"x", b""]));
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl NodeTimer {
 pub(crate) struct Exec<T: Storage> {
     /// Fingerprint of the graph given to the backend, and the graph really run (fused conv pre-ops
     /// split), kept so that its parameters keep their addresses and are uploaded once.
-    graph: Option<(u64, Arc<Graph>)>,
+    graph: Option<(blake3::Hash, Arc<Graph>)>,
     params: Option<GraphParams<T>>,
     plans: HashMap<(usize, usize), Arc<Planned>>,
     arena: Option<CudaSlice<T>>,

@@ -97,7 +97,7 @@ impl<T> LayerParams<T> {
 
 /// Every node's parameters, uploaded once, for the graph they were made from.
 pub struct GraphParams<T> {
-    pub fingerprint: u64,
+    pub fingerprint: blake3::Hash,
     pub layers: Vec<LayerParams<T>>,
     /// Device bytes of all of them (what [`device_bytes`] predicts).
     pub bytes: usize,
@@ -176,13 +176,18 @@ impl<T: Storage> GraphParams<T> {
 /// Identifies the graph whose parameters are on the device, cheaply enough to check on every
 /// tile: each node's kind, parameter sizes and addresses, and the first and last values. Weights
 /// are never mutated while a graph is alive, so a match means the same weights.
-pub fn fingerprint(graph: &Graph) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(5);
+pub fn fingerprint(graph: &Graph) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    let mut mix = |v: u64| {
+        h.update(&v.to_le_bytes());
+    };
     mix(graph.nodes.len() as u64);
     mix(graph.output as u64);
     for node in &graph.nodes {
-        mix(node.op.kind().len() as u64 ^ (node.op.kind().as_bytes()[0] as u64) << 8);
+        let kind = node.op.kind();
+        mix(kind.len() as u64);
+        kind.bytes().for_each(|b| mix(b.into()));
+        mix(node.inputs.len() as u64);
         for &i in &node.inputs {
             mix(i as u64);
         }
@@ -205,7 +210,7 @@ pub fn fingerprint(graph: &Graph) -> u64 {
             mix(c.relu as u64);
         }
     }
-    h
+    h.finalize()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::tile_grid::{Tile, round_up};
 /// How the image is extended to a multiple of A (the same for tiled and whole runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum PadMode {
-    /// Zeros below and right of the image (the reference of the exactness contract).
+    /// Zeros below and right of the image (the reference run of docs/design.md).
     Zero,
     /// Mirror the image without repeating the edge (numpy's 'reflect'), as the NIST paper does.
     Reflect,

@@ -51,11 +51,11 @@ fn family_unit(name: &str, source: &str, functions: &[&str]) -> String {
     s
 }
 
-fn fnv1a(h: &mut u64, bytes: &[u8]) {
-    for &b in bytes {
-        *h = (*h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    *h = (*h ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+/// Adds one input of the build to its key, after its length so that bytes cannot move from one
+/// input to the next and leave the key unchanged.
+fn add_to_key(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -74,30 +74,31 @@ fn build() -> Result<PathBuf, String> {
         .arg("--version")
         .output()
         .map_err(|e| format!("the emulated CUDA device needs a C++ compiler ({cxx}): {e}"))?;
-    let mut key = 0xcbf2_9ce4_8422_2325u64;
-    fnv1a(&mut key, &version.stdout);
-    fnv1a(&mut key, FLAGS.join(" ").as_bytes());
+    let mut key = blake3::Hasher::new();
+    add_to_key(&mut key, &version.stdout);
+    add_to_key(&mut key, FLAGS.join(" ").as_bytes());
     let dir = source_dir();
     for f in EMULATOR_FILES {
         let text = std::fs::read(dir.join(f)).map_err(|e| format!("{}: {e}", dir.join(f).display()))?;
-        fnv1a(&mut key, &text);
+        add_to_key(&mut key, &text);
     }
     let units: Vec<(String, String)> = FAMILIES
         .iter()
         .map(|f| (format!("family_{}.cpp", f.name), family_unit(f.name, f.source, f.functions)))
         .collect();
     for (_, text) in &units {
-        fnv1a(&mut key, text.as_bytes());
+        add_to_key(&mut key, text.as_bytes());
     }
+    let key = &key.finalize().to_hex()[..16];
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emulator");
-    let done = root.join(format!("{key:016x}"));
+    let done = root.join(key);
     let lib = done.join("libcuda-emulator.so");
     if lib.exists() {
         return Ok(lib);
     }
     // Built in a folder of its own and renamed into place, so concurrent builders (test binaries
     // run in parallel by nextest) never see half a library.
-    let work = root.join(format!("{key:016x}.tmp{}", std::process::id()));
+    let work = root.join(format!("{key}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let mut sources: Vec<PathBuf> = vec![dir.join("driver.cpp"), dir.join("scheduler.cpp")];
