@@ -20,7 +20,7 @@ pub struct Timings {
     pub nodes: Vec<f64>,
 }
 
-pub trait Backend: Sync {
+pub trait Backend: Send + Sync {
     /// Human-readable name for logs and summaries, e.g. "cpu (2 threads)".
     fn name(&self) -> String;
     /// How the planner counts this backend's memory, and how it lowers a graph.

@@ -25,6 +25,10 @@ pub enum Error {
     Backend(String),
     #[error("out of memory: {what} needs {bytes} bytes")]
     OutOfMemory { what: String, bytes: usize },
+    /// The caller cancelled the run ([`crate::slide::Cancel`]); a run to a file keeps its partial
+    /// output for `--resume`.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {
@@ -36,6 +40,8 @@ impl Error {
             Error::Input { .. } | Error::Shape(_) => 4,
             Error::Output { .. } => 5,
             Error::Backend(_) | Error::OutOfMemory { .. } => 6,
+            // As a shell reports a process stopped by Ctrl-C.
+            Error::Cancelled => 130,
         }
     }
 }

@@ -11,8 +11,10 @@
 //! method, the exactness contract and a map of these modules: `docs/design.md`.
 
 pub mod backend;
+pub mod capi;
 pub mod cpu;
 pub mod cuda;
+pub mod embed;
 pub mod erf;
 pub mod error;
 pub mod graph;

@@ -10,7 +10,7 @@ use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::slide::tiles::TileRun;
-pub use crate::slide::{PadMode, Progress};
+pub use crate::slide::{Cancel, PadMode, Progress};
 use crate::slide::{Sink, Source};
 use crate::tensor::Tensor;
 use crate::tile_grid::{TileGrid, round_up};
@@ -42,6 +42,19 @@ pub fn infer_on(
     pad: PadMode,
     tiling: Tiling,
     progress: &mut dyn FnMut(Progress),
+) -> Result<Tensor> {
+    run_in_memory(backend, model, img, pad, tiling, progress, None)
+}
+
+/// [`infer_on`], stopped with [`Error::Cancelled`] when `cancel` is set (the embedding API's).
+pub(crate) fn run_in_memory(
+    backend: &dyn Backend,
+    model: &Model,
+    img: &Tensor,
+    pad: PadMode,
+    tiling: Tiling,
+    progress: &mut dyn FnMut(Progress),
+    cancel: Option<&Cancel>,
 ) -> Result<Tensor> {
     if img.c != model.in_channels() {
         return Err(Error::Shape(format!(
@@ -78,6 +91,7 @@ pub fn infer_on(
         whole: matches!(tiling, Tiling::Whole),
         labels: false,
         abort_after: None,
+        cancel,
     };
     let tiles = run.run(&mut Borrowed(img), &todo, sink, &mut |_, _| Ok(()), (0, todo.len()), progress);
     tiles.sink?.finish()?;

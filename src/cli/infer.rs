@@ -4,13 +4,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use seamless::backend::Backend as Compute;
-use seamless::cpu::CpuBackend;
-use seamless::cuda::CudaBackend;
+use seamless::embed::Device;
 use seamless::error::{Error, Result};
 use seamless::normalize::{NormSpec, Normalize};
 use seamless::output::{Existing, check_destination};
 use seamless::pipeline::{self, PadMode, Progress, Tiling};
-use seamless::planner::tile_plan::{address_space_headroom, available_host_memory, parse_bytes};
+use seamless::planner::tile_plan::parse_bytes;
 use seamless::planner::{Precision, TilePlanner};
 use seamless::slide::stream::{self, OutputKind, StreamOptions};
 use seamless::slide::{self, Format};
@@ -111,31 +110,6 @@ pub enum Backend {
     Auto,
     Cpu,
     Cuda,
-}
-
-/// Default CPU budget cap: past a few thousand pixels a larger tile saves little halo work (the
-/// overhead ((T+2H)/T)^2 is already within a few percent), and a shared machine keeps its memory.
-const CPU_DEFAULT_CAP: usize = 4 << 30;
-
-/// The CPU memory budget: `--memory-budget`, or half the memory available now, at most 4 GiB.
-/// A budget past what `ulimit -v` leaves the process is refused: the run would abort part-way.
-pub fn memory_budget(arg: Option<&str>) -> Result<usize> {
-    if let Some(s) = arg {
-        let budget = parse_bytes(s)?;
-        if let Some(room) = address_space_headroom()
-            && budget > room
-        {
-            return Err(Error::Usage(format!(
-                "--memory-budget {s}: the process's resource limit (ulimit -v or -d) leaves it only {}; \
-                 give at most that, or raise the limit",
-                human(room)
-            )));
-        }
-        return Ok(budget);
-    }
-    let avail = available_host_memory()
-        .ok_or_else(|| Error::Usage("cannot read the available memory; give --memory-budget".into()))?;
-    Ok((avail / 2).min(CPU_DEFAULT_CAP))
 }
 
 /// Tile size to use when the user says `auto`: the largest that fits the budget (the planner).
@@ -272,41 +246,21 @@ pub fn select_backend(
     model: &Model,
     quiet: bool,
 ) -> Result<(Box<dyn Compute>, usize)> {
-    let margin = |avail: usize| avail.saturating_sub((avail / 10).max(256 << 20));
-    let cuda = || -> Result<(Box<dyn Compute>, usize)> {
-        let backend = CudaBackend::new(device, precision)?;
-        if !quiet {
-            eprintln!("backend: {}", backend.name());
-        }
-        let budget = match budget_arg {
-            Some(s) => parse_bytes(s)?,
-            None => margin(backend.info().free_bytes),
-        };
-        Ok((Box::new(backend), budget))
+    let device = match b {
+        Backend::Auto => Device::Auto,
+        Backend::Cpu => Device::Cpu,
+        Backend::Cuda => Device::Cuda(device),
     };
-    let cpu = || -> Result<(Box<dyn Compute>, usize)> {
-        let budget = memory_budget(budget_arg)?;
-        let weights = seamless::cpu::CPU_F32.weight_bytes(&model.graph);
-        let limit = budget.saturating_sub(weights);
-        Ok((Box::new(CpuBackend::with_limit(Some(limit))), budget))
-    };
-    match b {
-        Backend::Cuda => cuda(),
-        Backend::Cpu if precision == Precision::F16 => {
-            Err(Error::Usage("--precision f16 needs the CUDA backend; the CPU backend computes in f32".into()))
+    let budget = budget_arg.map(parse_bytes).transpose()?;
+    let (backend, budget, cuda_skipped) = seamless::embed::choose_backend(device, precision, budget, None, model)?;
+    if !quiet {
+        match cuda_skipped {
+            Some(why) => eprintln!("backend: {} in f32 (CUDA not used: {why})", backend.name()),
+            None if b != Backend::Cpu => eprintln!("backend: {}", backend.name()),
+            None => {}
         }
-        Backend::Cpu => cpu(),
-        Backend::Auto => cuda().or_else(|e| {
-            if !quiet {
-                let why = match e {
-                    Error::Backend(msg) => msg,
-                    other => other.to_string(),
-                };
-                eprintln!("backend: {} in f32 (CUDA not used: {why})", CpuBackend::default().name());
-            }
-            cpu()
-        }),
     }
+    Ok((backend, budget))
 }
 
 pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {

@@ -60,6 +60,8 @@ pub struct CpuBackend {
     /// Refuse windows whose arena and workspace exceed this many bytes, as a device with that much
     /// free memory would (`--memory-budget` minus the weights and their packed copy).
     pub limit_bytes: Option<usize>,
+    /// Worker threads of its own (an embedding program's choice); else rayon's global pool.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl CpuBackend {
@@ -77,7 +79,24 @@ impl CpuBackend {
         Ok(p)
     }
 
+    /// With a pool of `threads` workers of its own.
+    pub fn with_threads(mut self, threads: usize) -> Result<CpuBackend> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Backend(format!("cannot start {threads} worker threads: {e}")))?;
+        self.pool = Some(pool);
+        Ok(self)
+    }
+
     fn run_with(&self, graph: &Graph, input: &Tensor, per_node: Option<&mut [f64]>) -> Result<Tensor> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.run_here(graph, input, per_node)),
+            None => self.run_here(graph, input, per_node),
+        }
+    }
+
+    fn run_here(&self, graph: &Graph, input: &Tensor, per_node: Option<&mut [f64]>) -> Result<Tensor> {
         let plan = self.plan(graph, input.h, input.w)?;
         let need = (plan.arena_elems + super::workspace_elems(graph, &plan)) * 4;
         if let Some(limit) = self.limit_bytes
@@ -93,7 +112,8 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let threads = self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        format!("cpu ({threads} threads)")
     }
 
     fn memory(&self) -> &dyn MemoryModel {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 use crate::tensor::Tensor;
-pub use tiles::{PadMode, Progress};
+pub use tiles::{Cancel, PadMode, Progress};
 
 /// An image that can be read a window at a time.
 pub trait Source: Send {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{self, Journal, JournalHeader, same_run_as_other_shards};
 use super::tiles::TileRun;
-pub use super::tiles::{PadMode, Progress};
+pub use super::tiles::{Cancel, PadMode, Progress};
 use super::{Format, OutSpec, OutType, Sink, Source, npy::NpySink, output_err, tiff_io::TiffSink, zarr_io::ZarrSink};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -58,6 +58,29 @@ pub struct StreamOptions {
     /// tile is written, and a run whose input changed meanwhile (its tiles would come from two
     /// images) fails instead of moving its output into place.
     pub recheck_input: Option<String>,
+}
+
+impl StreamOptions {
+    /// The defaults of `seamless infer` for `format`: the exact halo and the largest tile that fits
+    /// are the caller's to fill in (`tile`, `halo`).
+    pub fn new(format: Format, tile: (usize, usize), halo: usize) -> StreamOptions {
+        StreamOptions {
+            tile,
+            halo,
+            whole: false,
+            pad: PadMode::Zero,
+            norm: NormSpec::new(normalize::Normalize::Zscore),
+            kind: OutputKind::Labels,
+            probs_f16: false,
+            format,
+            resume: false,
+            shard: None,
+            abort_after: None,
+            existing: Existing::Refuse,
+            input_id: String::new(),
+            recheck_input: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -269,6 +292,7 @@ fn statistics(
     norm: &NormSpec,
     progress: &mut dyn FnMut(Progress),
     note: &mut dyn FnMut(&str),
+    cancel: Option<&Cancel>,
 ) -> Result<Vec<(f64, f64)>> {
     let (ih, iw, ic) = src.shape();
     if !matches!(norm.mode, normalize::Normalize::None | normalize::Normalize::Fixed) {
@@ -278,6 +302,7 @@ fn statistics(
     normalize::statistics_with(norm, ic, &mut |f| {
         pass += 1;
         for (y0, x0, rows, cols) in normalize::blocks(ih, iw) {
+            Cancel::check(cancel)?;
             f(&src.read(y0, x0, rows, cols)?);
             if x0 + cols == iw {
                 progress(Progress::Statistics { pass, rows_done: y0 + rows, rows: ih });
@@ -290,7 +315,7 @@ fn statistics(
 /// Run `model` over `src` into `out`, calling `progress` after each statistics band and each tile,
 /// and `note` with what the user should know (a resumed run, an earlier output removed).
 pub fn run(
-    mut src: Box<dyn Source>,
+    src: Box<dyn Source>,
     model: &Model,
     backend: &dyn Backend,
     out: &Path,
@@ -298,9 +323,25 @@ pub fn run(
     progress: &mut dyn FnMut(Progress),
     note: &mut dyn FnMut(&str),
 ) -> Result<Summary> {
+    run_cancellable(src, model, backend, out, opts, progress, note, None)
+}
+
+/// [`run`], stopped with [`Error::Cancelled`] when `cancel` is set (the partial output stays for
+/// `--resume`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_cancellable(
+    mut src: Box<dyn Source>,
+    model: &Model,
+    backend: &dyn Backend,
+    out: &Path,
+    opts: &StreamOptions,
+    progress: &mut dyn FnMut(Progress),
+    note: &mut dyn FnMut(&str),
+    cancel: Option<&Cancel>,
+) -> Result<Summary> {
     let t0 = Instant::now();
     let Layout { image: (ih, iw, ic), tile, halo, grid, spec } = layout(src.as_ref(), model, out, opts)?;
-    let stats = statistics(src.as_mut(), &opts.norm, progress, note)?;
+    let stats = statistics(src.as_mut(), &opts.norm, progress, note, cancel)?;
     let header = JournalHeader {
         version: 3,
         model: format!("{} {}", model.config.config_json(), model.graph.fingerprint()),
@@ -367,6 +408,7 @@ pub fn run(
         whole: opts.whole,
         labels: opts.kind == OutputKind::Labels,
         abort_after: opts.abort_after,
+        cancel,
     }
     .run(src.as_mut(), &todo, sink, &mut |i, record| journal.append(i, record), (resumed, total), progress);
     let sink = match tiles.sink {

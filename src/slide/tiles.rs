@@ -39,6 +39,28 @@ pub enum Progress {
     Retry(String),
 }
 
+/// A flag another thread sets to stop a run: the runner stops reading at the next window (or
+/// statistics block) and the run ends with [`Error::Cancelled`].
+#[derive(Debug, Default)]
+pub struct Cancel(std::sync::atomic::AtomicBool);
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+    /// Ask the run to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// `Err(Error::Cancelled)` once cancelled.
+    pub fn check(cancel: Option<&Cancel>) -> Result<()> {
+        if cancel.is_some_and(Cancel::is_cancelled) { Err(Error::Cancelled) } else { Ok(()) }
+    }
+}
+
 /// One run over a list of tiles.
 pub(crate) struct TileRun<'a> {
     pub backend: &'a dyn Backend,
@@ -58,6 +80,7 @@ pub(crate) struct TileRun<'a> {
     pub labels: bool,
     /// Test hook: abort the process after this many tiles are written.
     pub abort_after: Option<usize>,
+    pub cancel: Option<&'a Cancel>,
 }
 
 /// How a run over tiles ended.
@@ -92,7 +115,7 @@ impl TileRun<'_> {
             let (out_tx, out_rx) = sync_channel::<(usize, Tile, Tensor)>(QUEUE_DEPTH);
             let reader = scope.spawn(move || {
                 for &(i, t) in todo {
-                    let w = self.read_window(src, &t).map(|w| (i, t, w));
+                    let w = Cancel::check(self.cancel).and_then(|_| self.read_window(src, &t)).map(|w| (i, t, w));
                     let failed = w.is_err();
                     if win_tx.send(w).is_err() || failed {
                         return;
