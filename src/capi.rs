@@ -46,6 +46,12 @@ fn text<'a>(s: *const c_char, what: &str) -> Result<&'a str> {
     unsafe { CStr::from_ptr(s) }.to_str().map_err(|_| Error::Usage(format!("{what} is not UTF-8")))
 }
 
+/// The engine behind a pointer the caller passes.
+fn live<'a>(engine: *const SeamlessEngine) -> Result<&'a SeamlessEngine> {
+    // SAFETY: the caller passes NULL (an error here) or a live engine from `seamless_engine_open`.
+    unsafe { engine.as_ref() }.ok_or_else(|| Error::Usage("engine is NULL".into()))
+}
+
 /// Progress for the C callback; a nonzero return cancels the run.
 fn reporter(progress: SeamlessProgress, user: *mut c_void, cancel: &Cancel) -> impl FnMut(&Progress) + '_ {
     move |p| {
@@ -148,8 +154,7 @@ pub unsafe extern "C" fn seamless_segment(
     error: *mut *mut c_char,
 ) -> i32 {
     guard(error, || {
-        // SAFETY: a live engine from `seamless_engine_open`, or NULL (checked).
-        let engine = unsafe { engine.as_ref() }.ok_or_else(|| Error::Usage("engine is NULL".into()))?;
+        let engine = live(engine)?;
         if image.is_null() || probs.is_null() {
             return Err(Error::Usage("image or probs is NULL".into()));
         }
@@ -190,8 +195,7 @@ pub unsafe extern "C" fn seamless_run_file(
     error: *mut *mut c_char,
 ) -> i32 {
     guard(error, || {
-        // SAFETY: a live engine from `seamless_engine_open`, or NULL (checked).
-        let engine = unsafe { engine.as_ref() }.ok_or_else(|| Error::Usage("engine is NULL".into()))?;
+        let engine = live(engine)?;
         let kind = if probabilities != 0 { OutputKind::Probs } else { OutputKind::Labels };
         let cancel = Cancel::new();
         engine.0.run_file(

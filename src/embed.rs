@@ -208,7 +208,7 @@ impl Engine {
         normalize::apply(&mut img, &stats);
         let tile = self.tile_for(img.h, img.w)?;
         let tiling = Tiling::Tiles { tile, halo: self.model.exact_halo() };
-        crate::pipeline::run_in_memory(
+        crate::pipeline::infer_on(
             self.backend.as_ref(),
             &self.model,
             &img,

@@ -29,25 +29,14 @@ pub enum Tiling<'a> {
 
 /// [`infer_on`] on the CPU, without progress.
 pub fn infer(model: &Model, img: &Tensor, pad: PadMode, tiling: Tiling) -> Result<Tensor> {
-    infer_on(&CpuBackend::default(), model, img, pad, tiling, &mut |_| {})
+    infer_on(&CpuBackend::default(), model, img, pad, tiling, &mut |_| {}, None)
 }
 
 /// Softmax probabilities of `model` over `img` (already normalised), cut as `tiling` says and
 /// stitched. `progress` hears of each tile, and of a window that ran out of memory and was retried
-/// as smaller tiles (the result is unchanged; a whole-image run fails instead).
+/// as smaller tiles (the result is unchanged; a whole-image run fails instead). `cancel` stops the
+/// run with [`Error::Cancelled`].
 pub fn infer_on(
-    backend: &dyn Backend,
-    model: &Model,
-    img: &Tensor,
-    pad: PadMode,
-    tiling: Tiling,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Tensor> {
-    run_in_memory(backend, model, img, pad, tiling, progress, None)
-}
-
-/// [`infer_on`], stopped with [`Error::Cancelled`] when `cancel` is set (the embedding API's).
-pub(crate) fn run_in_memory(
     backend: &dyn Backend,
     model: &Model,
     img: &Tensor,

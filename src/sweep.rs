@@ -184,7 +184,7 @@ pub fn run(
     let total: usize = configs.iter().map(|c| c.2.len()).sum();
 
     let t0 = Instant::now();
-    let reference = infer_on(backend, model, img, spec.pad, Tiling::Whole, &mut |_| {})?;
+    let reference = infer_on(backend, model, img, spec.pad, Tiling::Whole, &mut |_| {}, None)?;
     let whole_seconds = t0.elapsed().as_secs_f64();
     let ref_labels = labels(&reference);
 
@@ -192,11 +192,19 @@ pub fn run(
     let mut points = Vec::with_capacity(configs.len());
     for (halo, offset, grid) in configs {
         let t0 = Instant::now();
-        let tiled = infer_on(backend, model, img, spec.pad, Tiling::Grid(&grid), &mut |p| {
-            if let Progress::Tiles { done: d, .. } = p {
-                progress(done + d, total)
-            }
-        })?;
+        let tiled = infer_on(
+            backend,
+            model,
+            img,
+            spec.pad,
+            Tiling::Grid(&grid),
+            &mut |p| {
+                if let Progress::Tiles { done: d, .. } = p {
+                    progress(done + d, total)
+                }
+            },
+            None,
+        )?;
         let seconds = t0.elapsed().as_secs_f64();
         done += grid.len();
         let aligned = [spec.tile_h, spec.tile_w, halo, offset].iter().all(|v| v.is_multiple_of(a));

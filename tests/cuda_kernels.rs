@@ -366,13 +366,14 @@ fn tiled_equals_whole_on_gpu(family: &str, precision: Precision, cases: usize, s
             precision.name(),
             model.config.config_json()
         );
-        let whole =
-            infer_on(&gpu, &model, &img, pad, Tiling::Whole, &mut |_| {}).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let tiled = infer_on(&gpu, &model, &img, pad, Tiling::Tiles { tile: (tile_h, tile_w), halo }, &mut |_| {})
+        let whole = infer_on(&gpu, &model, &img, pad, Tiling::Whole, &mut |_| {}, None)
             .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let tiled =
+            infer_on(&gpu, &model, &img, pad, Tiling::Tiles { tile: (tile_h, tile_w), halo }, &mut |_| {}, None)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(first_difference(&whole, &tiled), None, "{what}");
         // Across backends only a tolerance holds (and f32 is nearly exact: only exp differs).
-        let cpu = infer_on(&CpuBackend::default(), &model, &img, pad, Tiling::Whole, &mut |_| {}).unwrap();
+        let cpu = infer_on(&CpuBackend::default(), &model, &img, pad, Tiling::Whole, &mut |_| {}, None).unwrap();
         let diff = max_abs_diff(&whole, &cpu);
         println!("{what}: tiled == whole; max |gpu - cpu| = {diff:.2e}");
         if precision == Precision::F32 {

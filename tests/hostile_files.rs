@@ -219,25 +219,14 @@ struct Interrupted {
 const INPUT: &str = "synth:48x40:3";
 
 fn interrupted() -> Interrupted {
-    use seamless::normalize::{NormSpec, Normalize};
-    use seamless::slide::stream::{self, OutputKind, StreamOptions};
+    use seamless::slide::stream::{self, StreamOptions};
     let dir = tempfile::tempdir().unwrap();
     let model = random_model(unet(1, 2, 4, 1, true, "transpose"), 2);
     let opts = StreamOptions {
-        tile: (16, 16),
-        halo: model.exact_halo(),
-        whole: false,
-        pad: seamless::pipeline::PadMode::Zero,
-        norm: NormSpec::new(Normalize::Zscore),
-        kind: OutputKind::Labels,
-        probs_f16: false,
-        format: slide::Format::Tiff,
         resume: true,
-        shard: None,
-        abort_after: None,
         existing: stream::Existing::Replace,
         input_id: INPUT.into(),
-        recheck_input: None,
+        ..StreamOptions::new(slide::Format::Tiff, (16, 16), model.exact_halo())
     };
     let backend = seamless::cpu::CpuBackend::default();
     let run = |src: Box<dyn slide::Source>, out: &Path| {

@@ -66,20 +66,9 @@ impl Backend for Lagging {
 
 fn opts(tile: usize, halo: usize) -> StreamOptions {
     StreamOptions {
-        tile: (tile, tile),
-        halo,
-        whole: false,
-        pad: PadMode::Zero,
         norm: NormSpec::new(Normalize::None),
         kind: OutputKind::Probs,
-        probs_f16: false,
-        format: Format::Npy,
-        resume: false,
-        shard: None,
-        abort_after: None,
-        existing: seamless::slide::stream::Existing::Refuse,
-        input_id: String::new(),
-        recheck_input: None,
+        ..StreamOptions::new(Format::Npy, (tile, tile), halo)
     }
 }
 

@@ -210,11 +210,19 @@ fn tiles_that_run_out_of_memory_are_retried_smaller_and_the_result_stays_exact()
         let limit = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4;
         let backend = CpuBackend::with_limit(Some(limit));
         let mut notes = Vec::new();
-        let out = infer_on(&backend, &model, &img, PadMode::Zero, Tiling::Grid(&grid), &mut |p| {
-            if let Progress::Retry(n) = p {
-                notes.push(n)
-            }
-        })
+        let out = infer_on(
+            &backend,
+            &model,
+            &img,
+            PadMode::Zero,
+            Tiling::Grid(&grid),
+            &mut |p| {
+                if let Progress::Retry(n) = p {
+                    notes.push(n)
+                }
+            },
+            None,
+        )
         .unwrap();
         assert_eq!(first_difference(&out, &whole), None, "retried tiles must still be exact");
         assert!(!notes.is_empty() && notes[0].contains("out of memory"), "{notes:?}");

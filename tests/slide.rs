@@ -75,22 +75,7 @@ fn read_all(path: &Path) -> Tensor {
 }
 
 fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions {
-    StreamOptions {
-        tile: (tile, tile),
-        halo,
-        whole,
-        pad: PadMode::Zero,
-        norm: NormSpec::new(Normalize::Zscore),
-        kind: OutputKind::Probs,
-        probs_f16: false,
-        format,
-        resume: false,
-        shard: None,
-        abort_after: None,
-        existing: seamless::slide::stream::Existing::Refuse,
-        input_id: String::new(),
-        recheck_input: None,
-    }
+    StreamOptions { whole, kind: OutputKind::Probs, ..StreamOptions::new(format, (tile, tile), halo) }
 }
 
 fn run_stream(model: &Model, input: &Path, out: &Path, o: &StreamOptions) {

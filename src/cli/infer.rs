@@ -307,18 +307,26 @@ pub fn compute(
 ) -> Result<Tensor> {
     let tiling = if whole { Tiling::Whole } else { Tiling::Tiles { tile, halo } };
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let out = pipeline::infer_on(backend, model, img, pad, tiling, &mut |p| match p {
-        Progress::Tiles { done, total, .. } if !whole => {
-            let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }
-        Progress::Retry(note) if !quiet => match &pb {
-            Some(bar) => bar.println(format!("warning: {note}")),
-            None => eprintln!("warning: {note}"),
+    let out = pipeline::infer_on(
+        backend,
+        model,
+        img,
+        pad,
+        tiling,
+        &mut |p| match p {
+            Progress::Tiles { done, total, .. } if !whole => {
+                let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+            Progress::Retry(note) if !quiet => match &pb {
+                Some(bar) => bar.println(format!("warning: {note}")),
+                None => eprintln!("warning: {note}"),
+            },
+            _ => {}
         },
-        _ => {}
-    })?;
+        None,
+    )?;
     if let Some(bar) = pb {
         bar.finish_and_clear();
     }
