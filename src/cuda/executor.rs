@@ -29,6 +29,7 @@ use cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError, PinnedHostSlice, sys,
 };
 
+use super::driver_err;
 use super::kernels::{self, Kernels};
 use super::storage::Storage;
 use super::weights::{GraphParams, LayerParams, fingerprint};
@@ -37,16 +38,12 @@ use crate::graph::{Graph, Op, Shape};
 use crate::planner::{Action, ArenaPlan, Schedule, Slot};
 use crate::tensor::Tensor;
 
-pub(crate) fn driver_err(what: &'static str) -> impl Fn(DriverError) -> Error {
-    move |e| Error::Backend(format!("CUDA: {what}: {e}"))
-}
-
 /// A failed device allocation: `Error::OutOfMemory` when the device is full (the streaming runner
 /// then retries the tile as smaller tiles), a backend error otherwise.
 pub(crate) fn alloc_err(what: String, bytes: usize) -> impl FnOnce(DriverError) -> Error {
     move |e| match e.0 {
         sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfMemory { what, bytes },
-        _ => Error::Backend(format!("CUDA: allocating {what} ({bytes} bytes): {e}")),
+        _ => Error::Cuda { context: format!("allocating {what} ({bytes} bytes)"), source: e },
     }
 }
 

@@ -35,7 +35,7 @@ pub struct Kernels {
 }
 
 fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Backend(format!("launching {name}: {e}"))
+    move |source| Error::Cuda { context: format!("launching {name}"), source }
 }
 
 impl Kernels {
@@ -53,13 +53,15 @@ impl Kernels {
             let t0 = std::time::Instant::now();
             let compiled = compile::load_or_compile(family, arch)?;
             let bytes = compiled.cubin.len();
-            let module = ctx
-                .load_module(Ptx::from_binary(compiled.cubin))
-                .map_err(|e| Error::Backend(format!("loading kernels/{}.cu for {arch}: {e}", family.name)))?;
+            let module = ctx.load_module(Ptx::from_binary(compiled.cubin)).map_err(|source| Error::Cuda {
+                context: format!("loading kernels/{}.cu for {arch}", family.name),
+                source,
+            })?;
             for &f in family.functions {
-                let func = module
-                    .load_function(f)
-                    .map_err(|e| Error::Backend(format!("kernels/{}.cu has no kernel {f}: {e}", family.name)))?;
+                let func = module.load_function(f).map_err(|source| Error::Cuda {
+                    context: format!("kernels/{}.cu has no kernel {f}", family.name),
+                    source,
+                })?;
                 functions.insert(f, func);
             }
             reports.push(FamilyReport {
@@ -215,7 +217,7 @@ fn time_conv_f16<T: Storage>(
     w: usize,
 ) -> Result<f64> {
     use cudarc::driver::sys::CUevent_flags;
-    let err = |e: cudarc::driver::DriverError| Error::Backend(format!("timing {}: {e}", v.kernel_name(c.k)));
+    let err = |source| Error::Cuda { context: format!("timing {}", v.kernel_name(c.k)), source };
     let event = || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err);
     let (start, end) = (event()?, event()?);
     conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w)?;

@@ -35,3 +35,9 @@ pub use executor::{DeviceBytes, NodeTimer};
 
 /// Arithmetic of the CUDA backend (the planner's precision: element sizes follow from it).
 pub use crate::planner::Precision;
+
+/// The error for a driver call that failed while doing `what`, keeping the driver's error as its
+/// source. The context becomes a `String` only on failure: most calls are on the per-tile path.
+pub(crate) fn driver_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> crate::Error {
+    move |source| crate::Error::Cuda { context: what.into(), source }
+}
