@@ -175,10 +175,7 @@ impl CudaBackend {
     pub fn conv_variant(&self, c: &Conv2d, h: usize, w: usize) -> Option<&'static str> {
         match self.precision {
             Precision::F32 => Some("v1_f32_direct"),
-            Precision::F16 => {
-                let sig = ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision: "f16" };
-                self.kernels.tune.chosen(&sig).map(|v| v.tag)
-            }
+            Precision::F16 => self.kernels.tune.chosen(&ConvSignature::new(c, h, w, Precision::F16)).map(|v| v.tag),
         }
     }
 

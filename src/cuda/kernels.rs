@@ -10,6 +10,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::Precision;
 use super::autotune::{Autotune, ConvSignature, TIMED_LAUNCHES, TuneMode};
 use super::compile;
 use super::conv_variants::F16Variant;
@@ -109,7 +110,7 @@ pub fn conv2d<T: Storage>(
     if !CONV_KERNEL_SIZES.contains(&c.k) {
         return Err(Error::Backend(format!("conv kernel size {} (the CUDA kernels have 1, 3, 5, 7)", c.k)));
     }
-    let f16 = T::SUFFIX == "f16";
+    let f16 = T::PRECISION == Precision::F16;
     let wlen = if f16 { packed_len(c) } else { c.weight.len() };
     check(x.len() == c.cin * h * w && out.len() == c.cout * h * w, "conv2d activations")?;
     check(weight.len() == wlen && bias.len() == c.cout, "conv2d weights")?;
@@ -117,7 +118,7 @@ pub fn conv2d<T: Storage>(
         return Ok(());
     }
     if f16 {
-        let sig = ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision: T::SUFFIX };
+        let sig = ConvSignature::new(c, h, w, T::PRECISION);
         // Tuning launches on the layer's own buffers: `x` is only read, and `out` is written
         // again by the launch below with the chosen variant.
         let v = k.tune.choose(&sig, |v| time_conv_f16(k, s, v, c, weight, bias, x, out, h, w))?;
@@ -129,7 +130,7 @@ pub fn conv2d<T: Storage>(
         block_dim: (16, 16, 1),
         shared_mem_bytes: 0,
     };
-    launch_conv(k, s, &format!("conv2d_k{}_{}", c.k, T::SUFFIX), cfg, c, weight, bias, x, out, h, w)
+    launch_conv(k, s, &format!("conv2d_k{}_{}", c.k, T::PRECISION.name()), cfg, c, weight, bias, x, out, h, w)
 }
 
 /// Launch one conv kernel: every variant of every precision takes
@@ -186,7 +187,7 @@ pub fn conv2d_f16_variant<T: Storage>(
     h: usize,
     w: usize,
 ) -> Result<()> {
-    check(T::SUFFIX == "f16" && v.exists_for(c.k), "f16 conv variant")?;
+    check(T::PRECISION == Precision::F16 && v.exists_for(c.k), "f16 conv variant")?;
     check(x.len() == c.cin * h * w && out.len() == c.cout * h * w, "conv2d activations")?;
     check(weight.len() == packed_len(c) && bias.len() == c.cout, "conv2d weights")?;
     if h * w == 0 {
@@ -252,7 +253,7 @@ pub fn conv_transpose2d<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("conv_transpose2d_k{ks}_{}", T::SUFFIX);
+    let name = format!("conv_transpose2d_k{ks}_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     let (cin_, cout_, hh, ww) = (dim(cin, "cin")?, dim(cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
     // SAFETY: matches conv_transpose2d_k{K}_{T}(out, x, wt, bias, cin, cout, h, w, n); lengths checked.
@@ -290,7 +291,7 @@ pub fn scale_shift<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("scale_shift_{}", T::SUFFIX);
+    let name = format!("scale_shift_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     // SAFETY: matches scale_shift_{T}(out, x, scale, shift, relu, hw, n); lengths checked.
     unsafe {
@@ -321,7 +322,7 @@ fn unary<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("{base}_{}", T::SUFFIX);
+    let name = format!("{base}_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     // SAFETY: matches {base}_{T}(out, x, n); lengths checked.
     unsafe { s.launch_builder(func).arg(out).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
@@ -344,7 +345,7 @@ pub fn relu_inplace<T: Storage>(k: &Kernels, s: &Arc<CudaStream>, x: &mut CudaVi
     if n == 0 {
         return Ok(());
     }
-    let name = format!("relu_inplace_{}", T::SUFFIX);
+    let name = format!("relu_inplace_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     // SAFETY: matches relu_inplace_{T}(x, n); n is x's length.
     unsafe { s.launch_builder(func).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
@@ -367,7 +368,7 @@ pub fn scale_shift_inplace<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("scale_shift_inplace_{}", T::SUFFIX);
+    let name = format!("scale_shift_inplace_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     // SAFETY: matches scale_shift_inplace_{T}(x, scale, shift, relu, hw, n); lengths checked.
     unsafe {
@@ -398,7 +399,7 @@ pub fn max_pool2<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("max_pool2_{}", T::SUFFIX);
+    let name = format!("max_pool2_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     let (hh, ww) = (dim(h, "height")?, dim(w, "width")?);
     // SAFETY: matches max_pool2_{T}(out, x, h, w, n); lengths checked.
@@ -421,7 +422,7 @@ pub fn upsample2<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("upsample2_{}", T::SUFFIX);
+    let name = format!("upsample2_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     let (hh, ww, bilinear) = (dim(h, "height")?, dim(w, "width")?, (mode == UpsampleMode::Bilinear) as i32);
     // SAFETY: matches upsample2_{T}(out, x, h, w, bilinear, n); lengths checked.
@@ -452,7 +453,7 @@ pub fn copy_into<T: Storage>(
     if n == 0 {
         return Ok(());
     }
-    let name = format!("copy_into_{}", T::SUFFIX);
+    let name = format!("copy_into_{}", T::PRECISION.name());
     let func = k.get(&name)?;
     // SAFETY: matches copy_into_{T}(out, offset, x, n); offset + n checked against out's length.
     unsafe { s.launch_builder(func).arg(out).arg(&off).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
@@ -475,7 +476,7 @@ pub fn softmax_or_argmax<T: Storage>(
     if hw == 0 {
         return Ok(());
     }
-    let name = format!("{}_{}", if argmax { "argmax" } else { "softmax" }, T::SUFFIX);
+    let name = format!("{}_{}", if argmax { "argmax" } else { "softmax" }, T::PRECISION.name());
     let func = k.get(&name)?;
     let (cc, hw) = (dim(c, "channels")?, hw as u64);
     // SAFETY: matches {softmax,argmax}_{T}(out, x, c, hw); lengths checked.
