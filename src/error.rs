@@ -23,6 +23,13 @@ pub enum Error {
     Usage(String),
     #[error("backend: {0}")]
     Backend(String),
+    /// A CUDA driver call failed while doing `context`; the driver's own error is kept as the source.
+    #[error("CUDA: {context}: {source}")]
+    Cuda {
+        context: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
     #[error("out of memory: {what} needs {bytes} bytes")]
     OutOfMemory { what: String, bytes: usize },
     /// The caller cancelled the run ([`crate::slide::Cancel`]); a run to a file keeps its partial
@@ -39,7 +46,7 @@ impl Error {
             Error::Model { .. } | Error::Config(_) | Error::NotTileable(_) => 3,
             Error::Input { .. } | Error::Shape(_) => 4,
             Error::Output { .. } => 5,
-            Error::Backend(_) | Error::OutOfMemory { .. } => 6,
+            Error::Backend(_) | Error::Cuda { .. } | Error::OutOfMemory { .. } => 6,
             // As a shell reports a process stopped by Ctrl-C.
             Error::Cancelled => 130,
         }

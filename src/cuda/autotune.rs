@@ -13,13 +13,16 @@
 //! [`conv_variants::heuristic`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use super::Precision;
 use super::compile::{cache_dir, cache_key};
 use super::conv_variants::{self, F16Variant};
 use super::sources::FAMILIES;
 use crate::error::Result;
+use crate::graph::Conv2d;
 
 /// How the backend picks f16 conv variants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,20 +46,35 @@ impl TuneMode {
 }
 
 /// A conv layer as the tuner tells layers apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSignature {
     pub k: usize,
     pub cin: usize,
     pub cout: usize,
     pub h: usize,
     pub w: usize,
-    pub precision: &'static str,
+    pub precision: Precision,
 }
 
 impl ConvSignature {
+    /// Layer `c` run at `precision` with an `h` x `w` output.
+    pub fn new(c: &Conv2d, h: usize, w: usize, precision: Precision) -> ConvSignature {
+        ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision }
+    }
+
+    /// The signature in the cache file (its format predates the `Precision` field: keep it).
     fn key(&self) -> String {
         let ConvSignature { k, cin, cout, h, w, precision } = self;
-        format!("k{k} cin{cin} cout{cout} {h}x{w} {precision}")
+        format!("k{k} cin{cin} cout{cout} {h}x{w} {}", precision.name())
+    }
+}
+
+// By hand: the planner's `Precision` does not derive `Hash`. Every field is hashed (the precision
+// by its name), so equal signatures hash equally.
+impl Hash for ConvSignature {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let ConvSignature { k, cin, cout, h, w, precision } = self;
+        (k, cin, cout, h, w, precision.name()).hash(state);
     }
 }
 
@@ -193,7 +211,7 @@ mod tests {
     use crate::error::Error;
 
     fn sig(k: usize, cout: usize) -> ConvSignature {
-        ConvSignature { k, cin: 32, cout, h: 64, w: 48, precision: "f16" }
+        ConvSignature { k, cin: 32, cout, h: 64, w: 48, precision: Precision::F16 }
     }
 
     #[test]

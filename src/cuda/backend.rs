@@ -16,11 +16,11 @@ use half::f16;
 use super::autotune::{ConvSignature, TuneMode};
 use super::conv_variants;
 use super::device::{self, DeviceInfo};
-use super::executor::{DeviceBytes, Exec, NodeTimer, Pending, Streams, driver_err, launch_op};
+use super::executor::{DeviceBytes, Exec, NodeTimer, Pending, Streams, launch_op};
 use super::kernels::{self, FamilyReport, Kernels};
 use super::storage::Storage;
 use super::weights::LayerParams;
-use super::{Precision, libs};
+use super::{Precision, driver_err, libs};
 use crate::backend::{Backend, Timings};
 use crate::error::{Error, Result};
 use crate::graph::{Conv2d, Graph, Op, Shape};
@@ -164,7 +164,7 @@ impl CudaBackend {
         let mut best = 0f64;
         for _ in 0..12 {
             start.record(s).map_err(driver_err("event record"))?;
-            kernels::mma_peak(&self.kernels, s, &mut out, blocks, warps, iters)?;
+            kernels::MmaPeak { out: &mut out, blocks, warps, iters }.launch(&self.kernels, s)?;
             end.record(s).map_err(driver_err("event record"))?;
             let ms = start.elapsed_ms(&end).map_err(driver_err("event timer"))? as f64;
             let flop = (blocks * warps) as f64 * iters as f64 * super::sources::PEAK_MMAS_PER_ROUND as f64 * 4096.0;
@@ -185,10 +185,7 @@ impl CudaBackend {
     pub fn conv_variant(&self, c: &Conv2d, h: usize, w: usize) -> Option<&'static str> {
         match self.precision {
             Precision::F32 => Some("v1_f32_direct"),
-            Precision::F16 => {
-                let sig = ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision: "f16" };
-                self.kernels.tune.chosen(&sig).map(|v| v.tag)
-            }
+            Precision::F16 => self.kernels.tune.chosen(&ConvSignature::new(c, h, w, Precision::F16)).map(|v| v.tag),
         }
     }
 
@@ -206,18 +203,9 @@ impl CudaBackend {
         let input = upload(&x.data.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?;
         let fill = f16::from_f32(if poison { f32::NAN } else { 0.0 });
         let mut out = upload(&vec![fill; c.cout * x.h * x.w])?;
-        kernels::conv2d_f16_variant(
-            &self.kernels,
-            s,
-            v,
-            c,
-            &weight,
-            &bias,
-            &input.as_view(),
-            &mut out.as_view_mut(),
-            x.h,
-            x.w,
-        )?;
+        let (input, mut output, xs) = (input.as_view(), out.as_view_mut(), Shape { c: x.c, h: x.h, w: x.w });
+        let mut conv = kernels::Conv { c, weight: &weight, bias: &bias, x: &input, out: &mut output, xs };
+        conv.launch_variant(&self.kernels, s, Some(v))?;
         let host = s.clone_dtoh(&out).map_err(driver_err("download"))?;
         s.synchronize().map_err(driver_err("synchronize"))?;
         Ok(Tensor::from_vec(c.cout, x.h, x.w, host.into_iter().map(|v| v.to_f32()).collect()))
@@ -253,7 +241,7 @@ impl CudaBackend {
         if let Op::Concat = op {
             let mut offset = 0;
             for b in &bufs {
-                kernels::copy_into(&self.kernels, s, &b.as_view(), &mut out.as_view_mut(), offset)?;
+                kernels::CopyInto { x: &b.as_view(), out: &mut out.as_view_mut(), offset }.launch(&self.kernels, s)?;
                 offset += b.len();
             }
         } else {

@@ -4,12 +4,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, sys as cu};
 
-use super::libs;
+use super::{driver_err, libs};
 use crate::error::{Error, Result};
-
-fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Backend(format!("CUDA driver: {what}: {e}"))
-}
 
 /// The installed driver's CUDA version, e.g. (13, 0) for driver 580.
 pub fn driver_version() -> Result<(i32, i32)> {

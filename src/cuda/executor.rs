@@ -29,6 +29,7 @@ use cudarc::driver::{
     CudaContext, CudaEvent, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError, PinnedHostSlice, sys,
 };
 
+use super::driver_err;
 use super::kernels::{self, Kernels};
 use super::storage::Storage;
 use super::weights::{GraphParams, LayerParams, fingerprint};
@@ -37,16 +38,12 @@ use crate::graph::{Graph, Op, Shape};
 use crate::planner::{Action, ArenaPlan, Schedule, Slot};
 use crate::tensor::Tensor;
 
-pub(crate) fn driver_err(what: &'static str) -> impl Fn(DriverError) -> Error {
-    move |e| Error::Backend(format!("CUDA: {what}: {e}"))
-}
-
 /// A failed device allocation: `Error::OutOfMemory` when the device is full (the streaming runner
 /// then retries the tile as smaller tiles), a backend error otherwise.
 pub(crate) fn alloc_err(what: String, bytes: usize) -> impl FnOnce(DriverError) -> Error {
     move |e| match e.0 {
         sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfMemory { what, bytes },
-        _ => Error::Backend(format!("CUDA: allocating {what} ({bytes} bytes): {e}")),
+        _ => Error::Cuda { context: format!("allocating {what} ({bytes} bytes)"), source: e },
     }
 }
 
@@ -245,7 +242,7 @@ fn with_disjoint<T, R>(
     arena: &mut CudaSlice<T>,
     src: Slot,
     dst: Slot,
-    f: impl FnOnce(&CudaView<'_, T>, &mut CudaViewMut<'_, T>) -> Result<R>,
+    f: impl for<'v> FnOnce(&CudaView<'v, T>, &mut CudaViewMut<'v, T>) -> Result<R>,
 ) -> Result<R> {
     if src.end() <= dst.offset {
         let (lo, mut hi) = arena.split_at_mut(dst.offset);
@@ -441,31 +438,31 @@ impl<T: Storage> Exec<T> {
 }
 
 /// Launch the kernel for a one-input op, reading `x` and writing all of `out`.
-pub(crate) fn launch_op<T: Storage>(
+pub(crate) fn launch_op<'v, T: Storage>(
     k: &Kernels,
     s: &Arc<CudaStream>,
     op: &Op,
     params: &LayerParams<T>,
-    x: &CudaView<'_, T>,
+    x: &CudaView<'v, T>,
     xs: Shape,
-    out: &mut CudaViewMut<'_, T>,
+    out: &mut CudaViewMut<'v, T>,
 ) -> Result<()> {
     match (op, params) {
         (Op::Conv2d(c), LayerParams::Conv { weight, bias }) => {
-            kernels::conv2d(k, s, c, weight, bias, x, out, xs.h, xs.w)
+            kernels::Conv { c, weight, bias, x, out, xs }.launch(k, s)
         }
         (Op::ConvTranspose2d(c), LayerParams::ConvTranspose { weight, bias }) => {
-            kernels::conv_transpose2d(k, s, (c.cin, c.cout, c.k), weight, bias, x, out, xs.h, xs.w)
+            kernels::ConvTranspose { c, weight, bias, x, out, xs }.launch(k, s)
         }
         (Op::BatchNorm(_) | Op::ScaleShift(_), LayerParams::ScaleShift { scale, shift, relu }) => {
-            kernels::scale_shift(k, s, scale, shift, *relu, x, out, xs.h * xs.w)
+            kernels::ScaleShift { scale, shift, relu: *relu, x: Some(x), out, xs }.launch(k, s)
         }
-        (Op::Relu, _) => kernels::relu(k, s, x, out),
-        (Op::MaxPool2, _) => kernels::max_pool2(k, s, x, out, (xs.c, xs.h, xs.w)),
-        (Op::Upsample2(mode), _) => kernels::upsample2(k, s, *mode, x, out, (xs.c, xs.h, xs.w)),
-        (Op::Softmax, _) => kernels::softmax_or_argmax(k, s, false, x, out, xs.c, xs.h * xs.w),
-        (Op::Argmax, _) => kernels::softmax_or_argmax(k, s, true, x, out, xs.c, xs.h * xs.w),
-        (Op::Input { .. } | Op::Dropout, _) => kernels::copy_into(k, s, x, out, 0),
+        (Op::Relu, _) => kernels::Relu { x: Some(x), out }.launch(k, s),
+        (Op::MaxPool2, _) => kernels::MaxPool2 { x, out, xs }.launch(k, s),
+        (Op::Upsample2(mode), _) => kernels::Upsample2 { mode: *mode, x, out, xs }.launch(k, s),
+        (Op::Softmax, _) => kernels::Softmax { argmax: false, x, out, xs }.launch(k, s),
+        (Op::Argmax, _) => kernels::Softmax { argmax: true, x, out, xs }.launch(k, s),
+        (Op::Input { .. } | Op::Dropout, _) => kernels::CopyInto { x, out, offset: 0 }.launch(k, s),
         (op, _) => {
             Err(Error::Backend(format!("internal: no one-input kernel with these parameters for {}", op.kind())))
         }
@@ -483,9 +480,9 @@ fn launch_in_place<T: Storage>(
 ) -> Result<()> {
     match (op, params) {
         (Op::BatchNorm(_) | Op::ScaleShift(_), LayerParams::ScaleShift { scale, shift, relu }) => {
-            kernels::scale_shift_inplace(k, s, scale, shift, *relu, x, shape.h * shape.w)
+            kernels::ScaleShift { scale, shift, relu: *relu, x: None, out: x, xs: shape }.launch(k, s)
         }
-        (Op::Relu, _) => kernels::relu_inplace(k, s, x),
+        (Op::Relu, _) => kernels::Relu { x: None, out: x }.launch(k, s),
         (op, _) => Err(Error::Backend(format!("internal: {} has no in-place kernel", op.kind()))),
     }
 }

@@ -1,23 +1,25 @@
-//! The compiled kernel families loaded into a context, and one launch wrapper per op. Each
-//! wrapper checks the sizes it is given against the buffers, so the `unsafe` launches below only
-//! rely on the argument lists matching the `extern "C"` signatures in `kernels/<family>.cu`.
+//! The compiled kernel families loaded into a context, and one launch per op. Each op is a struct
+//! of its buffers and sizes whose `launch` checks the sizes against the buffers and hands
+//! `Kernels::launch` its kernel's arguments, so the one `unsafe` launch there relies only on
+//! those argument lists matching the `extern "C"` signatures in `kernels/<family>.cu`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::autotune::{Autotune, ConvSignature, TIMED_LAUNCHES, TuneMode};
 use super::compile;
-use super::conv_variants::F16Variant;
-use super::sources::{CONV_KERNEL_SIZES, FAMILIES};
+use super::conv_variants::{CONV_KERNEL_SIZES, F16Variant};
+use super::sources::FAMILIES;
 use super::storage::Storage;
 use super::weights::packed_len;
+use super::{Precision, driver_err};
 use crate::error::{Error, Result};
-use crate::graph::{Conv2d, UpsampleMode};
+use crate::graph::{Conv2d, ConvTranspose2d, Shape, UpsampleMode};
 
 /// How one family was obtained, for `seamless doctor` and logs.
 #[derive(Clone, Debug)]
@@ -32,10 +34,6 @@ pub struct Kernels {
     functions: HashMap<&'static str, CudaFunction>,
     /// The f16 conv variant of each layer signature (one per signature per run).
     pub tune: Autotune,
-}
-
-fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Backend(format!("launching {name}: {e}"))
 }
 
 impl Kernels {
@@ -53,13 +51,12 @@ impl Kernels {
             let t0 = std::time::Instant::now();
             let compiled = compile::load_or_compile(family, arch)?;
             let bytes = compiled.cubin.len();
+            let file = format!("kernels/{}.cu", family.name);
             let module = ctx
                 .load_module(Ptx::from_binary(compiled.cubin))
-                .map_err(|e| Error::Backend(format!("loading kernels/{}.cu for {arch}: {e}", family.name)))?;
+                .map_err(driver_err(format!("loading {file} for {arch}")))?;
             for &f in family.functions {
-                let func = module
-                    .load_function(f)
-                    .map_err(|e| Error::Backend(format!("kernels/{}.cu has no kernel {f}: {e}", family.name)))?;
+                let func = module.load_function(f).map_err(driver_err(format!("{file} has no kernel {f}")))?;
                 functions.insert(f, func);
             }
             reports.push(FamilyReport {
@@ -72,15 +69,44 @@ impl Kernels {
         Ok((Kernels { functions, tune: Autotune::new(mode, device, arch) }, reports))
     }
 
-    fn get(&self, name: &str) -> Result<&CudaFunction> {
-        self.functions.get(name).ok_or_else(|| Error::Backend(format!("no kernel named {name}")))
+    /// Launch kernel `name` with the arguments `push` gives, unless `work` (the elements or pixels
+    /// it covers) is 0. Private: only the ops below call it, after checking their sizes.
+    fn launch<'a>(
+        &'a self,
+        s: &'a Arc<CudaStream>,
+        name: &str,
+        work: usize,
+        cfg: LaunchConfig,
+        push: impl for<'r> FnOnce(&'r mut LaunchArgs<'a>) -> &'r mut LaunchArgs<'a>,
+    ) -> Result<()> {
+        if work == 0 {
+            return Ok(());
+        }
+        let func = self.functions.get(name).ok_or_else(|| Error::Backend(format!("no kernel named {name}")))?;
+        let mut args = s.launch_builder(func);
+        push(&mut args);
+        // SAFETY: each caller below pushes exactly the parameters of `name`'s `extern "C"`
+        // signature, in order and type (each quotes it); has checked the sizes it passes against
+        // the lengths of the buffers it passes, so the kernel indexes only inside them; and gives
+        // the grid and block the kernel was written for (grid-stride loops take any grid; the
+        // conv variants' shapes are in conv_variants.rs).
+        unsafe { args.launch(cfg) }.map_err(|source| Error::Cuda { context: format!("launching {name}"), source })?;
+        Ok(())
     }
-}
 
-/// Blocks of 256 threads for a grid-stride loop over `n` elements (capped; the loop covers the rest).
-fn elementwise_config(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    /// [`Self::launch`] of `{base}_{f32,f16}` (as `T`), a grid-stride loop over `n` elements in
+    /// blocks of 256 threads (the grid is capped; the loop covers the rest).
+    fn elementwise<'a, T: Storage>(
+        &'a self,
+        s: &'a Arc<CudaStream>,
+        base: &str,
+        n: u64,
+        push: impl for<'r> FnOnce(&'r mut LaunchArgs<'a>) -> &'r mut LaunchArgs<'a>,
+    ) -> Result<()> {
+        let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        self.launch(s, &format!("{base}_{}", T::PRECISION.name()), n as usize, cfg, push)
+    }
 }
 
 fn dim(v: usize, what: &str) -> Result<u32> {
@@ -91,411 +117,264 @@ fn check(cond: bool, what: &str) -> Result<()> {
     if cond { Ok(()) } else { Err(Error::Backend(format!("internal: buffer sizes do not match ({what})"))) }
 }
 
-/// Conv2d of `x` (cin x h x w) into `out` (cout x h x w); `weight` in `T::conv_weights` layout.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    c: &Conv2d,
-    weight: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    h: usize,
-    w: usize,
-) -> Result<()> {
-    if !CONV_KERNEL_SIZES.contains(&c.k) {
-        return Err(Error::Backend(format!("conv kernel size {} (the CUDA kernels have 1, 3, 5, 7)", c.k)));
-    }
-    let f16 = T::SUFFIX == "f16";
-    let wlen = if f16 { packed_len(c) } else { c.weight.len() };
-    check(x.len() == c.cin * h * w && out.len() == c.cout * h * w, "conv2d activations")?;
-    check(weight.len() == wlen && bias.len() == c.cout, "conv2d weights")?;
-    if h * w == 0 {
-        return Ok(());
-    }
-    if f16 {
-        let sig = ConvSignature { k: c.k, cin: c.cin, cout: c.cout, h, w, precision: T::SUFFIX };
-        // Tuning launches on the layer's own buffers: `x` is only read, and `out` is written
-        // again by the launch below with the chosen variant.
-        let v = k.tune.choose(&sig, |v| time_conv_f16(k, s, v, c, weight, bias, x, out, h, w))?;
-        return conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w);
-    }
-    // 16 x 16 pixels per block, 16 output channels per thread (variant 1).
-    let cfg = LaunchConfig {
-        grid_dim: (dim(w.div_ceil(16), "width")?, dim(h.div_ceil(16), "height")?, dim(c.cout.div_ceil(16), "cout")?),
-        block_dim: (16, 16, 1),
-        shared_mem_bytes: 0,
-    };
-    launch_conv(k, s, &format!("conv2d_k{}_{}", c.k, T::SUFFIX), cfg, c, weight, bias, x, out, h, w)
+/// Conv2d of `x` (shape `xs`: cin x h x w) into `out` (cout x h x w); `weight` in
+/// `T::conv_weights` layout.
+pub struct Conv<'a, 'v, T> {
+    pub c: &'a Conv2d,
+    pub weight: &'a CudaSlice<T>,
+    pub bias: &'a CudaSlice<f32>,
+    pub x: &'a CudaView<'v, T>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub xs: Shape,
 }
 
-/// Launch one conv kernel: every variant of every precision takes
-/// `(out, x, weights, bias, cin, cout, h, w, relu)`.
-#[allow(clippy::too_many_arguments)]
-fn launch_conv<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    name: &str,
-    cfg: LaunchConfig,
-    c: &Conv2d,
-    weight: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    h: usize,
-    w: usize,
-) -> Result<()> {
-    let func = k.get(name)?;
-    let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
-    let relu = c.relu as i32;
-    // SAFETY: the arguments match conv2d_k{K}_{f32,f16}[_{tag}](out, x, wt, bias, cin, cout, h, w,
-    // relu) in type and order; callers checked the buffer lengths against the sizes passed and
-    // give the grid and block the kernel was written for (for variants: conv_variants.rs).
-    unsafe {
-        s.launch_builder(func)
-            .arg(out)
-            .arg(x)
-            .arg(weight)
-            .arg(bias)
-            .arg(&cin)
-            .arg(&cout)
-            .arg(&hh)
-            .arg(&ww)
-            .arg(&relu)
-            .launch(cfg)
+impl<T: Storage> Conv<'_, '_, T> {
+    /// Variant 1 at f32; at f16 the variant chosen for the layer's signature, timed on these
+    /// buffers when the signature first comes up.
+    pub fn launch(mut self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let c = self.c;
+        if !CONV_KERNEL_SIZES.contains(&c.k) {
+            return Err(Error::Backend(format!("conv kernel size {} (the CUDA kernels have 1, 3, 5, 7)", c.k)));
+        }
+        let variant = match T::PRECISION {
+            Precision::F32 => None,
+            Precision::F16 => {
+                // Before tuning, which launches on these buffers; an empty output is not tuned.
+                self.check_sizes()?;
+                let Shape { h, w, .. } = self.xs;
+                if h * w == 0 {
+                    return Ok(());
+                }
+                // `x` is only read, and `out` is written again by the launch below.
+                let sig = ConvSignature::new(c, h, w, T::PRECISION);
+                Some(k.tune.choose(&sig, |v| self.time(k, s, v))?)
+            }
+        };
+        self.launch_variant(k, s, variant)
     }
-    .map_err(launch_err(name))?;
-    Ok(())
+
+    /// One launch of f16 variant `v` (`kernels/conv.cu`, variant 2 or 3; the weights are the one
+    /// packed buffer every variant reads, `weights::pack_conv_f16`), or of variant 1 at f32 (None).
+    pub fn launch_variant(&mut self, k: &Kernels, s: &Arc<CudaStream>, v: Option<&F16Variant>) -> Result<()> {
+        let (c, Shape { h, w, .. }) = (self.c, self.xs);
+        let f16 = T::PRECISION == Precision::F16;
+        check(v.map_or(!f16, |v| f16 && v.exists_for(c.k)), "conv variant for the precision")?;
+        self.check_sizes()?;
+        let ((gx, gy, gz), block_dim, name) = match v {
+            // 16 x 16 pixels per block, 16 output channels per thread.
+            None => {
+                ((w.div_ceil(16), h.div_ceil(16), c.cout.div_ceil(16)), (16, 16, 1), format!("conv2d_k{}_f32", c.k))
+            }
+            Some(v) => {
+                let (grid, threads) = v.grid(c.cout, h, w);
+                (grid, (threads as u32, 1, 1), v.kernel_name(c.k))
+            }
+        };
+        let grid_dim = (dim(gx, "width")?, dim(gy, "height")?, dim(gz, "cout")?);
+        let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
+        let (x, out, weight, bias, relu) = (self.x, &mut *self.out, self.weight, self.bias, c.relu as i32);
+        let cfg = LaunchConfig { grid_dim, block_dim, shared_mem_bytes: 0 };
+        // conv2d_k{K}_{f32,f16}[_{tag}](out, x, wt, bias, cin, cout, h, w, relu)
+        k.launch(s, &name, h * w, cfg, |a| {
+            a.arg(out).arg(x).arg(weight).arg(bias).arg(&cin).arg(&cout).arg(&hh).arg(&ww).arg(&relu)
+        })
+    }
+
+    fn check_sizes(&self) -> Result<()> {
+        let (c, hw) = (self.c, self.xs.h * self.xs.w);
+        let weights = match T::PRECISION {
+            Precision::F32 => c.weight.len(),
+            Precision::F16 => packed_len(c),
+        };
+        check(self.x.len() == c.cin * hw && self.out.len() == c.cout * hw, "conv2d activations")?;
+        check(self.weight.len() == weights && self.bias.len() == c.cout, "conv2d weights")
+    }
+
+    /// Milliseconds per launch of variant `v` on these buffers: one warm-up launch, then
+    /// [`TIMED_LAUNCHES`] between two CUDA events. Waits for the stream.
+    fn time(&mut self, k: &Kernels, s: &Arc<CudaStream>, v: &F16Variant) -> Result<f64> {
+        use cudarc::driver::sys::CUevent_flags;
+        let name = v.kernel_name(self.c.k);
+        let err = |source| Error::Cuda { context: format!("timing {name}"), source };
+        let event = || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err);
+        let (start, end) = (event()?, event()?);
+        self.launch_variant(k, s, Some(v))?;
+        start.record(s).map_err(err)?;
+        for _ in 0..TIMED_LAUNCHES {
+            self.launch_variant(k, s, Some(v))?;
+        }
+        end.record(s).map_err(err)?;
+        let ms = start.elapsed_ms(&end).map_err(err)?;
+        Ok(ms as f64 / TIMED_LAUNCHES as f64)
+    }
 }
 
-/// One f16 conv with the given variant (`kernels/conv.cu`, variant 2 or 3). The weights are the
-/// one packed buffer every variant reads (`weights::pack_conv_f16`).
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_f16_variant<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    v: &F16Variant,
-    c: &Conv2d,
-    weight: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    h: usize,
-    w: usize,
-) -> Result<()> {
-    check(T::SUFFIX == "f16" && v.exists_for(c.k), "f16 conv variant")?;
-    check(x.len() == c.cin * h * w && out.len() == c.cout * h * w, "conv2d activations")?;
-    check(weight.len() == packed_len(c) && bias.len() == c.cout, "conv2d weights")?;
-    if h * w == 0 {
-        return Ok(());
-    }
-    let ((gx, gy, gz), threads) = v.grid(c.cout, h, w);
-    let cfg = LaunchConfig {
-        grid_dim: (dim(gx, "width")?, dim(gy, "height")?, dim(gz, "cout")?),
-        block_dim: (threads as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    launch_conv(k, s, &v.kernel_name(c.k), cfg, c, weight, bias, x, out, h, w)
+/// ConvTranspose2d (stride 2, k 2 or 3) of `x` (shape `xs`: cin x h x w) into `out`
+/// (cout x 2h x 2w); `weight` as the model stores it, in storage type `T`.
+pub struct ConvTranspose<'a, 'v, T> {
+    pub c: &'a ConvTranspose2d,
+    pub weight: &'a CudaSlice<T>,
+    pub bias: &'a CudaSlice<f32>,
+    pub x: &'a CudaView<'v, T>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub xs: Shape,
 }
 
-/// Milliseconds per launch of variant `v` on these buffers: one warm-up launch, then
-/// [`TIMED_LAUNCHES`] between two CUDA events. Waits for the stream.
-#[allow(clippy::too_many_arguments)]
-fn time_conv_f16<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    v: &F16Variant,
-    c: &Conv2d,
-    weight: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    h: usize,
-    w: usize,
-) -> Result<f64> {
-    use cudarc::driver::sys::CUevent_flags;
-    let err = |e: cudarc::driver::DriverError| Error::Backend(format!("timing {}: {e}", v.kernel_name(c.k)));
-    let event = || s.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(err);
-    let (start, end) = (event()?, event()?);
-    conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w)?;
-    start.record(s).map_err(err)?;
-    for _ in 0..TIMED_LAUNCHES {
-        conv2d_f16_variant(k, s, v, c, weight, bias, x, out, h, w)?;
+impl<T: Storage> ConvTranspose<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let ConvTranspose { c, weight, bias, x, out, xs: Shape { h, w, .. } } = self;
+        if c.k != 2 && c.k != 3 {
+            return Err(Error::Backend(format!("transposed conv kernel size {} (the CUDA kernels have 2 and 3)", c.k)));
+        }
+        check(x.len() == c.cin * h * w && out.len() == c.cout * 4 * h * w, "conv_transpose2d activations")?;
+        check(weight.len() == c.cin * c.cout * c.k * c.k && bias.len() == c.cout, "conv_transpose2d weights")?;
+        let (cin, cout, hh, ww) = (dim(c.cin, "cin")?, dim(c.cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
+        let n = out.len() as u64;
+        // conv_transpose2d_k{K}_{T}(out, x, wt, bias, cin, cout, h, w, n)
+        k.elementwise::<T>(s, &format!("conv_transpose2d_k{}", c.k), n, |a| {
+            a.arg(out).arg(x).arg(weight).arg(bias).arg(&cin).arg(&cout).arg(&hh).arg(&ww).arg(&n)
+        })
     }
-    end.record(s).map_err(err)?;
-    let ms = start.elapsed_ms(&end).map_err(err)?;
-    Ok(ms as f64 / TIMED_LAUNCHES as f64)
 }
 
-/// ConvTranspose2d (stride 2, k 2 or 3) of `x` (cin x h x w) into `out` (cout x 2h x 2w).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    (cin, cout, ks): (usize, usize, usize),
-    weight: &CudaSlice<T>,
-    bias: &CudaSlice<f32>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    h: usize,
-    w: usize,
-) -> Result<()> {
-    if ks != 2 && ks != 3 {
-        return Err(Error::Backend(format!("transposed conv kernel size {ks} (the CUDA kernels have 2 and 3)")));
-    }
-    check(x.len() == cin * h * w && out.len() == cout * 4 * h * w, "conv_transpose2d activations")?;
-    check(weight.len() == cin * cout * ks * ks && bias.len() == cout, "conv_transpose2d weights")?;
-    let n = out.len() as u64;
-    if n == 0 {
-        return Ok(());
-    }
-    let name = format!("conv_transpose2d_k{ks}_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    let (cin_, cout_, hh, ww) = (dim(cin, "cin")?, dim(cout, "cout")?, dim(h, "height")?, dim(w, "width")?);
-    // SAFETY: matches conv_transpose2d_k{K}_{T}(out, x, wt, bias, cin, cout, h, w, n); lengths checked.
-    unsafe {
-        s.launch_builder(func)
-            .arg(out)
-            .arg(x)
-            .arg(weight)
-            .arg(bias)
-            .arg(&cin_)
-            .arg(&cout_)
-            .arg(&hh)
-            .arg(&ww)
-            .arg(&n)
-            .launch(elementwise_config(n as usize))
-    }
-    .map_err(launch_err(&name))?;
-    Ok(())
+/// `out = x * scale[c] + shift[c]` per channel of `x` (shape `xs`), then ReLU when asked. Without
+/// `x`, in place on `out` (a step of the arena schedule).
+pub struct ScaleShift<'a, 'v, T> {
+    pub scale: &'a CudaSlice<f32>,
+    pub shift: &'a CudaSlice<f32>,
+    pub relu: bool,
+    pub x: Option<&'a CudaView<'v, T>>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub xs: Shape,
 }
 
-/// `out = x * scale[c] + shift[c]` per channel, then ReLU when asked.
-#[allow(clippy::too_many_arguments)]
-pub fn scale_shift<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    scale: &CudaSlice<f32>,
-    shift: &CudaSlice<f32>,
-    relu: bool,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    hw: usize,
-) -> Result<()> {
-    check(x.len() == out.len() && x.len() == scale.len() * hw && shift.len() == scale.len(), "scale_shift")?;
-    let (n, hw, relu) = (x.len() as u64, hw as u64, relu as i32);
-    if n == 0 {
-        return Ok(());
+impl<T: Storage> ScaleShift<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let ScaleShift { scale, shift, relu, x, out, xs } = self;
+        let hw = xs.h * xs.w;
+        let base = if x.is_some() { "scale_shift" } else { "scale_shift_inplace" };
+        let n = out.len();
+        check(x.is_none_or(|x| x.len() == n) && n == scale.len() * hw && shift.len() == scale.len(), base)?;
+        let (relu, hw, n) = (relu as i32, hw as u64, n as u64);
+        // scale_shift_{T}(out, x, scale, shift, relu, hw, n); scale_shift_inplace_{T} has no `x`.
+        k.elementwise::<T>(s, base, n, |a| with_input(a.arg(out), x).arg(scale).arg(shift).arg(&relu).arg(&hw).arg(&n))
     }
-    let name = format!("scale_shift_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    // SAFETY: matches scale_shift_{T}(out, x, scale, shift, relu, hw, n); lengths checked.
-    unsafe {
-        s.launch_builder(func)
-            .arg(out)
-            .arg(x)
-            .arg(scale)
-            .arg(shift)
-            .arg(&relu)
-            .arg(&hw)
-            .arg(&n)
-            .launch(elementwise_config(n as usize))
-    }
-    .map_err(launch_err(&name))?;
-    Ok(())
 }
 
-/// Launch a `(out, x, n)` kernel of the given base name.
-fn unary<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    base: &str,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-) -> Result<()> {
-    check(x.len() == out.len(), base)?;
-    let n = x.len() as u64;
-    if n == 0 {
-        return Ok(());
-    }
-    let name = format!("{base}_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    // SAFETY: matches {base}_{T}(out, x, n); lengths checked.
-    unsafe { s.launch_builder(func).arg(out).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
-        .map_err(launch_err(&name))?;
-    Ok(())
+/// `out = max(x, 0)`; without `x`, in place on `out` (a step of the arena schedule).
+pub struct Relu<'a, 'v, T> {
+    pub x: Option<&'a CudaView<'v, T>>,
+    pub out: &'a mut CudaViewMut<'v, T>,
 }
 
-pub fn relu<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-) -> Result<()> {
-    unary(k, s, "relu", x, out)
+impl<T: Storage> Relu<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let Relu { x, out } = self;
+        let base = if x.is_some() { "relu" } else { "relu_inplace" };
+        check(x.is_none_or(|x| x.len() == out.len()), base)?;
+        let n = out.len() as u64;
+        // relu_{T}(out, x, n); relu_inplace_{T} has no `x`.
+        k.elementwise::<T>(s, base, n, |a| with_input(a.arg(out), x).arg(&n))
+    }
 }
 
-/// ReLU over `x`, overwriting it (an in-place step of the arena schedule).
-pub fn relu_inplace<T: Storage>(k: &Kernels, s: &Arc<CudaStream>, x: &mut CudaViewMut<'_, T>) -> Result<()> {
-    let n = x.len() as u64;
-    if n == 0 {
-        return Ok(());
+/// Pushes `x` when there is one: the in-place kernels are their twins without it.
+fn with_input<'l, 'a, T>(a: &'l mut LaunchArgs<'a>, x: Option<&'a CudaView<'_, T>>) -> &'l mut LaunchArgs<'a> {
+    match x {
+        Some(x) => a.arg(x),
+        None => a,
     }
-    let name = format!("relu_inplace_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    // SAFETY: matches relu_inplace_{T}(x, n); n is x's length.
-    unsafe { s.launch_builder(func).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
-        .map_err(launch_err(&name))?;
-    Ok(())
 }
 
-/// `x = x * scale[c] + shift[c]` per channel (then ReLU when asked), overwriting `x`.
-pub fn scale_shift_inplace<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    scale: &CudaSlice<f32>,
-    shift: &CudaSlice<f32>,
-    relu: bool,
-    x: &mut CudaViewMut<'_, T>,
-    hw: usize,
-) -> Result<()> {
-    check(x.len() == scale.len() * hw && shift.len() == scale.len(), "scale_shift_inplace")?;
-    let (n, hw, relu) = (x.len() as u64, hw as u64, relu as i32);
-    if n == 0 {
-        return Ok(());
-    }
-    let name = format!("scale_shift_inplace_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    // SAFETY: matches scale_shift_inplace_{T}(x, scale, shift, relu, hw, n); lengths checked.
-    unsafe {
-        s.launch_builder(func)
-            .arg(x)
-            .arg(scale)
-            .arg(shift)
-            .arg(&relu)
-            .arg(&hw)
-            .arg(&n)
-            .launch(elementwise_config(n as usize))
-    }
-    .map_err(launch_err(&name))?;
-    Ok(())
+/// 2x2 max pooling of `x` (shape `xs`: c x h x w, h and w even) into `out` (c x h/2 x w/2).
+pub struct MaxPool2<'a, 'v, T> {
+    pub x: &'a CudaView<'v, T>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub xs: Shape,
 }
 
-/// 2x2 max pooling of `x` (c x h x w, h and w even) into `out` (c x h/2 x w/2).
-pub fn max_pool2<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    (c, h, w): (usize, usize, usize),
-) -> Result<()> {
-    let even = h.is_multiple_of(2) && w.is_multiple_of(2);
-    check(even && x.len() == c * h * w && out.len() * 4 == x.len(), "max_pool2")?;
-    let n = out.len() as u64;
-    if n == 0 {
-        return Ok(());
+impl<T: Storage> MaxPool2<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let MaxPool2 { x, out, xs: Shape { c, h, w } } = self;
+        let even = h.is_multiple_of(2) && w.is_multiple_of(2);
+        check(even && x.len() == c * h * w && out.len() * 4 == x.len(), "max_pool2")?;
+        let (h, w, n) = (dim(h, "height")?, dim(w, "width")?, out.len() as u64);
+        // max_pool2_{T}(out, x, h, w, n)
+        k.elementwise::<T>(s, "max_pool2", n, |a| a.arg(out).arg(x).arg(&h).arg(&w).arg(&n))
     }
-    let name = format!("max_pool2_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    let (hh, ww) = (dim(h, "height")?, dim(w, "width")?);
-    // SAFETY: matches max_pool2_{T}(out, x, h, w, n); lengths checked.
-    unsafe { s.launch_builder(func).arg(out).arg(x).arg(&hh).arg(&ww).arg(&n).launch(elementwise_config(n as usize)) }
-        .map_err(launch_err(&name))?;
-    Ok(())
 }
 
-/// x2 up-sampling of `x` (c x h x w) into `out` (c x 2h x 2w).
-pub fn upsample2<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    mode: UpsampleMode,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    (c, h, w): (usize, usize, usize),
-) -> Result<()> {
-    check(x.len() == c * h * w && out.len() == x.len() * 4, "upsample2")?;
-    let n = out.len() as u64;
-    if n == 0 {
-        return Ok(());
+/// x2 up-sampling of `x` (shape `xs`: c x h x w) into `out` (c x 2h x 2w).
+pub struct Upsample2<'a, 'v, T> {
+    pub mode: UpsampleMode,
+    pub x: &'a CudaView<'v, T>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub xs: Shape,
+}
+
+impl<T: Storage> Upsample2<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let Upsample2 { mode, x, out, xs: Shape { c, h, w } } = self;
+        check(x.len() == c * h * w && out.len() == x.len() * 4, "upsample2")?;
+        let (h, w, n) = (dim(h, "height")?, dim(w, "width")?, out.len() as u64);
+        let bilinear = (mode == UpsampleMode::Bilinear) as i32;
+        // upsample2_{T}(out, x, h, w, bilinear, n)
+        k.elementwise::<T>(s, "upsample2", n, |a| a.arg(out).arg(x).arg(&h).arg(&w).arg(&bilinear).arg(&n))
     }
-    let name = format!("upsample2_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    let (hh, ww, bilinear) = (dim(h, "height")?, dim(w, "width")?, (mode == UpsampleMode::Bilinear) as i32);
-    // SAFETY: matches upsample2_{T}(out, x, h, w, bilinear, n); lengths checked.
-    unsafe {
-        s.launch_builder(func)
-            .arg(out)
-            .arg(x)
-            .arg(&hh)
-            .arg(&ww)
-            .arg(&bilinear)
-            .arg(&n)
-            .launch(elementwise_config(n as usize))
-    }
-    .map_err(launch_err(&name))?;
-    Ok(())
 }
 
 /// Copy `x` into `out` starting at element `offset` (one input of a channel concatenation).
-pub fn copy_into<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    offset: usize,
-) -> Result<()> {
-    check(offset + x.len() <= out.len(), "concat")?;
-    let (n, off) = (x.len() as u64, offset as u64);
-    if n == 0 {
-        return Ok(());
-    }
-    let name = format!("copy_into_{}", T::SUFFIX);
-    let func = k.get(&name)?;
-    // SAFETY: matches copy_into_{T}(out, offset, x, n); offset + n checked against out's length.
-    unsafe { s.launch_builder(func).arg(out).arg(&off).arg(x).arg(&n).launch(elementwise_config(n as usize)) }
-        .map_err(launch_err(&name))?;
-    Ok(())
+pub struct CopyInto<'a, 'v, T> {
+    pub x: &'a CudaView<'v, T>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub offset: usize,
 }
 
-/// Softmax (or argmax, one output channel) over the `c` channels of `x` (c x hw).
-pub fn softmax_or_argmax<T: Storage>(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    argmax: bool,
-    x: &CudaView<'_, T>,
-    out: &mut CudaViewMut<'_, T>,
-    c: usize,
-    hw: usize,
-) -> Result<()> {
-    let out_c = if argmax { 1 } else { c };
-    check(x.len() == c * hw && out.len() == out_c * hw && c > 0, "softmax/argmax")?;
-    if hw == 0 {
-        return Ok(());
+impl<T: Storage> CopyInto<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let CopyInto { x, out, offset } = self;
+        check(offset + x.len() <= out.len(), "concat")?;
+        let (offset, n) = (offset as u64, x.len() as u64);
+        // copy_into_{T}(out, offset, x, n)
+        k.elementwise::<T>(s, "copy_into", n, |a| a.arg(out).arg(&offset).arg(x).arg(&n))
     }
-    let name = format!("{}_{}", if argmax { "argmax" } else { "softmax" }, T::SUFFIX);
-    let func = k.get(&name)?;
-    let (cc, hw) = (dim(c, "channels")?, hw as u64);
-    // SAFETY: matches {softmax,argmax}_{T}(out, x, c, hw); lengths checked.
-    unsafe { s.launch_builder(func).arg(out).arg(x).arg(&cc).arg(&hw).launch(elementwise_config(hw as usize)) }
-        .map_err(launch_err(&name))?;
-    Ok(())
 }
 
-/// Launch `mma_peak_f16` (kernels/peak.cu): `blocks` blocks of `warps` warps, each issuing
-/// `iters` rounds of [`super::sources::PEAK_MMAS_PER_ROUND`] mmas. `out` gets one value per thread.
-pub fn mma_peak(
-    k: &Kernels,
-    s: &Arc<CudaStream>,
-    out: &mut CudaSlice<f32>,
-    blocks: u32,
-    warps: u32,
-    iters: u64,
-) -> Result<()> {
-    check(out.len() == (blocks * warps * 32) as usize, "mma_peak")?;
-    let func = k.get("mma_peak_f16")?;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (warps * 32, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches mma_peak_f16(out, iters); out has one element per launched thread.
-    unsafe { s.launch_builder(func).arg(out).arg(&iters).launch(cfg) }.map_err(launch_err("mma_peak_f16"))?;
-    Ok(())
+/// Softmax (or argmax, one output channel) over the channels of `x` (shape `xs`).
+pub struct Softmax<'a, 'v, T> {
+    pub argmax: bool,
+    pub x: &'a CudaView<'v, T>,
+    pub out: &'a mut CudaViewMut<'v, T>,
+    pub xs: Shape,
+}
+
+impl<T: Storage> Softmax<'_, '_, T> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let Softmax { argmax, x, out, xs: Shape { c, h, w } } = self;
+        let hw = h * w;
+        let out_c = if argmax { 1 } else { c };
+        check(x.len() == c * hw && out.len() == out_c * hw && c > 0, "softmax/argmax")?;
+        let (c, hw) = (dim(c, "channels")?, hw as u64);
+        // {softmax,argmax}_{T}(out, x, c, hw), a loop over the pixels.
+        k.elementwise::<T>(s, if argmax { "argmax" } else { "softmax" }, hw, |a| a.arg(out).arg(x).arg(&c).arg(&hw))
+    }
+}
+
+/// `mma_peak_f16` (kernels/peak.cu): `blocks` blocks of `warps` warps, each issuing `iters` rounds
+/// of [`super::sources::PEAK_MMAS_PER_ROUND`] mmas. `out` gets one value per thread.
+pub struct MmaPeak<'a> {
+    pub out: &'a mut CudaSlice<f32>,
+    pub blocks: u32,
+    pub warps: u32,
+    pub iters: u64,
+}
+
+impl MmaPeak<'_> {
+    pub fn launch(self, k: &Kernels, s: &Arc<CudaStream>) -> Result<()> {
+        let MmaPeak { out, blocks, warps, iters } = self;
+        check(out.len() == (blocks * warps * 32) as usize, "mma_peak")?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (warps * 32, 1, 1), shared_mem_bytes: 0 };
+        // mma_peak_f16(out, iters)
+        k.launch(s, "mma_peak_f16", out.len(), cfg, |a| a.arg(out).arg(&iters))
+    }
 }

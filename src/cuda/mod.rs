@@ -13,7 +13,7 @@
 //! - [`device`]: opening a device and describing it.
 //! - [`weights`]: layer parameters in the layouts the kernels read (f16 mma fragments).
 //! - [`conv_variants`]: the f16 conv kernels' shapes; [`autotune`]: one of them per layer.
-//! - [`kernels`]: loaded modules and one launch wrapper per op.
+//! - [`kernels`]: loaded modules, and one parameter struct per op launched through one checked path.
 //! - [`memory`]: the executor's memory as the planner counts it (no device needed).
 //! - [`executor`]: the arena, the staging buffers and the three streams one forward pass runs on.
 //! - [`backend`]: [`CudaBackend`], the graph executor implementing [`crate::backend::Backend`].
@@ -38,3 +38,9 @@ pub use memory::DeviceMemory;
 
 /// Arithmetic of the CUDA backend (the planner's precision: element sizes follow from it).
 pub use crate::planner::Precision;
+
+/// The error for a driver call that failed while doing `what`, keeping the driver's error as its
+/// source. A `&'static str` becomes a `String` only on failure: most calls are on the per-tile path.
+pub(crate) fn driver_err(what: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> crate::Error {
+    move |source| crate::Error::Cuda { context: what.into(), source }
+}

@@ -1,6 +1,8 @@
 //! The kernel sources, embedded in the binary, and what each family must export. One family per
 //! file under `kernels/`, each the twin of the CPU module of the same name under `src/cpu/`.
 
+use super::conv_variants::CONV_FUNCTIONS;
+
 /// Helpers every family uses (f16 conversions, storage load/store); prepended to each source so
 /// that no include path or CUDA header is needed.
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
@@ -25,29 +27,8 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "conv",
         source: include_str!("../../kernels/conv.cu"),
-        functions: &[
-            "conv2d_k1_f32",
-            "conv2d_k1_f16",
-            "conv2d_k3_f32",
-            "conv2d_k3_f16",
-            "conv2d_k5_f32",
-            "conv2d_k5_f16",
-            "conv2d_k7_f32",
-            "conv2d_k7_f16",
-            // Variant 3 (conv_variants.rs lists their shapes).
-            "conv2d_k1_f16_co16_16x16_w8",
-            "conv2d_k1_f16_co16_16x8_w4",
-            "conv2d_k1_f16_co32_16x16_w8",
-            "conv2d_k1_f16_co32_16x8_w4",
-            "conv2d_k1_f16_co64_16x8_w8",
-            "conv2d_k1_f16_co64_8x8_w4",
-            "conv2d_k3_f16_co16_16x16_w8",
-            "conv2d_k3_f16_co16_16x8_w4",
-            "conv2d_k3_f16_co32_16x16_w8",
-            "conv2d_k3_f16_co32_16x8_w4",
-            "conv2d_k3_f16_co64_16x8_w8",
-            "conv2d_k3_f16_co64_8x8_w4",
-        ],
+        // Spelled from the kernel sizes and variant shapes in conv_variants.rs.
+        functions: CONV_FUNCTIONS,
     },
     Family {
         name: "conv_transpose",
@@ -98,6 +79,3 @@ pub const FAMILIES: &[Family] = &[
 
 /// mma.sync m16n8k16 issued per warp per loop round by `mma_peak_f16` (kernels/peak.cu).
 pub const PEAK_MMAS_PER_ROUND: u64 = 8;
-
-/// Kernel sizes the conv family is instantiated for.
-pub const CONV_KERNEL_SIZES: &[usize] = &[1, 3, 5, 7];

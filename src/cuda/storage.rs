@@ -4,12 +4,12 @@
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use half::f16;
 
-use super::weights;
+use super::{Precision, weights};
 use crate::graph::Conv2d;
 
 pub trait Storage: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + Unpin + 'static {
-    /// Suffix of the kernels for this type: `conv2d_k3_f32`, `conv2d_k3_f16`.
-    const SUFFIX: &'static str;
+    /// The precision this type stores; its name ends the kernels' names: `conv2d_k3_f32`.
+    const PRECISION: Precision;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
     /// A conv layer's weights in the layout this type's conv kernel reads.
@@ -17,7 +17,7 @@ pub trait Storage: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync +
 }
 
 impl Storage for f32 {
-    const SUFFIX: &'static str = "f32";
+    const PRECISION: Precision = Precision::F32;
     fn from_f32(v: f32) -> f32 {
         v
     }
@@ -31,7 +31,7 @@ impl Storage for f32 {
 }
 
 impl Storage for f16 {
-    const SUFFIX: &'static str = "f16";
+    const PRECISION: Precision = Precision::F16;
     fn from_f32(v: f32) -> f16 {
         f16::from_f32(v)
     }
