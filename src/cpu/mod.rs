@@ -14,32 +14,52 @@ pub mod unpadded;
 pub mod upsample;
 pub mod winograd;
 
+use std::marker::PhantomData;
+
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op, Shape};
 use crate::planner::steps::Steps;
 use crate::planner::{Action, ArenaPlan, Slot};
 use crate::tensor::{Tensor, View};
 
-/// A raw pointer that parallel tasks use to write disjoint parts of one output buffer.
+/// One output buffer that parallel tasks write in disjoint parts through a shared raw pointer
+/// (the parts interleave, so the buffer cannot be split into `&mut` chunks up front). It borrows
+/// the buffer, so it cannot outlive it, and in debug builds checks every access against its length.
 #[derive(Clone, Copy)]
-pub(crate) struct DisjointOut(pub *mut f32);
-// SAFETY: every user hands each task a set of indices no other task writes, and the buffer
-// outlives the parallel scope that uses the pointer.
-unsafe impl Send for DisjointOut {}
-unsafe impl Sync for DisjointOut {}
+pub(crate) struct DisjointOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    buf: PhantomData<&'a mut [f32]>,
+}
 
-impl DisjointOut {
+// SAFETY: the pointer is only dereferenced through `slice` and `write`, whose callers promise that
+// no two tasks touch the same element; the borrow in `buf` keeps the buffer alive and otherwise
+// unused while the tasks run.
+unsafe impl Send for DisjointOut<'_> {}
+// SAFETY: as for `Send`: shared or not, the pointer is only used through `slice` and `write`.
+unsafe impl Sync for DisjointOut<'_> {}
+
+impl<'a> DisjointOut<'a> {
+    pub(crate) fn new(buf: &'a mut [f32]) -> Self {
+        DisjointOut { ptr: buf.as_mut_ptr(), len: buf.len(), buf: PhantomData }
+    }
+
     /// # Safety
-    /// `[offset, offset+len)` must lie inside the buffer and be written by this task alone.
+    /// `[offset, offset+len)` must lie inside the buffer and be accessed by this task alone while
+    /// the returned slice lives.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+        debug_assert!(offset <= self.len && len <= self.len - offset, "{offset}+{len} outside {}", self.len);
+        // SAFETY: inside the buffer and exclusive to this task, as the caller promised.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
 
     /// # Safety
     /// `offset` must lie inside the buffer and be written by this task alone.
     pub(crate) unsafe fn write(&self, offset: usize, v: f32) {
-        unsafe { *self.0.add(offset) = v }
+        debug_assert!(offset < self.len, "{offset} outside {}", self.len);
+        // SAFETY: inside the buffer and exclusive to this task, as the caller promised.
+        unsafe { *self.ptr.add(offset) = v }
     }
 }
 
@@ -321,4 +341,20 @@ pub fn run_unplanned(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)
     }
     stats.allocated_bytes = stats.peak_activation_bytes;
     Ok((values[graph.output].take().expect("output computed"), stats))
+}
+
+// The bounds checks exist only where debug assertions are on.
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    use super::DisjointOut;
+
+    #[test]
+    #[should_panic(expected = "outside 4")]
+    fn disjoint_out_refuses_an_access_past_its_buffer_in_debug_builds() {
+        let mut buf = [0.0f32; 4];
+        let out = DisjointOut::new(&mut buf);
+        // SAFETY: not sound as a call (it reaches past the buffer), which is the point: the
+        // debug assertion panics before the pointer is formed or used.
+        let _ = unsafe { out.slice(2, 3) };
+    }
 }
