@@ -1,16 +1,16 @@
-//! The arena schedule the CUDA backend follows (`planner::Schedule`), tested without a GPU: a
-//! small interpreter does what each step says with the CPU ops over a `Vec<f32>` arena, poisons
-//! every freed region with NaN, and must give the plain executor's output bit for bit, for both
-//! model families, several window sizes, with fused conv pre-ops and with them split into their
-//! own nodes (the graph the CUDA backend runs).
+//! The arena schedule the CUDA backend follows (`planner::Schedule`), tested without a GPU: the
+//! CPU executor follows the same steps, poisoning every freed region with NaN and refusing to
+//! read one, and must give the plain executor's output bit for bit, for both model families,
+//! several window sizes, with fused conv pre-ops and with them split into their own nodes (the
+//! graph the CUDA backend runs).
 
 mod common;
 
 use common::*;
-use seamless::cpu;
-use seamless::graph::Graph;
+use seamless::cpu::{self, Buffers};
+use seamless::graph::{Graph, Op};
 use seamless::model::weights::SplitMix64;
-use seamless::planner::{Action, ArenaPlan, Schedule, Slot};
+use seamless::planner::{Action, ArenaPlan, Schedule};
 use seamless::{Model, Tensor};
 
 fn models() -> Vec<Model> {
@@ -24,61 +24,13 @@ fn models() -> Vec<Model> {
     ]
 }
 
-fn region(arena: &[f32], s: Slot) -> &[f32] {
-    &arena[s.offset..s.end()]
-}
-
-/// Run `graph` on `input` by following `schedule`, as the device executor does.
-fn interpret(graph: &Graph, plan: &ArenaPlan, schedule: &Schedule, input: &Tensor) -> Result<Tensor, String> {
-    let mut arena = vec![f32::NAN; schedule.arena_elems];
-    let tensor = |arena: &[f32], node: usize, s: Slot| {
-        let sh = plan.shapes[node];
-        Tensor::from_vec(sh.c, sh.h, sh.w, region(arena, s).to_vec())
-    };
-    for step in &schedule.steps {
-        let node = &graph.nodes[step.node];
-        for action in &step.actions {
-            match *action {
-                Action::Input { dst } => arena[dst.offset..dst.end()].copy_from_slice(&input.data),
-                Action::Copy { src, dst } => {
-                    let part = region(&arena, src).to_vec();
-                    if part.iter().any(|v| v.is_nan()) {
-                        return Err(format!("{}: copies poisoned memory", node.name));
-                    }
-                    arena[dst.offset..dst.end()].copy_from_slice(&part);
-                }
-                Action::Launch { src, dst } => {
-                    let x = tensor(&arena, node.inputs[0], src);
-                    if x.data.iter().any(|v| v.is_nan()) {
-                        return Err(format!("{}: reads poisoned memory", node.name));
-                    }
-                    let y = cpu::run_op(&node.op, &[&x]);
-                    arena[dst.offset..dst.end()].copy_from_slice(&y.data);
-                }
-                Action::InPlace { slot } => {
-                    let x = tensor(&arena, node.inputs[0], slot);
-                    if x.data.iter().any(|v| v.is_nan()) {
-                        return Err(format!("{}: reads poisoned memory in place", node.name));
-                    }
-                    let y = cpu::run_op(&node.op, &[&x]);
-                    arena[slot.offset..slot.end()].copy_from_slice(&y.data);
-                }
-            }
-        }
-        for s in &step.freed {
-            arena[s.offset..s.end()].fill(f32::NAN);
-        }
-    }
-    Ok(tensor(&arena, graph.output, schedule.output))
-}
-
 fn check(graph: &Graph, reference: &Tensor, input: &Tensor, what: &str) {
     let plan = ArenaPlan::new(graph, input.h, input.w).unwrap();
     let schedule = Schedule::new(graph, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(schedule.steps.len(), graph.nodes.len());
-    let got = interpret(graph, &plan, &schedule, input).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got =
+        cpu::run_planned(graph, &plan, input, &mut Buffers::default(), true).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(first_difference(&got, reference), None, "{what}");
-    assert!(got.data.iter().all(|v| v.is_finite()), "{what}: poisoned memory reached the output");
 }
 
 #[test]
@@ -139,6 +91,42 @@ fn every_action_stays_inside_the_arena_and_launches_never_alias() {
             }
         }
     }
+}
+
+#[test]
+fn a_value_freed_before_its_last_reader_is_caught() {
+    let model = &models()[0];
+    let a = model.align();
+    let img = random_image(&mut SplitMix64(7), model.in_channels(), 2 * a, 2 * a);
+    let mut plan = ArenaPlan::new(&model.graph, img.h, img.w).unwrap();
+    let output_group = plan.group_of[model.graph.output];
+    let g = (0..plan.group_live.len())
+        .find(|&g| g != output_group && plan.group_slot[g].len > 0 && plan.group_live[g].0 < plan.group_live[g].1)
+        .expect("a buffer read after the step that writes it");
+    // Its last reader, as far as the plan now says, is the step that writes it.
+    plan.group_live[g].1 = plan.group_live[g].0;
+    let err = cpu::run_planned(&model.graph, &plan, &img, &mut Buffers::default(), true).unwrap_err();
+    assert!(err.to_string().contains("poisoned"), "{err}");
+}
+
+#[test]
+fn a_launch_over_its_own_input_is_refused_before_it_runs() {
+    let model = &models()[0];
+    let a = model.align();
+    let img = random_image(&mut SplitMix64(8), model.in_channels(), 2 * a, 2 * a);
+    let mut plan = ArenaPlan::new(&model.graph, img.h, img.w).unwrap();
+    let (i, src) = model
+        .graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| matches!(n.op, Op::Conv2d(_)) && !plan.in_place[*i])
+        .map(|(i, n)| (i, plan.slots[n.inputs[0]]))
+        .find(|&(i, src)| src.offset + plan.slots[i].len <= plan.arena_elems)
+        .expect("a convolution whose output fits where its input starts");
+    plan.slots[i].offset = src.offset;
+    let err = cpu::run_planned(&model.graph, &plan, &img, &mut Buffers::default(), false).unwrap_err();
+    assert!(err.to_string().contains("overlaps"), "{err}");
 }
 
 /// The device memory model plans the graph the CUDA backend runs (pre-ops split) and counts one

@@ -169,7 +169,7 @@ fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
     let (h, w, k) = (x.h, x.w, c.k);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
     assert_eq!(packed.len(), packed_elems(c), "conv2d packed weights");
-    let ptr = DisjointOut(out.as_mut_ptr());
+    let ptr = DisjointOut::new(out);
     // Position q is pixel q: every position is stored.
     let store_flat = |co0: usize, q0: usize, n: usize, blk: &direct::Block| {
         for (j, a) in blk.iter().enumerate().take(c.cout.saturating_sub(co0).min(direct::MR)) {

@@ -97,7 +97,7 @@ fn conv_transpose2d_into_isa(x: View, c: &ConvTranspose2d, packed: &[f32], out: 
 fn k2(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     let (h, w) = (x.h, x.w);
     let ow = 2 * w;
-    let ptr = DisjointOut(out.as_mut_ptr());
+    let ptr = DisjointOut::new(out);
     let bias4: Vec<f32> = c.bias.iter().flat_map(|&b| [b; 4]).collect();
     direct::run_unpadded(x.data, h * w, c.cin, packed, &bias4, 4 * c.cout, isa, ws, |co0, q0, n, blk| {
         // A block holds whole channels: 8 engine channels = 2 output channels x (ky, kx).
@@ -143,7 +143,7 @@ fn k3(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
             }
         });
     }
-    let ptr = DisjointOut(out.as_mut_ptr());
+    let ptr = DisjointOut::new(out);
     let mut woff = 0;
     for (py, px) in CLASSES {
         let taps = class_taps(k, py, px);

@@ -251,19 +251,12 @@ fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
     use std::arch::x86_64::*;
-    const V: usize = 3;
-    const _: () = assert!(V * 16 <= NR_MAX);
     let ntaps = t.offsets.len();
-    let bias = bias_of(t.bias, t.cout, cb);
-    let mut acc = [[_mm512_setzero_ps(); V]; MR];
-    for (a, b) in acc.iter_mut().zip(bias) {
-        *a = [_mm512_set1_ps(b); V];
-    }
-    // SAFETY (all pointer arithmetic below): in bounds by the assertions in `check`.
+    // SAFETY: AVX-512F is this function's own precondition (see `block`); all pointer arithmetic
+    // below, and every load `avx512_block` makes through `load`, is in bounds by `check`.
     unsafe {
-        let mut w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR);
         let base = t.data.as_ptr().add(q0);
-        for ci in 0..t.cin {
+        let channel = |ci: usize| {
             let p = base.add(ci * t.plane);
             // Fetch the next channel's rows while this one computes: the planes lie far apart,
             // beyond what the hardware prefetchers follow. (A hint: never faults, any address.)
@@ -273,9 +266,53 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(r + 16 * l) as *const i8);
                 }
             }
-            for &off in t.offsets {
-                let s = p.add(off);
-                let x = [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s.add(32))];
+            p
+        };
+        let load = |p: *const f32, tap: usize| {
+            let s = p.add(t.offsets[tap]);
+            [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s.add(32))]
+        };
+        let w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR);
+        avx512_block(bias_of(t.bias, t.cout, cb), w, t.cin, ntaps, channel, load, blk)
+    }
+}
+
+/// The AVX-512F block of both engines (this padded one and [`super::unpadded`]): 8 channels x 48
+/// positions in 24 zmm accumulators, starting from the bias, one fused multiply-add per term,
+/// input channel by input channel and tap by tap (the packed weights' order). Only where a tap's
+/// inputs come from differs: `channel(ci)` starts input channel `ci` (and prefetches) and returns
+/// what `load(that, tap)` needs to give the tap's 48 inputs. Always inlined into its callers, so
+/// that it compiles with their AVX-512F, exactly as when each had its own copy.
+///
+/// # Safety
+/// The CPU has AVX-512F; `weights` points at `cin · taps · MR` readable packed weights; `channel`
+/// and `load` are sound for every input channel and tap.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn avx512_block<C: Copy>(
+    bias: [f32; MR],
+    weights: *const f32,
+    cin: usize,
+    taps: usize,
+    channel: impl Fn(usize) -> C,
+    load: impl Fn(C, usize) -> [std::arch::x86_64::__m512; 3],
+    blk: &mut Block,
+) {
+    use std::arch::x86_64::*;
+    const V: usize = 3;
+    const _: () = assert!(V * 16 <= NR_MAX);
+    // SAFETY: the caller promised AVX-512F, the weights' extent and sound `channel` and `load`;
+    // every store lands inside `blk` (V · 16 <= NR_MAX lanes per row).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        for (a, b) in acc.iter_mut().zip(bias) {
+            *a = [_mm512_set1_ps(b); V];
+        }
+        let mut w = weights;
+        for ci in 0..cin {
+            let c = channel(ci);
+            for tap in 0..taps {
+                let x = load(c, tap);
                 for (j, a) in acc.iter_mut().enumerate() {
                     let wv = _mm512_set1_ps(*w.add(j));
                     for (av, &xv) in a.iter_mut().zip(&x) {

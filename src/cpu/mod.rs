@@ -17,31 +17,52 @@ pub mod winograd;
 
 pub use backend::{CPU_F32, CpuBackend, CpuMemory};
 
+use std::marker::PhantomData;
+
 use crate::error::{Error, Result};
-use crate::graph::{Graph, NodeId, Op};
-use crate::planner::{ArenaPlan, Slot};
+use crate::graph::{Graph, Op, Shape};
+use crate::planner::steps::Steps;
+use crate::planner::{Action, ArenaPlan, Slot};
 use crate::tensor::{Tensor, View};
 
-/// A raw pointer that parallel tasks use to write disjoint parts of one output buffer.
+/// One output buffer that parallel tasks write in disjoint parts through a shared raw pointer
+/// (the parts interleave, so the buffer cannot be split into `&mut` chunks up front). It borrows
+/// the buffer, so it cannot outlive it, and in debug builds checks every access against its length.
 #[derive(Clone, Copy)]
-pub(crate) struct DisjointOut(pub *mut f32);
-// SAFETY: every user hands each task a set of indices no other task writes, and the buffer
-// outlives the parallel scope that uses the pointer.
-unsafe impl Send for DisjointOut {}
-unsafe impl Sync for DisjointOut {}
+pub(crate) struct DisjointOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    buf: PhantomData<&'a mut [f32]>,
+}
 
-impl DisjointOut {
+// SAFETY: the pointer is only dereferenced through `slice` and `write`, whose callers promise that
+// no two tasks touch the same element; the borrow in `buf` keeps the buffer alive and otherwise
+// unused while the tasks run.
+unsafe impl Send for DisjointOut<'_> {}
+// SAFETY: as for `Send`: shared or not, the pointer is only used through `slice` and `write`.
+unsafe impl Sync for DisjointOut<'_> {}
+
+impl<'a> DisjointOut<'a> {
+    pub(crate) fn new(buf: &'a mut [f32]) -> Self {
+        DisjointOut { ptr: buf.as_mut_ptr(), len: buf.len(), buf: PhantomData }
+    }
+
     /// # Safety
-    /// `[offset, offset+len)` must lie inside the buffer and be written by this task alone.
+    /// `[offset, offset+len)` must lie inside the buffer and be accessed by this task alone while
+    /// the returned slice lives.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+        debug_assert!(offset <= self.len && len <= self.len - offset, "{offset}+{len} outside {}", self.len);
+        // SAFETY: inside the buffer and exclusive to this task, as the caller promised.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
 
     /// # Safety
     /// `offset` must lie inside the buffer and be written by this task alone.
     pub(crate) unsafe fn write(&self, offset: usize, v: f32) {
-        unsafe { *self.0.add(offset) = v }
+        debug_assert!(offset < self.len, "{offset} outside {}", self.len);
+        // SAFETY: inside the buffer and exclusive to this task, as the caller promised.
+        unsafe { *self.ptr.add(offset) = v }
     }
 }
 
@@ -130,8 +151,8 @@ impl Buffers {
 }
 
 /// Execute `graph` on `input` inside the memory `plan` (made for the input's size). With
-/// `poison`, every buffer is filled with NaN when its last reader is done, so a read after free
-/// would show in the output.
+/// `poison`, the arena starts as NaN and every buffer is filled with NaN when its last reader is
+/// done, and an action that reads a NaN fails: a read of memory freed or never written shows.
 pub fn run_planned(
     graph: &Graph,
     plan: &ArenaPlan,
@@ -156,80 +177,44 @@ pub fn run_planned_timed(
     reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
     reserve(&mut bufs.workspace, workspace_elems(graph, plan), "convolution workspace")?;
     bufs.packed.prepare(graph)?;
-    let packed = &bufs.packed;
-    let ws = &mut bufs.workspace[..];
-    let base = bufs.arena.as_mut_ptr();
-    let total = bufs.arena.len();
-    let view = |i: NodeId| -> View {
-        let (s, sh) = (plan.slots[i], plan.shapes[i]);
-        assert!(s.offset + s.len <= total);
-        // SAFETY: the slot lies inside the arena (asserted); the planner gives a live value a
-        // region no op writes while the value is still to be read.
-        View::new(sh.c, sh.h, sh.w, unsafe { std::slice::from_raw_parts(base.add(s.offset), s.len) })
-    };
-    let region = |s: Slot| -> &mut [f32] {
-        assert!(s.offset + s.len <= total);
-        // SAFETY: inside the arena (asserted); the planner keeps an op's output region apart from
-        // every input it reads, except in-place elementwise ops, which read and write one slice.
-        unsafe { std::slice::from_raw_parts_mut(base.add(s.offset), s.len) }
-    };
+    let Buffers { arena, workspace, packed } = bufs;
+    let arena = &mut arena[..plan.arena_elems];
+    if poison {
+        arena.fill(f32::NAN);
+    }
     let profile = std::env::var_os("SEAMLESS_PROFILE").is_some();
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for step in Steps::new(graph, plan)? {
+        let step = step?;
         let t0 = std::time::Instant::now();
-        let out_slot = plan.slots[i];
+        let (i, node) = (step.node, &graph.nodes[step.node]);
         let sh = plan.shapes[i];
-        match &node.op {
-            Op::Input { .. } => region(out_slot).copy_from_slice(&input.data),
-            Op::Concat => {
-                let mut off = out_slot.offset;
-                for (&p, &copy) in node.inputs.iter().zip(&plan.concat_copies[i]) {
-                    let len = plan.slots[p].len;
-                    if copy {
-                        region(Slot { offset: off, len }).copy_from_slice(view(p).data);
-                    }
-                    off += len;
-                }
+        let check = |x: &[f32]| {
+            if poison && x.iter().any(|v| v.is_nan()) {
+                return Err(Error::Backend(format!(
+                    "node {i} '{}' read poisoned (freed or never written) memory",
+                    node.name
+                )));
             }
-            Op::Dropout if plan.in_place[i] => {}
-            op if plan.in_place[i] => {
-                let data = region(out_slot);
-                match op {
-                    Op::ScaleShift(s) => {
-                        elementwise::scale_shift_inplace(data, sh.h * sh.w, &s.scale, &s.shift, s.relu)
-                    }
-                    Op::Relu => elementwise::relu_inplace(data),
-                    Op::BatchNorm(bn) => {
-                        let (scale, shift) = bn_f32(bn);
-                        elementwise::scale_shift_inplace(data, sh.h * sh.w, &scale, &shift, false)
-                    }
-                    other => unreachable!("{} is not elementwise", other.kind()),
+            Ok(())
+        };
+        for &action in &step.actions {
+            match action {
+                Action::Input { dst } => arena[dst.range()].copy_from_slice(&input.data),
+                Action::Copy { src, dst } => {
+                    let (x, out) = apart(arena, src, dst);
+                    check(x)?;
+                    out.copy_from_slice(x);
                 }
-            }
-            op => {
-                let x = view(node.inputs[0]);
-                let out = region(out_slot);
-                match op {
-                    Op::Conv2d(c) => conv::conv2d_into(x, c, packed.of(i), out, ws),
-                    Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, packed.of(i), out, ws),
-                    Op::MaxPool2 => pool::max_pool2_into(x, out),
-                    Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
-                    Op::Softmax => softmax::softmax_into(x, out),
-                    Op::Argmax => softmax::argmax_into(x, out),
-                    Op::Dropout => out.copy_from_slice(x.data),
-                    Op::ScaleShift(s) => {
-                        out.copy_from_slice(x.data);
-                        elementwise::scale_shift_inplace(out, sh.h * sh.w, &s.scale, &s.shift, s.relu)
-                    }
-                    Op::Relu => {
-                        out.copy_from_slice(x.data);
-                        elementwise::relu_inplace(out)
-                    }
-                    Op::BatchNorm(bn) => {
-                        let (scale, shift) = bn_f32(bn);
-                        out.copy_from_slice(x.data);
-                        elementwise::scale_shift_inplace(out, sh.h * sh.w, &scale, &shift, false)
-                    }
-                    Op::Input { .. } | Op::Concat => unreachable!(),
+                Action::Launch { src, dst } => {
+                    let (x, out) = apart(arena, src, dst);
+                    check(x)?;
+                    let xs = plan.shapes[node.inputs[0]];
+                    launch(&node.op, View::new(xs.c, xs.h, xs.w, x), out, sh, packed.of(i), workspace);
+                }
+                Action::InPlace { slot } => {
+                    let data = &mut arena[slot.range()];
+                    check(data)?;
+                    in_place(&node.op, data, sh);
                 }
             }
         }
@@ -240,17 +225,60 @@ pub fn run_planned_timed(
             eprintln!("{:>9.3} ms  {:<40} {:?}", t0.elapsed().as_secs_f64() * 1e3, node.name, (sh.c, sh.h, sh.w));
         }
         if poison {
-            if view(i).data.iter().any(|v| v.is_nan()) {
-                return Err(Error::Backend(format!("node {i} '{}' read poisoned (freed) memory", node.name)));
-            }
-            for (g, &(_, end)) in plan.group_live.iter().enumerate() {
-                if end == i && plan.group_of[graph.output] != g {
-                    region(plan.group_slot[g]).fill(f32::NAN);
-                }
+            for s in &step.freed {
+                arena[s.range()].fill(f32::NAN);
             }
         }
     }
-    Ok(view(graph.output).to_tensor())
+    let (out, sh) = (plan.slots[graph.output], plan.shapes[graph.output]);
+    if poison && arena[out.range()].iter().any(|v| v.is_nan()) {
+        return Err(Error::Backend("the output holds poisoned (freed or never written) memory".into()));
+    }
+    Ok(Tensor::from_vec(sh.c, sh.h, sh.w, arena[out.range()].to_vec()))
+}
+
+/// `src` to read and `dst` to write, borrowed from one arena: the step they come from has been
+/// checked to keep them apart (were they not, the slicing here would panic, never alias).
+fn apart(arena: &mut [f32], src: Slot, dst: Slot) -> (&[f32], &mut [f32]) {
+    if src.offset < dst.offset {
+        let (lo, hi) = arena.split_at_mut(dst.offset);
+        (&lo[src.range()], &mut hi[..dst.len])
+    } else {
+        let (lo, hi) = arena.split_at_mut(src.offset);
+        (&hi[..src.len], &mut lo[dst.range()])
+    }
+}
+
+/// Run a one-input op reading `x` and writing all of `out` (of shape `sh`).
+fn launch(op: &Op, x: View, out: &mut [f32], sh: Shape, packed: &[f32], ws: &mut [f32]) {
+    match op {
+        Op::Conv2d(c) => conv::conv2d_into(x, c, packed, out, ws),
+        Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, packed, out, ws),
+        Op::MaxPool2 => pool::max_pool2_into(x, out),
+        Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
+        Op::Softmax => softmax::softmax_into(x, out),
+        Op::Argmax => softmax::argmax_into(x, out),
+        // Not in place: the in-place kernel over a copy, the same arithmetic.
+        Op::ScaleShift(_) | Op::Relu | Op::BatchNorm(_) | Op::Dropout => {
+            out.copy_from_slice(x.data);
+            in_place(op, out, sh);
+        }
+        Op::Input { .. } | Op::Concat => unreachable!("{} is no one-input op", op.kind()),
+    }
+}
+
+/// Run an elementwise op over `data` (of shape `sh`), overwriting it.
+fn in_place(op: &Op, data: &mut [f32], sh: Shape) {
+    match op {
+        Op::ScaleShift(s) => elementwise::scale_shift_inplace(data, sh.h * sh.w, &s.scale, &s.shift, s.relu),
+        Op::Relu => elementwise::relu_inplace(data),
+        Op::BatchNorm(bn) => {
+            let (scale, shift) = bn_f32(bn);
+            elementwise::scale_shift_inplace(data, sh.h * sh.w, &scale, &shift, false)
+        }
+        Op::Dropout => {}
+        other => unreachable!("{} is not elementwise", other.kind()),
+    }
 }
 
 fn bn_f32(bn: &crate::graph::BatchNorm) -> (Vec<f32>, Vec<f32>) {
@@ -316,4 +344,20 @@ pub fn run_unplanned(graph: &Graph, input: &Tensor) -> Result<(Tensor, RunStats)
     }
     stats.allocated_bytes = stats.peak_activation_bytes;
     Ok((values[graph.output].take().expect("output computed"), stats))
+}
+
+// The bounds checks exist only where debug assertions are on.
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    use super::DisjointOut;
+
+    #[test]
+    #[should_panic(expected = "outside 4")]
+    fn disjoint_out_refuses_an_access_past_its_buffer_in_debug_builds() {
+        let mut buf = [0.0f32; 4];
+        let out = DisjointOut::new(&mut buf);
+        // SAFETY: not sound as a call (it reaches past the buffer), which is the point: the
+        // debug assertion panics before the pointer is formed or used.
+        let _ = unsafe { out.slice(2, 3) };
+    }
 }

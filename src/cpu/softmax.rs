@@ -14,7 +14,7 @@ pub fn softmax(x: &Tensor) -> Tensor {
 pub fn softmax_into(x: View, out: &mut [f32]) {
     let hw = x.h * x.w;
     assert_eq!(out.len(), x.c * hw, "softmax output size");
-    let ptr = DisjointOut(out.as_mut_ptr());
+    let ptr = DisjointOut::new(out);
     let chunk = 1024;
     (0..hw.div_ceil(chunk)).into_par_iter().for_each(|b| {
         for p in b * chunk..((b + 1) * chunk).min(hw) {

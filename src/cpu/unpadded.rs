@@ -110,18 +110,15 @@ pub fn run(p: &Plain, store: impl Fn(usize, usize, usize, &Block) + Sync) {
 unsafe fn block(p: &Plain, cb: usize, q0: usize, offsets: &[isize], masks: &[[u16; 3]], blk: &mut Block) {
     use std::arch::x86_64::*;
     let taps = offsets.len();
-    let bias = direct::bias_of(p.bias, p.cout, cb);
-    let mut acc = [[_mm512_setzero_ps(); 3]; MR];
-    for (a, b) in acc.iter_mut().zip(bias) {
-        *a = [_mm512_set1_ps(b); 3];
-    }
+    // One mask per tap (which also spares the tap loop its bounds checks).
+    assert_eq!(masks.len(), taps);
     let plane = p.h * p.w;
-    // SAFETY: the weights are in bounds by the assertion in `run`; input addresses are formed
-    // with wrapping arithmetic and only read through the masks (see `run`).
+    // SAFETY: `run` calls this only where AVX-512F is; the weights are in bounds by the assertion
+    // in `run`; input addresses are formed with wrapping arithmetic and only read through the
+    // masks (see `run`).
     unsafe {
-        let mut w = p.weights.as_ptr().add(cb * p.cin * taps * MR);
         let base = p.data.as_ptr().wrapping_add(q0);
-        for ci in 0..p.cin {
+        let channel = |ci: usize| {
             let src = base.wrapping_add(ci * plane);
             // Fetch rows a few channels ahead while this one computes: on the widest maps the
             // first channel block of a position block reads them from memory (a hint: never
@@ -133,31 +130,22 @@ unsafe fn block(p: &Plain, cb: usize, q0: usize, offsets: &[isize], masks: &[[u1
                     _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * l) as *const i8);
                 }
             }
-            for (&off, m) in offsets.iter().zip(masks) {
-                let s = src.wrapping_offset(off);
-                // Masked loads cost more than plain ones here (Zen 4): mask only the vectors
-                // that reach outside the map.
-                let load = |v: usize| {
-                    if m[v] == u16::MAX {
-                        _mm512_loadu_ps(s.wrapping_add(16 * v))
-                    } else {
-                        _mm512_maskz_loadu_ps(m[v], s.wrapping_add(16 * v))
-                    }
-                };
-                let x = [load(0), load(1), load(2)];
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*w.add(j));
-                    for (av, &xv) in a.iter_mut().zip(&x) {
-                        *av = _mm512_fmadd_ps(wv, xv, *av);
-                    }
+            src
+        };
+        let load = |src: *const f32, tap: usize| {
+            let (s, m) = (src.wrapping_offset(offsets[tap]), masks[tap]);
+            // Masked loads cost more than plain ones here (Zen 4): mask only the vectors that
+            // reach outside the map.
+            let load = |v: usize| {
+                if m[v] == u16::MAX {
+                    _mm512_loadu_ps(s.wrapping_add(16 * v))
+                } else {
+                    _mm512_maskz_loadu_ps(m[v], s.wrapping_add(16 * v))
                 }
-                w = w.add(MR);
-            }
-        }
-        for (o, a) in blk.iter_mut().zip(&acc) {
-            for (v, &av) in a.iter().enumerate() {
-                _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), av);
-            }
-        }
+            };
+            [load(0), load(1), load(2)]
+        };
+        let w = p.weights.as_ptr().add(cb * p.cin * taps * MR);
+        direct::avx512_block(direct::bias_of(p.bias, p.cout, cb), w, p.cin, taps, channel, load, blk)
     }
 }

@@ -98,7 +98,7 @@ pub fn pack(c: &Conv2d, dst: &mut [f32]) {
     let per = direct::packed_weight_elems(c.cout, c.cin, 1);
     let dst = &mut dst[..T * per];
     dst.fill(0.0);
-    let out = DisjointOut(dst.as_mut_ptr());
+    let out = DisjointOut::new(dst);
     // In place, channel block by channel block: a transformed copy of a large model's weights
     // would briefly double its weight memory.
     (0..c.cout.div_ceil(MR)).into_par_iter().for_each(|cb| {
@@ -132,7 +132,7 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
     let (v, rest) = ws.split_at_mut(T * c.cin * nb_max + direct::slack());
     let (m, zeros) = rest.split_at_mut(T * c.cout * nb_max);
     zeros.fill(0.0);
-    let out = DisjointOut(out.as_mut_ptr());
+    let out = DisjointOut::new(out);
     let mut i0 = 0;
     while i0 < th {
         let i1 = (i0 + rows).min(th);
@@ -173,7 +173,7 @@ fn load_row(x: View, c: &Conv2d, ci: usize, y: isize, j0: usize, n: usize, row: 
 #[allow(clippy::needless_range_loop)]
 fn input_transform(x: View, c: &Conv2d, i0: usize, i1: usize, nb: usize, v: &mut [f32]) {
     let tw = x.w.div_ceil(2);
-    let dst = DisjointOut(v.as_mut_ptr());
+    let dst = DisjointOut::new(v);
     (0..c.cin).into_par_iter().for_each(|ci| {
         let mut row = [0.0f32; 2 * CHUNK + 2];
         // hz[r][b][j]: patch row r of tile j after the column transform.
@@ -236,7 +236,7 @@ fn products(v: &[f32], c: &Conv2d, packed: &[f32], zeros: &[f32], nb: usize, isa
     for tp in &taps {
         direct::check(tp, nr);
     }
-    let dst = DisjointOut(m.as_mut_ptr());
+    let dst = DisjointOut::new(m);
     direct::schedule(nqb, T * ncb, c.cin, |x, qb, blk| {
         let (t, cb) = (x / ncb, x % ncb);
         let q0 = qb * nr;
@@ -253,7 +253,7 @@ fn products(v: &[f32], c: &Conv2d, packed: &[f32], zeros: &[f32], nb: usize, isa
 /// `y = Aᵀ M A + bias` (rows of M first, then columns), the fused ReLU, stored for tile rows
 /// `i0..i1` (the parts inside the map).
 #[allow(clippy::too_many_arguments)]
-fn output_transform(m: &[f32], c: &Conv2d, h: usize, w: usize, i0: usize, i1: usize, nb: usize, out: DisjointOut) {
+fn output_transform(m: &[f32], c: &Conv2d, h: usize, w: usize, i0: usize, i1: usize, nb: usize, out: DisjointOut<'_>) {
     let tw = w.div_ceil(2);
     (0..c.cout).into_par_iter().for_each(|co| {
         let bias = c.bias[co];

@@ -1,12 +1,12 @@
 //! What running an [`ArenaPlan`] means, node by node, as plain data: which arena regions each node
 //! reads and writes, and whether it copies, launches an op, works in place or does nothing.
 //!
-//! A device executor cannot be tested without its device, but the decisions it makes over the
-//! arena can: the CUDA backend follows this list, and `tests/arena_steps.rs` follows the same
-//! list with the CPU ops over a `Vec<f32>` arena (freed regions poisoned with NaN) and compares
-//! the result with the plain executor bit for bit. The checks a device executor relies on for
-//! safe, disjoint views (every region inside the arena, a launch's input apart from its output,
-//! a copy's source apart from its destination) are made here, once per plan.
+//! Both executors follow these steps: the CUDA backend a whole [`Schedule`], the CPU backend the
+//! same [`Steps`] one at a time, so the decisions a device executor makes over the arena are
+//! tested without its device (`tests/arena_steps.rs` runs the CPU executor, freed regions
+//! poisoned with NaN, on the graphs the CUDA backend runs). The checks an executor relies on for
+//! disjoint views (every region inside the arena, a launch's input apart from its output, a
+//! copy's source apart from its destination) are made here, before any view of a step is taken.
 
 use super::arena::{ArenaPlan, Slot};
 use crate::error::{Error, Result};
@@ -16,6 +16,11 @@ impl Slot {
     /// One past the last element.
     pub fn end(&self) -> usize {
         self.offset + self.len
+    }
+
+    /// The elements, as an index range of the arena.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.end()
     }
 
     /// Whether the two regions share an element (empty regions share none).
@@ -68,14 +73,31 @@ fn in_place_capable(op: &Op) -> bool {
     matches!(op, Op::ScaleShift(_) | Op::BatchNorm(_) | Op::Relu | Op::Dropout)
 }
 
-impl Schedule {
-    /// The steps for `graph` under `plan` (made for that graph), checked for the properties a
-    /// device executor needs to take disjoint views of one arena.
-    pub fn new(graph: &Graph, plan: &ArenaPlan) -> Result<Schedule> {
+/// The steps of a plan, made and checked one node at a time in execution order: what
+/// [`Schedule::new`] collects, and what the CPU executor walks as it goes (keeping no list, so
+/// that its memory stays exactly the arena, the workspace and the packed weights).
+pub struct Steps<'a> {
+    graph: &'a Graph,
+    plan: &'a ArenaPlan,
+    next: NodeId,
+    seen_input: bool,
+}
+
+impl<'a> Steps<'a> {
+    /// The walk of `graph` under `plan` (made for that graph).
+    pub fn new(graph: &'a Graph, plan: &'a ArenaPlan) -> Result<Steps<'a>> {
         let n = graph.nodes.len();
         if plan.slots.len() != n || plan.shapes.len() != n {
             return Err(internal(format!("plan for {} nodes, graph of {n}", plan.slots.len())));
         }
+        Ok(Steps { graph, plan, next: 0, seen_input: false })
+    }
+
+    /// The step of node `i`, checked for the properties an executor needs to take disjoint views
+    /// of one arena.
+    fn step(&mut self, i: NodeId) -> Result<NodeStep> {
+        let (graph, plan) = (self.graph, self.plan);
+        let node = &graph.nodes[i];
         let inside = |s: Slot, what: &str| {
             if s.end() <= plan.arena_elems {
                 Ok(s)
@@ -86,72 +108,93 @@ impl Schedule {
         let disjoint = |a: Slot, b: Slot, what: &str| {
             if a.overlaps(&b) { Err(internal(format!("{what}: {a:?} overlaps {b:?}"))) } else { Ok(()) }
         };
+        let dst = inside(plan.slots[i], &node.name)?;
+        let single_input = || {
+            if node.inputs.len() == 1 {
+                Ok(inside(plan.slots[node.inputs[0]], &node.name)?)
+            } else {
+                Err(internal(format!("{} ({}) has {} inputs", node.name, node.op.kind(), node.inputs.len())))
+            }
+        };
+        let actions = match &node.op {
+            Op::Input { .. } => {
+                if std::mem::replace(&mut self.seen_input, true) {
+                    return Err(internal("two input nodes".into()));
+                }
+                vec![Action::Input { dst }]
+            }
+            Op::Concat => {
+                let mut off = dst.offset;
+                let mut acts = Vec::new();
+                for (&p, &copy) in node.inputs.iter().zip(&plan.concat_copies[i]) {
+                    let src = inside(plan.slots[p], &node.name)?;
+                    let part = Slot { offset: off, len: src.len };
+                    if copy {
+                        disjoint(src, part, &format!("{}: concat copy", node.name))?;
+                        acts.push(Action::Copy { src, dst: part });
+                    } else if src != part {
+                        return Err(internal(format!("{}: part {p} at {src:?}, expected {part:?}", node.name)));
+                    }
+                    off += src.len;
+                }
+                if off != dst.end() {
+                    return Err(internal(format!("{}: parts fill {} of {dst:?}", node.name, off - dst.offset)));
+                }
+                acts
+            }
+            op if plan.in_place[i] => {
+                let src = single_input()?;
+                if !in_place_capable(op) || src != dst {
+                    return Err(internal(format!("{} ({}) in place at {src:?} -> {dst:?}", node.name, op.kind())));
+                }
+                if matches!(op, Op::Dropout) { vec![] } else { vec![Action::InPlace { slot: dst }] }
+            }
+            Op::Dropout => {
+                let src = single_input()?;
+                disjoint(src, dst, &node.name)?;
+                vec![Action::Copy { src, dst }]
+            }
+            _ => {
+                let src = single_input()?;
+                disjoint(src, dst, &node.name)?;
+                vec![Action::Launch { src, dst }]
+            }
+        };
         let output_group = plan.group_of[graph.output];
-        let mut steps = Vec::with_capacity(n);
-        let mut input = None;
-        for (i, node) in graph.nodes.iter().enumerate() {
-            let dst = inside(plan.slots[i], &node.name)?;
-            let single_input = || {
-                if node.inputs.len() == 1 {
-                    Ok(inside(plan.slots[node.inputs[0]], &node.name)?)
-                } else {
-                    Err(internal(format!("{} ({}) has {} inputs", node.name, node.op.kind(), node.inputs.len())))
-                }
-            };
-            let actions = match &node.op {
-                Op::Input { .. } => {
-                    if input.replace(dst).is_some() {
-                        return Err(internal("two input nodes".into()));
-                    }
-                    vec![Action::Input { dst }]
-                }
-                Op::Concat => {
-                    let mut off = dst.offset;
-                    let mut acts = Vec::new();
-                    for (&p, &copy) in node.inputs.iter().zip(&plan.concat_copies[i]) {
-                        let src = inside(plan.slots[p], &node.name)?;
-                        let part = Slot { offset: off, len: src.len };
-                        if copy {
-                            disjoint(src, part, &format!("{}: concat copy", node.name))?;
-                            acts.push(Action::Copy { src, dst: part });
-                        } else if src != part {
-                            return Err(internal(format!("{}: part {p} at {src:?}, expected {part:?}", node.name)));
-                        }
-                        off += src.len;
-                    }
-                    if off != dst.end() {
-                        return Err(internal(format!("{}: parts fill {} of {dst:?}", node.name, off - dst.offset)));
-                    }
-                    acts
-                }
-                op if plan.in_place[i] => {
-                    let src = single_input()?;
-                    if !in_place_capable(op) || src != dst {
-                        return Err(internal(format!("{} ({}) in place at {src:?} -> {dst:?}", node.name, op.kind())));
-                    }
-                    if matches!(op, Op::Dropout) { vec![] } else { vec![Action::InPlace { slot: dst }] }
-                }
-                Op::Dropout => {
-                    let src = single_input()?;
-                    disjoint(src, dst, &node.name)?;
-                    vec![Action::Copy { src, dst }]
-                }
-                _ => {
-                    let src = single_input()?;
-                    disjoint(src, dst, &node.name)?;
-                    vec![Action::Launch { src, dst }]
-                }
-            };
-            let freed = plan
-                .group_live
-                .iter()
-                .enumerate()
-                .filter(|&(g, &(_, end))| end == i && g != output_group)
-                .map(|(g, _)| plan.group_slot[g])
-                .filter(|s| s.len > 0)
-                .collect();
-            steps.push(NodeStep { node: i, actions, freed });
+        let freed = plan
+            .group_live
+            .iter()
+            .enumerate()
+            .filter(|&(g, &(_, end))| end == i && g != output_group)
+            .map(|(g, _)| plan.group_slot[g])
+            .filter(|s| s.len > 0)
+            .collect();
+        Ok(NodeStep { node: i, actions, freed })
+    }
+}
+
+impl Iterator for Steps<'_> {
+    type Item = Result<NodeStep>;
+
+    fn next(&mut self) -> Option<Result<NodeStep>> {
+        let i = self.next;
+        if i == self.graph.nodes.len() {
+            return None;
         }
+        self.next += 1;
+        Some(self.step(i))
+    }
+}
+
+impl Schedule {
+    /// The steps for `graph` under `plan` (made for that graph), every one checked before a
+    /// device executor takes its first view of the arena.
+    pub fn new(graph: &Graph, plan: &ArenaPlan) -> Result<Schedule> {
+        let steps: Vec<NodeStep> = Steps::new(graph, plan)?.collect::<Result<_>>()?;
+        let input = steps.iter().flat_map(|s| &s.actions).find_map(|a| match *a {
+            Action::Input { dst } => Some(dst),
+            _ => None,
+        });
         Ok(Schedule {
             steps,
             arena_elems: plan.arena_elems,
