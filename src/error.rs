@@ -32,7 +32,7 @@ pub enum Error {
     },
     #[error("out of memory: {what} needs {bytes} bytes")]
     OutOfMemory { what: String, bytes: usize },
-    /// The caller cancelled the run ([`crate::slide::Cancel`]); a run to a file keeps its partial
+    /// The caller cancelled the run (`slide::Cancel`); a run to a file keeps its partial
     /// output for `--resume`.
     #[error("cancelled")]
     Cancelled,

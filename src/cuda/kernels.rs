@@ -117,16 +117,23 @@ fn check(cond: bool, what: &str) -> Result<()> {
     if cond { Ok(()) } else { Err(Error::Backend(format!("internal: buffer sizes do not match ({what})"))) }
 }
 
-/// Conv2d of `x` (shape `xs`: cin x h x w) into `out` (cout x h x w); `weight` in
-/// `T::conv_weights` layout.
-pub struct Conv<'a, 'v, T> {
-    pub c: &'a Conv2d,
+/// A convolution layer `c` of `x` (shape `xs`: cin x h x w) into `out`, with its weights and
+/// bias on the device.
+pub struct ConvLaunch<'a, 'v, T, C> {
+    pub c: &'a C,
     pub weight: &'a CudaSlice<T>,
     pub bias: &'a CudaSlice<f32>,
     pub x: &'a CudaView<'v, T>,
     pub out: &'a mut CudaViewMut<'v, T>,
     pub xs: Shape,
 }
+
+/// Conv2d into `out` (cout x h x w); `weight` in `T::conv_weights` layout.
+pub type Conv<'a, 'v, T> = ConvLaunch<'a, 'v, T, Conv2d>;
+
+/// ConvTranspose2d (stride 2, k 2 or 3) into `out` (cout x 2h x 2w); `weight` as the model
+/// stores it, in storage type `T`.
+pub type ConvTranspose<'a, 'v, T> = ConvLaunch<'a, 'v, T, ConvTranspose2d>;
 
 impl<T: Storage> Conv<'_, '_, T> {
     /// Variant 1 at f32; at f16 the variant chosen for the layer's signature, timed on these
@@ -207,17 +214,6 @@ impl<T: Storage> Conv<'_, '_, T> {
         let ms = start.elapsed_ms(&end).map_err(err)?;
         Ok(ms as f64 / TIMED_LAUNCHES as f64)
     }
-}
-
-/// ConvTranspose2d (stride 2, k 2 or 3) of `x` (shape `xs`: cin x h x w) into `out`
-/// (cout x 2h x 2w); `weight` as the model stores it, in storage type `T`.
-pub struct ConvTranspose<'a, 'v, T> {
-    pub c: &'a ConvTranspose2d,
-    pub weight: &'a CudaSlice<T>,
-    pub bias: &'a CudaSlice<f32>,
-    pub x: &'a CudaView<'v, T>,
-    pub out: &'a mut CudaViewMut<'v, T>,
-    pub xs: Shape,
 }
 
 impl<T: Storage> ConvTranspose<'_, '_, T> {
