@@ -52,6 +52,16 @@ fn a_c_program_embeds_seamless() {
     seamless::model::file::save_random(&unet(1, 3, 4, 2, true, "transpose"), 5, false, &model, "c").unwrap();
     let exe = dir.path().join("embed");
     let lib = library_dir();
+    // `cargo test` links the tests against the rlib and does not build the cdylib; build it (the
+    // lib target, already compiled: only the link is left).
+    let release = lib.file_name().is_some_and(|n| n == "release");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--lib"]).current_dir(root());
+    if release {
+        build.arg("--release");
+    }
+    let o = build.output().unwrap();
+    assert!(o.status.success(), "cargo build --lib: {}", String::from_utf8_lossy(&o.stderr));
     assert!(lib.join("libseamless.so").exists(), "no libseamless.so in {}", lib.display());
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let o = Command::new(&cc)
