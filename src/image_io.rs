@@ -9,7 +9,7 @@ use std::path::Path;
 
 use npyz::WriterBuilder;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::output::AtomicFile;
 use crate::tensor::Tensor;
 
@@ -19,7 +19,7 @@ fn input_err(path: &Path, msg: impl Into<String>) -> Error {
 
 /// A PNG file decoded whole (PNG inputs are small images: see [`MAX_PNG_BYTES`]).
 pub fn read_png_file(path: &Path) -> Result<Tensor> {
-    let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
     let img = read_png(path, BufReader::new(file))?;
     if img.h == 0 || img.w == 0 || img.c == 0 {
         return Err(input_err(path, format!("empty image ({}x{} with {} channels)", img.h, img.w, img.c)));
@@ -120,8 +120,7 @@ pub fn write_npy<T: npyz::AutoSerialize>(
 /// Write an array to `.npy` atomically (synthetic images, tests).
 pub fn save_npy<T: npyz::AutoSerialize>(path: &Path, shape: &[u64], values: impl Iterator<Item = T>) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    write_npy(f.writer(), shape, values)
-        .map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") })?;
+    write_npy(f.writer(), shape, values).map_err(|e| Error::io(Side::Output, path, "write failed", e))?;
     f.commit()
 }
 

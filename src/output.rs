@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 pub struct AtomicFile {
     target: PathBuf,
@@ -34,12 +34,12 @@ impl AtomicFile {
     }
 
     fn io_err(&self, e: std::io::Error) -> Error {
-        Error::Output { path: self.target.clone(), msg: format!("write failed: {e}") }
+        Error::io(Side::Output, &self.target, "write failed", e)
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let w = self.writer.as_mut().expect("writer present until commit");
-        w.write_all(bytes).map_err(|e| Error::Output { path: self.target.clone(), msg: format!("write failed: {e}") })
+        w.write_all(bytes).map_err(|e| Error::io(Side::Output, &self.target, "write failed", e))
     }
 
     /// The underlying writer, for encoders that want `io::Write`.

@@ -194,6 +194,13 @@ fn truncated_and_corrupt_files_are_refused() {
     }
     let err = load(&dir.path().join("absent.safetensors")).unwrap_err();
     assert!(err.to_string().contains("cannot open"), "{err}");
+    // The system's error is kept as the source, not only flattened into the message.
+    assert_eq!(err.exit_code(), 3, "{err}");
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound), "{err}");
+    let err = seamless::slide::open_source(dir.path().join("absent.tif").to_str().unwrap(), None).err().unwrap();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "{err}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::Model;
 use super::config::ModelConfig;
 use super::weights::{RandomSource, SafetensorsSource};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::output::AtomicFile;
 
 pub const FORMAT: &str = "seamless-model";
@@ -27,7 +27,7 @@ pub fn load(path: &Path) -> Result<Model> {
         }
         _ => {}
     }
-    let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::io(Side::Model, path, "cannot open", e))?;
     // SAFETY: the map is read-only and lives only for this function; a file truncated by another
     // process while we read it could fault, which is the documented risk of any mmap reader.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::OutSpec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 /// What must match for a partial output to be resumed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ pub(crate) fn read(
 /// other shard must match them before it writes anything, metadata included.
 pub(crate) fn same_run_as_other_shards(partial: &Path, header: &JournalHeader) -> Result<()> {
     let bad = |m: String| Error::Output { path: partial.to_path_buf(), msg: m };
-    std::fs::create_dir_all(partial).map_err(|e| bad(format!("cannot create: {e}")))?;
+    std::fs::create_dir_all(partial).map_err(|e| Error::io(Side::Output, partial, "cannot create", e))?;
     let mut run = serde_json::to_value(header).expect("serialisable");
     run["shard"] = serde_json::Value::Null;
     let text = serde_json::to_string(&run).expect("serialisable");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 
 use crate::tensor::Tensor;
 pub use tiles::{Cancel, PadMode, Progress};
@@ -118,7 +118,7 @@ pub fn input_identity(spec: &str) -> Result<String> {
         return Ok(spec.to_string());
     }
     let path = PathBuf::from(spec);
-    let err = |e: std::io::Error| input_err(&path, format!("cannot open: {e}"));
+    let err = |e: std::io::Error| Error::io(Side::Input, &path, "cannot open", e);
     let canon = std::fs::canonicalize(&path).map_err(err)?;
     let mut h = blake3::Hasher::new();
     h.update(canon.as_os_str().as_encoded_bytes());
@@ -192,7 +192,7 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
     let format = format.or_else(|| format_of(&path)).ok_or_else(|| {
         input_err(&path, "unknown image format (supported: .tif/.tiff, .zarr, .npy, .png, synth:WxH)")
     })?;
-    let meta = std::fs::metadata(&path).map_err(|e| input_err(&path, format!("cannot open: {e}")))?;
+    let meta = std::fs::metadata(&path).map_err(|e| Error::io(Side::Input, &path, "cannot open", e))?;
     // Checked before opening: opening a FIFO blocks until a writer comes, maybe forever.
     match (format, meta.is_dir(), meta.is_file()) {
         (Format::Zarr, true, _) | (Format::Tiff | Format::Npy | Format::Png, _, true) => {}

@@ -7,8 +7,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{OutSpec, OutType, Sink, Source, encode, input_err, output_err};
-use crate::error::Result;
+use super::{OutSpec, OutType, Sink, Source, encode, input_err};
+use crate::error::{Error, Result, Side};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug)]
@@ -115,11 +115,11 @@ fn field<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
 
 impl NpySource {
     pub fn open(path: &Path) -> Result<NpySource> {
-        let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
-        let len = file.metadata().map_err(|e| input_err(path, format!("cannot open: {e}")))?.len();
+        let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
+        let len = file.metadata().map_err(|e| Error::io(Side::Input, path, "cannot open", e))?.len();
         // The header: 10 or 12 bytes, then its length (at most 4 GiB by its u32, 64 KiB in practice).
         let mut head = vec![0u8; 12.min(len as usize)];
-        file.read_exact_at(&mut head, 0).map_err(|e| input_err(path, format!("cannot read: {e}")))?;
+        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(Side::Input, path, "cannot read", e))?;
         let declared = match head.get(6) {
             Some(1) => head.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]]) as u64 + 10),
             Some(2 | 3) => head.get(8..12).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as u64 + 12),
@@ -127,7 +127,7 @@ impl NpySource {
         };
         let head_len = declared.filter(|&n| n <= len).unwrap_or(head.len() as u64);
         head.resize(head_len as usize, 0);
-        file.read_exact_at(&mut head, 0).map_err(|e| input_err(path, format!("cannot read: {e}")))?;
+        file.read_exact_at(&mut head, 0).map_err(|e| Error::io(Side::Input, path, "cannot read", e))?;
         let (dict, offset) = header(&head).ok_or_else(|| input_err(path, "not a readable .npy file (bad header)"))?;
         let descr = field(&dict, "descr").and_then(|v| v.get(1..).and_then(|v| v.split('\'').next()));
         let dt = descr.and_then(Dt::parse).ok_or_else(|| {
@@ -256,7 +256,7 @@ impl NpySink {
             vec![spec.height, spec.width, spec.channels]
         };
         let head = header_bytes(descr(spec.out), &shape);
-        let err = |e: std::io::Error| output_err(path, format!("cannot create: {e}"));
+        let err = |e: std::io::Error| Error::io(Side::Output, path, "cannot create", e);
         let file = if resume {
             std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(err)?
         } else {
@@ -283,17 +283,17 @@ impl Sink for NpySink {
             let at = self.offset + ((y0 + y) * self.spec.width + x0) * c * self.spec.out.bytes();
             self.file
                 .write_all_at(&row, at as u64)
-                .map_err(|e| output_err(&self.path, format!("write failed: {e}")))?;
+                .map_err(|e| Error::io(Side::Output, &self.path, "write failed", e))?;
         }
         Ok(())
     }
 
     fn sync(&mut self) -> Result<serde_json::Value> {
-        self.file.sync_data().map_err(|e| output_err(&self.path, format!("write failed: {e}")))?;
+        self.file.sync_data().map_err(|e| Error::io(Side::Output, &self.path, "write failed", e))?;
         Ok(serde_json::Value::Null)
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        self.file.sync_all().map_err(|e| output_err(&self.path, format!("write failed: {e}")))
+        self.file.sync_all().map_err(|e| Error::io(Side::Output, &self.path, "write failed", e))
     }
 }

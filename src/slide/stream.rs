@@ -15,7 +15,7 @@ use super::tiles::TileRun;
 pub use super::tiles::{Cancel, PadMode, Progress};
 use super::{Format, OutSpec, OutType, Sink, Source, npy::NpySink, output_err, tiff_io::TiffSink, zarr_io::ZarrSink};
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::model::Model;
 use crate::normalize::{self, NormSpec};
 pub use crate::output::Existing;
@@ -229,7 +229,7 @@ impl Sink for PngSink {
         Ok(serde_json::Value::Null)
     }
     fn finish(self: Box<Self>) -> Result<()> {
-        let file = File::create(&self.path).map_err(|e| output_err(&self.path, format!("cannot create: {e}")))?;
+        let file = File::create(&self.path).map_err(|e| Error::io(Side::Output, &self.path, "cannot create", e))?;
         crate::image_io::write_png_labels(std::io::BufWriter::new(file), &self.img, self.classes_wide)
             .map_err(|e| output_err(&self.path, format!("write failed: {e}")))
     }

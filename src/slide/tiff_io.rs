@@ -17,7 +17,7 @@ use tiff::decoder::{ChunkType, Decoder, DecodingResult};
 use tiff::tags::Tag;
 
 use super::{OutSpec, OutType, Sink, Source, encode, input_err, output_err};
-use crate::error::Result;
+use crate::error::{Error, Result, Side};
 use crate::tensor::Tensor;
 
 pub struct TiffSource {
@@ -44,7 +44,7 @@ const CACHE_VALUES: usize = 4 << 20;
 impl TiffSource {
     pub fn open(path: &Path) -> Result<TiffSource> {
         let bad = |e: tiff::TiffError| input_err(path, format!("not a readable TIFF: {e}"));
-        let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+        let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
         let mut dec = Decoder::new(BufReader::new(file)).map_err(bad)?;
         let (w, h) = dec.dimensions().map_err(bad)?;
         let (c, sample) = match dec.colortype().map_err(bad)? {
@@ -214,7 +214,7 @@ impl TiffSink {
         if !spec.chunk.is_multiple_of(16) || spec.chunk == 0 {
             return Err(output_err(path, format!("TIFF tile size {} is not a multiple of 16", spec.chunk)));
         }
-        let err = |e: std::io::Error| output_err(path, format!("cannot create: {e}"));
+        let err = |e: std::io::Error| Error::io(Side::Output, path, "cannot create", e);
         let n = Self::across(&spec) * spec.height.div_ceil(spec.chunk);
         // Resuming reopens without truncating, then cuts back to what the journal says is durable.
         let file = match journal {
@@ -265,7 +265,7 @@ impl TiffSink {
         self.file
             .seek(SeekFrom::Start(at))
             .and_then(|_| self.file.write_all(bytes))
-            .map_err(|e| output_err(&self.path, format!("write failed: {e}")))?;
+            .map_err(|e| Error::io(Side::Output, &self.path, "write failed", e))?;
         self.pos += bytes.len() as u64;
         Ok(at)
     }
@@ -307,7 +307,7 @@ impl Sink for TiffSink {
     }
 
     fn sync(&mut self) -> Result<serde_json::Value> {
-        self.file.sync_data().map_err(|e| output_err(&self.path, format!("write failed: {e}")))?;
+        self.file.sync_data().map_err(|e| Error::io(Side::Output, &self.path, "write failed", e))?;
         Ok(serde_json::to_value(std::mem::take(&mut self.fresh)).expect("serialisable"))
     }
 
@@ -367,7 +367,7 @@ impl Sink for TiffSink {
         }
         ifd.extend_from_slice(&0u64.to_le_bytes());
         let ifd_at = arrays(&mut self, ifd)?;
-        let err = |e: std::io::Error| output_err(&self.path, format!("write failed: {e}"));
+        let err = |e: std::io::Error| Error::io(Side::Output, &self.path, "write failed", e);
         self.file.seek(SeekFrom::Start(8)).and_then(|_| self.file.write_all(&ifd_at.to_le_bytes())).map_err(err)?;
         self.file.sync_all().map_err(err)
     }

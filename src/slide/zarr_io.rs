@@ -10,7 +10,7 @@ use zarrs::filesystem::FilesystemStore;
 use zarrs::group::{Group, GroupBuilder};
 
 use super::{OutSpec, OutType, Sink, Source, input_err, output_err};
-use crate::error::Result;
+use crate::error::{Error, Result, Side};
 use crate::tensor::Tensor;
 
 type Store = FilesystemStore;
@@ -225,7 +225,7 @@ impl ZarrSink {
     /// Create the group and array (idempotent: shards of one job write identical metadata).
     pub fn create(path: &Path, spec: OutSpec) -> Result<ZarrSink> {
         let err = |m: String| output_err(path, m);
-        std::fs::create_dir_all(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(path).map_err(|e| Error::io(Side::Output, path, "cannot create", e))?;
         let store = Arc::new(Store::new(path).map_err(|e| err(format!("cannot create: {e}")))?);
         let (dt, fill) = match spec.out {
             OutType::U8 => (data_type::uint8(), zarrs::array::FillValue::from(0u8)),
