@@ -203,15 +203,15 @@ impl Engine {
         progress: &mut dyn FnMut(&Progress),
         cancel: Option<&Cancel>,
     ) -> Result<Tensor> {
+        // Normalised a window at a time by the runner: no normalised copy of the whole image.
         let stats = normalize::statistics_spec(image, norm)?;
-        let mut img = image.clone();
-        normalize::apply(&mut img, &stats);
-        let tile = self.tile_for(img.h, img.w)?;
+        let tile = self.tile_for(image.h, image.w)?;
         let tiling = Tiling::Tiles { tile, halo: self.model.exact_halo() };
-        crate::pipeline::infer_on(
+        crate::pipeline::infer_normalising(
             self.backend.as_ref(),
             &self.model,
-            &img,
+            image,
+            &stats,
             PadMode::Zero,
             tiling,
             &mut |p| progress(&p),
@@ -252,15 +252,6 @@ impl Engine {
         opts.existing = existing;
         opts.input_id = crate::slide::input_identity(input)?;
         opts.recheck_input = Some(input.to_string());
-        stream::run_cancellable(
-            src,
-            &self.model,
-            self.backend.as_ref(),
-            output,
-            &opts,
-            &mut |p| progress(&p),
-            &mut |_| {},
-            cancel,
-        )
+        stream::run(src, &self.model, self.backend.as_ref(), output, &opts, &mut |p| progress(&p), &mut |_| {}, cancel)
     }
 }

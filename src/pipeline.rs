@@ -45,6 +45,23 @@ pub fn infer_on(
     progress: &mut dyn FnMut(Progress),
     cancel: Option<&Cancel>,
 ) -> Result<Tensor> {
+    infer_normalising(backend, model, img, &[], pad, tiling, progress, cancel)
+}
+
+/// [`infer_on`] of a raw image, normalised a window at a time with `stats` (per channel `(scale,
+/// offset)`) as the runner reads it: the same values as normalising the whole image first, without
+/// a normalised copy of it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn infer_normalising(
+    backend: &dyn Backend,
+    model: &Model,
+    img: &Tensor,
+    stats: &[(f64, f64)],
+    pad: PadMode,
+    tiling: Tiling,
+    progress: &mut dyn FnMut(Progress),
+    cancel: Option<&Cancel>,
+) -> Result<Tensor> {
     if img.c != model.in_channels() {
         return Err(Error::Shape(format!(
             "the image has {} channel(s), the model expects {}",
@@ -76,7 +93,7 @@ pub fn infer_on(
         padded: (grid.padded_h, grid.padded_w),
         halo: grid.halo,
         pad,
-        stats: &[], // normalised by the caller
+        stats,
         whole: matches!(tiling, Tiling::Whole),
         labels: false,
         abort_after: None,

@@ -92,6 +92,14 @@ fn a_c_program_embeds_seamless() {
     // And the tiled result is the whole-image one.
     let whole = Engine::open(&model, &Options { device: Device::Cpu, ..Options::default() }).unwrap();
     assert_eq!(bits(&whole.segment(&image, &mut |_| {}, None).unwrap()), bits(&want));
+    // And that is the reference: the image z-scored as a whole, run whole (the engine normalises a
+    // window at a time instead).
+    use seamless::normalize::{self, Normalize};
+    use seamless::pipeline::{PadMode, Tiling, infer};
+    let mut z = image.clone();
+    normalize::apply(&mut z, &normalize::statistics(&image, Normalize::Zscore));
+    let reference = infer(&seamless::Model::open(model.to_str().unwrap()).unwrap(), &z, PadMode::Zero, Tiling::Whole);
+    assert_eq!(bits(&reference.unwrap()), bits(&want));
     let labels = seamless::slide::read_image(labels.to_str().unwrap()).unwrap();
     assert_eq!((labels.c, labels.h, labels.w), (1, 50, 70));
 }

@@ -230,7 +230,7 @@ fn interrupted() -> Interrupted {
     };
     let backend = seamless::cpu::CpuBackend::default();
     let run = |src: Box<dyn slide::Source>, out: &Path| {
-        stream::run(src, &model, &backend, out, &opts, &mut |_| {}, &mut |_| {})
+        stream::run(src, &model, &backend, out, &opts, &mut |_| {}, &mut |_| {}, None)
     };
     let reference = dir.path().join("reference.tif");
     run(slide::open_source(INPUT, None).unwrap(), &reference).unwrap();
@@ -285,7 +285,7 @@ proptest! {
         let _ = std::fs::remove_file(&out);
         let backend = seamless::cpu::CpuBackend::default();
         let src = slide::open_source(INPUT, None).unwrap();
-        match slide::stream::run(src, &run.model, &backend, &out, &run.opts, &mut |_| {}, &mut |_| {}) {
+        match slide::stream::run(src, &run.model, &backend, &out, &run.opts, &mut |_| {}, &mut |_| {}, None) {
             Ok(_) => prop_assert!(read_all(&out) == run.reference, "resumed to another output"),
             Err(err) => prop_assert_eq!(err.exit_code(), 5, "{}", err),
         }

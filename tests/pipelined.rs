@@ -77,7 +77,8 @@ fn stream_through(backend: &dyn Backend, model: &Model, img: &Tensor, tile: usiz
     let out = dir.path().join("o.npy");
     let src = Box::new(slide::InMemory::new(img.clone()));
     let summary =
-        stream::run(src, model, backend, &out, &opts(tile, model.exact_halo()), &mut |_| {}, &mut |_| {}).unwrap();
+        stream::run(src, model, backend, &out, &opts(tile, model.exact_halo()), &mut |_| {}, &mut |_| {}, None)
+            .unwrap();
     let mut src = slide::open_source(out.to_str().unwrap(), None).unwrap();
     let (h, w, _) = src.shape();
     (src.read(0, 0, h, w).unwrap(), summary.retries)

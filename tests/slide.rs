@@ -81,7 +81,7 @@ fn opts(format: Format, tile: usize, halo: usize, whole: bool) -> StreamOptions 
 fn run_stream(model: &Model, input: &Path, out: &Path, o: &StreamOptions) {
     let src = slide::open_source(s(input), None).unwrap();
     let backend = seamless::cpu::CpuBackend::default();
-    stream::run(src, model, &backend, out, o, &mut |_| {}, &mut |_| {}).unwrap();
+    stream::run(src, model, &backend, out, o, &mut |_| {}, &mut |_| {}, None).unwrap();
 }
 
 #[test]
@@ -431,6 +431,7 @@ fn an_input_changed_during_the_run_is_not_taken_for_one_image() {
             }
         },
         &mut |_| {},
+        None,
     )
     .expect_err("the input changed");
     assert!(rewritten);
@@ -460,7 +461,7 @@ fn statistics_of_a_wide_image_stream_in_blocks_and_match_memory() {
         let out = dir.path().join(format!("{mode:?}.npy"));
         let widest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let probe = ReadProbe { inner: slide::open_source(s(&input), None).unwrap(), widest: widest.clone() };
-        let summary = stream::run(Box::new(probe), &model, &backend, &out, &o, &mut |_| {}, &mut |_| {}).unwrap();
+        let summary = stream::run(Box::new(probe), &model, &backend, &out, &o, &mut |_| {}, &mut |_| {}, None).unwrap();
         let want = normalize::statistics_spec(&img, &o.norm).unwrap();
         let bits = |v: &[(f64, f64)]| v.iter().map(|(a, b)| (a.to_bits(), b.to_bits())).collect::<Vec<_>>();
         assert_eq!(bits(&summary.normalization), bits(&want), "{mode:?}");

@@ -440,6 +440,7 @@ pub fn run(a: InferArgs) -> Result<()> {
                 eprintln!("{note}");
             }
         },
+        None,
     )?;
     for bar in [pb, stats_bar].into_iter().flatten() {
         bar.finish_and_clear();

@@ -313,23 +313,11 @@ fn statistics(
 }
 
 /// Run `model` over `src` into `out`, calling `progress` after each statistics band and each tile,
-/// and `note` with what the user should know (a resumed run, an earlier output removed).
-pub fn run(
-    src: Box<dyn Source>,
-    model: &Model,
-    backend: &dyn Backend,
-    out: &Path,
-    opts: &StreamOptions,
-    progress: &mut dyn FnMut(Progress),
-    note: &mut dyn FnMut(&str),
-) -> Result<Summary> {
-    run_cancellable(src, model, backend, out, opts, progress, note, None)
-}
-
-/// [`run`], stopped with [`Error::Cancelled`] when `cancel` is set (the partial output stays for
+/// and `note` with what the user should know (a resumed run, an earlier output removed). When
+/// `cancel` is set the run stops with [`Error::Cancelled`] (the partial output stays for
 /// `--resume`).
 #[allow(clippy::too_many_arguments)]
-pub fn run_cancellable(
+pub fn run(
     mut src: Box<dyn Source>,
     model: &Model,
     backend: &dyn Backend,
