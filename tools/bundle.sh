@@ -42,7 +42,7 @@ for line in sys.stdin:
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/tests" "$out/lib"
-cp target/release/seamless "$out/bin/"
+cp "${CARGO_TARGET_DIR:-target}/release/seamless" "$out/bin/"
 strip "$out/bin/seamless"
 for entry in "${test_bins[@]}"; do
   name=${entry%% *}
@@ -136,64 +136,91 @@ export SEAMLESS_KERNEL_CACHE="$results/kernel-cache"
 } >"$results/environment.txt" 2>&1
 cat "$results/environment.txt" | tee -a "$summary"
 
-step() {  # step NAME LOGFILE COMMAND...: run, log, record PASS/FAIL with the wall time
-  local name=$1 logf=$2
-  shift 2
+# Each step has its own time limit (a kernel that hangs must not eat the rest), and after each one
+# the logs are packed into $PACK when it is set, so a run cut short still returns what it did.
+step() {  # step NAME LOGFILE SECONDS COMMAND...: run, log, record PASS/FAIL/TIMEOUT with the wall time
+  local name=$1 logf=$2 limit=$3
+  shift 3
   local t0=$(date +%s.%N)
-  "$@" >"$results/$logf" 2>&1
+  timeout --kill-after=5 "$limit" "$@" >"$results/$logf" 2>&1
   local rc=$?
-  local secs=$(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo "?")
-  if [ $rc = 0 ]; then say "PASS  $name  (${secs} s, $logf)"; else say "FAIL  $name  (exit $rc, $logf)"; failed=1; fi
+  local secs=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')" 2>/dev/null || echo "?")
+  if [ $rc = 0 ]; then say "PASS  $name  (${secs} s, $logf)"
+  elif [ $rc = 124 ] || [ $rc = 137 ]; then say "TIMEOUT  $name  (limit ${limit} s, $logf)"; failed=1
+  else say "FAIL  $name  (exit $rc, ${secs} s, $logf)"; failed=1; fi
+  pack
 }
+pack() {
+  [ -n "${PACK:-}" ] && tar czf "$PACK.tmp" -C "$results" --exclude=./work --exclude=./kernel-cache . 2>/dev/null \
+    && mv "$PACK.tmp" "$PACK"
+  return 0
+}
+# ROUNDS: interleaved rounds of the PyTorch comparison (5 for a report; fewer when device time is short).
+rounds=${ROUNDS:-5}
 
 bin="$here/bin/seamless"
-step "seamless doctor" doctor.txt "$bin" doctor --device "$device"
-step "NVRTC compile test (sm_80, sm_90)" nvrtc_compile.txt "$here/tests/nvrtc_compile" --nocapture --test-threads 1
-step "GPU tests: kernels vs CPU twins, tiled == whole" cuda_kernels.txt "$here/tests/cuda_kernels" --nocapture --test-threads 1
+step "seamless doctor" doctor.txt 240 "$bin" doctor --device "$device"
+step "GPU tests: kernels vs CPU twins, tiled == whole, memory == plan" cuda_kernels.txt 240 \
+  "$here/tests/cuda_kernels" --nocapture --test-threads 1
 for p in f32 f16; do
-  step "demo --backend cuda --precision $p" "demo-$p.txt" "$bin" demo --backend cuda --precision $p --device "$device" \
+  step "demo --backend cuda --precision $p" "demo-$p.txt" 60 "$bin" demo --backend cuda --precision $p --device "$device" \
     --out-dir "$results/demo-$p" --quiet
 done
 
-# Exactness through the CLI on a full-size U-Net (64 filters, 4 poolings), and its speed.
+# Exactness through the CLI on a full-size U-Net (64 filters, 4 poolings), and CUDA f32 against the
+# CPU backend on the same image.
 work="$results/work"
 mkdir -p "$work"
-"$bin" random-model --preset unet-64 --seed 1 --out "$work/unet64.safetensors" >/dev/null 2>&1
 "$bin" synth --width 3000 --height 2500 --seed 5 --image "$work/slide.npy" >/dev/null 2>&1
 "$bin" random-model --arch unet --config '{"in_channels":1,"classes":2,"base_filters":64,"depth":4}' --seed 1 \
   --out "$work/unet64-1ch.safetensors" >/dev/null 2>&1
 for p in f32 f16; do
-  step "unet-64 whole image, $p" "unet64-whole-$p.txt" "$bin" infer --model "$work/unet64-1ch.safetensors" \
+  step "unet-64 3000x2500 whole image, $p" "unet64-whole-$p.txt" 90 "$bin" infer --model "$work/unet64-1ch.safetensors" \
     --input "$work/slide.npy" --output "$work/whole-$p.npy" --output-kind probs --whole --backend cuda --precision $p --device "$device"
-  step "unet-64 tiled 512, $p" "unet64-tiled-$p.txt" "$bin" infer --model "$work/unet64-1ch.safetensors" \
+  step "unet-64 3000x2500 tiled 512, $p" "unet64-tiled-$p.txt" 90 "$bin" infer --model "$work/unet64-1ch.safetensors" \
     --input "$work/slide.npy" --output "$work/tiled-$p.npy" --output-kind probs --tile 512 --backend cuda --precision $p --device "$device"
-  step "unet-64 tiled == whole bit for bit, $p" "unet64-cmp-$p.txt" cmp "$work/whole-$p.npy" "$work/tiled-$p.npy"
+  step "unet-64 tiled == whole bit for bit, $p" "unet64-cmp-$p.txt" 30 cmp "$work/whole-$p.npy" "$work/tiled-$p.npy"
 done
+step "unet-64 3000x2500 on the CPU backend (f32)" unet64-cpu.txt 120 "$bin" infer --model "$work/unet64-1ch.safetensors" \
+  --input "$work/slide.npy" --output "$work/cpu.npy" --output-kind probs --tile 1024 --backend cpu
+step "CUDA against the CPU: max |probability difference|, label agreement" unet64-vs-cpu.txt 60 python3 -c '
+import os, sys, numpy as np
+cpu = np.load(sys.argv[1])
+for name in sys.argv[2:]:
+    g = np.load(name)
+    d = np.abs(g.astype(np.float64) - cpu)
+    agree = (g.argmax(-1) == cpu.argmax(-1)).mean()
+    print(f"{os.path.basename(name)}: max |diff| {d.max():.3e}, mean {d.mean():.3e}, labels agree {agree:.6%}")
+    limit = 1e-4 if "f32" in name else 5e-2
+    if d.max() > limit: sys.exit(f"over the limit {limit}")
+' "$work/cpu.npy" "$work/whole-f32.npy" "$work/whole-f16.npy"
 rm -f "$work"/*.npy
 
-# Speed and memory of the CUDA backend (issue #7): per-layer table with the device's tensor-core
-# rate, then the JSON report, for both families at both precisions.
+# Speed and memory of the CUDA backend: per-layer table with the device's tensor-core rate, for
+# both families at both precisions.
 for m in unet-64 fcdensenet-103; do
-  for p in f32 f16; do
-    step "bench $m $p (layers, mma peak)" "bench-$m-$p.txt" "$bin" bench "$m" --backend cuda --precision $p \
+  for p in f16 f32; do
+    step "bench $m $p (layers, mma peak)" "bench-$m-$p.txt" 90 "$bin" bench "$m" --backend cuda --precision $p \
       --size 1024 --runs 5 --layers --device "$device"
-    step "bench $m $p (json)" "bench-$m-$p.json" "$bin" bench "$m" --backend cuda --precision $p \
-      --size 1024 --runs 5 --json --no-peak --device "$device"
   done
 done
 
 # Against PyTorch on the same device, where this host's python has torch with CUDA.
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-  step "seamless vs PyTorch: throughput (interleaved rounds)" bench_vs_torch.txt python3 "$here/tools/bench_gpu_vs_torch.py" \
-    --seamless "$bin" --device "cuda:$device" --json "$results/bench_vs_torch.json"
-  step "seamless vs PyTorch: device memory per window" memory_vs_torch.txt python3 "$here/tools/gpu_memory_vs_torch.py" \
-    --seamless "$bin" --device "cuda:$device" --json "$results/memory_vs_torch.json"
+  step "seamless vs PyTorch: throughput ($rounds interleaved rounds)" bench_vs_torch.txt 300 python3 "$here/tools/bench_gpu_vs_torch.py" \
+    --seamless "$bin" --device "cuda:$device" --rounds "$rounds" --json "$results/bench_vs_torch.json"
+  step "seamless vs PyTorch: device memory per window" memory_vs_torch.txt 180 python3 "$here/tools/gpu_memory_vs_torch.py" \
+    --seamless "$bin" --device "cuda:$device" --windows 512,1024 --json "$results/memory_vs_torch.json"
 else
   say "SKIP  seamless vs PyTorch (python3 cannot import torch with CUDA here)"
 fi
 
+# Last: it compiles every family again for two architectures, and CI runs it too (with PyPI NVRTC).
+step "NVRTC compile test (sm_80, sm_90)" nvrtc_compile.txt 120 "$here/tests/nvrtc_compile" --nocapture --test-threads 1
+
 say ""
 if [ $failed = 0 ]; then say "ALL PASSED"; else say "SOME CHECKS FAILED (see the logs above)"; fi
+pack
 exit $failed
 RUN
 chmod +x "$out/run.sh"
