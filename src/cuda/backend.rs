@@ -17,7 +17,8 @@ use super::autotune::{ConvSignature, TuneMode};
 use super::conv_variants;
 use super::device::{self, DeviceInfo};
 use super::executor::{DeviceBytes, Exec, NodeTimer, Pending, Streams, launch_op};
-use super::kernels::{self, FamilyReport, Kernels};
+use super::kernels::{FamilyReport, Kernels};
+use super::ops;
 use super::storage::Storage;
 use super::weights::LayerParams;
 use super::{Precision, driver_err, libs};
@@ -164,7 +165,7 @@ impl CudaBackend {
         let mut best = 0f64;
         for _ in 0..12 {
             start.record(s).map_err(driver_err("event record"))?;
-            kernels::MmaPeak { out: &mut out, blocks, warps, iters }.launch(&self.kernels, s)?;
+            ops::MmaPeak { out: &mut out, blocks, warps, iters }.launch(&self.kernels, s)?;
             end.record(s).map_err(driver_err("event record"))?;
             let ms = start.elapsed_ms(&end).map_err(driver_err("event timer"))? as f64;
             let flop = (blocks * warps) as f64 * iters as f64 * super::sources::PEAK_MMAS_PER_ROUND as f64 * 4096.0;
@@ -204,7 +205,7 @@ impl CudaBackend {
         let fill = f16::from_f32(if poison { f32::NAN } else { 0.0 });
         let mut out = upload(&vec![fill; c.cout * x.h * x.w])?;
         let (input, mut output, xs) = (input.as_view(), out.as_view_mut(), Shape { c: x.c, h: x.h, w: x.w });
-        let mut conv = kernels::Conv { c, weight: &weight, bias: &bias, x: &input, out: &mut output, xs };
+        let mut conv = ops::Conv { c, weight: &weight, bias: &bias, x: &input, out: &mut output, xs };
         conv.launch_variant(&self.kernels, s, Some(v))?;
         let host = s.clone_dtoh(&out).map_err(driver_err("download"))?;
         s.synchronize().map_err(driver_err("synchronize"))?;
@@ -241,7 +242,7 @@ impl CudaBackend {
         if let Op::Concat = op {
             let mut offset = 0;
             for b in &bufs {
-                kernels::CopyInto { x: &b.as_view(), out: &mut out.as_view_mut(), offset }.launch(&self.kernels, s)?;
+                ops::CopyInto { x: &b.as_view(), out: &mut out.as_view_mut(), offset }.launch(&self.kernels, s)?;
                 offset += b.len();
             }
         } else {

@@ -30,7 +30,8 @@ use cudarc::driver::{
 };
 
 use super::driver_err;
-use super::kernels::{self, Kernels};
+use super::kernels::Kernels;
+use super::ops;
 use super::storage::Storage;
 use super::weights::{GraphParams, LayerParams, fingerprint};
 use crate::error::{Error, Result};
@@ -448,21 +449,19 @@ pub(crate) fn launch_op<'v, T: Storage>(
     out: &mut CudaViewMut<'v, T>,
 ) -> Result<()> {
     match (op, params) {
-        (Op::Conv2d(c), LayerParams::Conv { weight, bias }) => {
-            kernels::Conv { c, weight, bias, x, out, xs }.launch(k, s)
-        }
+        (Op::Conv2d(c), LayerParams::Conv { weight, bias }) => ops::Conv { c, weight, bias, x, out, xs }.launch(k, s),
         (Op::ConvTranspose2d(c), LayerParams::ConvTranspose { weight, bias }) => {
-            kernels::ConvTranspose { c, weight, bias, x, out, xs }.launch(k, s)
+            ops::ConvTranspose { c, weight, bias, x, out, xs }.launch(k, s)
         }
         (Op::BatchNorm(_) | Op::ScaleShift(_), LayerParams::ScaleShift { scale, shift, relu }) => {
-            kernels::ScaleShift { scale, shift, relu: *relu, x: Some(x), out, xs }.launch(k, s)
+            ops::ScaleShift { scale, shift, relu: *relu, x: Some(x), out, xs }.launch(k, s)
         }
-        (Op::Relu, _) => kernels::Relu { x: Some(x), out }.launch(k, s),
-        (Op::MaxPool2, _) => kernels::MaxPool2 { x, out, xs }.launch(k, s),
-        (Op::Upsample2(mode), _) => kernels::Upsample2 { mode: *mode, x, out, xs }.launch(k, s),
-        (Op::Softmax, _) => kernels::Softmax { argmax: false, x, out, xs }.launch(k, s),
-        (Op::Argmax, _) => kernels::Softmax { argmax: true, x, out, xs }.launch(k, s),
-        (Op::Input { .. } | Op::Dropout, _) => kernels::CopyInto { x, out, offset: 0 }.launch(k, s),
+        (Op::Relu, _) => ops::Relu { x: Some(x), out }.launch(k, s),
+        (Op::MaxPool2, _) => ops::MaxPool2 { x, out, xs }.launch(k, s),
+        (Op::Upsample2(mode), _) => ops::Upsample2 { mode: *mode, x, out, xs }.launch(k, s),
+        (Op::Softmax, _) => ops::Softmax { argmax: false, x, out, xs }.launch(k, s),
+        (Op::Argmax, _) => ops::Softmax { argmax: true, x, out, xs }.launch(k, s),
+        (Op::Input { .. } | Op::Dropout, _) => ops::CopyInto { x, out, offset: 0 }.launch(k, s),
         (op, _) => {
             Err(Error::Backend(format!("internal: no one-input kernel with these parameters for {}", op.kind())))
         }
@@ -480,9 +479,9 @@ fn launch_in_place<T: Storage>(
 ) -> Result<()> {
     match (op, params) {
         (Op::BatchNorm(_) | Op::ScaleShift(_), LayerParams::ScaleShift { scale, shift, relu }) => {
-            kernels::ScaleShift { scale, shift, relu: *relu, x: None, out: x, xs: shape }.launch(k, s)
+            ops::ScaleShift { scale, shift, relu: *relu, x: None, out: x, xs: shape }.launch(k, s)
         }
-        (Op::Relu, _) => kernels::Relu { x: None, out: x }.launch(k, s),
+        (Op::Relu, _) => ops::Relu { x: None, out: x }.launch(k, s),
         (op, _) => Err(Error::Backend(format!("internal: {} has no in-place kernel", op.kind()))),
     }
 }

@@ -27,6 +27,7 @@ pub mod executor;
 pub mod kernels;
 pub mod libs;
 pub mod memory;
+pub mod ops;
 pub mod sources;
 pub mod storage;
 pub mod weights;
