@@ -11,6 +11,7 @@ use seamless::output::{Existing, check_destination};
 use seamless::pipeline::{self, PadMode, Progress, Tiling};
 use seamless::planner::tile_plan::parse_bytes;
 use seamless::planner::{Precision, TilePlanner};
+use seamless::slide::select::Channels;
 use seamless::slide::stream::{self, OutputKind, StreamOptions};
 use seamless::slide::{self, Format};
 use seamless::tile_grid::{TileGrid, round_up};
@@ -30,6 +31,11 @@ pub struct InferArgs {
     /// Input format, when the extension does not say.
     #[arg(long, value_enum)]
     pub input_format: Option<Format>,
+    /// Which input channels the model gets: 0-based numbers in the order the model wants them
+    /// (`1`, `2,1,0`), `grey` for one channel from RGB (BT.601 luma: 0.299 R + 0.587 G + 0.114 B),
+    /// or `all`.
+    #[arg(long, default_value = "all", value_name = "LIST|grey|all")]
+    pub channels: String,
     /// Output: tiled BigTIFF (.tif), OME-Zarr (.zarr), .npy, or .png (labels only). Labels are
     /// uint8 (uint16 past 256 classes); probabilities float32 (or f16, --probs-f16), (H,W,classes).
     /// Written under OUTPUT.partial and renamed when complete.
@@ -349,7 +355,9 @@ pub fn run(a: InferArgs) -> Result<()> {
         check_destination(summary, false, existing, &all)?;
     }
     let model = Model::open(&a.model)?;
+    let channels = Channels::parse(&a.channels)?;
     let src = slide::open_source(&a.input, a.input_format)?;
+    let src = channels.apply(src).map_err(|msg| Error::Input { path: PathBuf::from(&a.input), msg })?;
     // After open_source, which refuses what cannot be read safely (a FIFO would block here).
     let input_id = slide::input_identity(&a.input)?;
     if !a.quiet {
@@ -359,10 +367,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let (ih, iw, ic) = src.shape();
     if ic != model.in_channels() {
-        return Err(Error::Input {
-            path: PathBuf::from(&a.input),
-            msg: format!("has {ic} channel(s), the model expects {}", model.in_channels()),
-        });
+        return Err(Error::Input { path: PathBuf::from(&a.input), msg: channel_mismatch(ic, model.in_channels()) });
     }
     let (backend, budget) =
         select_backend(a.backend, a.precision, a.device, a.memory_budget.as_deref(), &model, a.quiet)?;
@@ -403,6 +408,8 @@ pub fn run(a: InferArgs) -> Result<()> {
         abort_after: std::env::var("SEAMLESS_TEST_ABORT_AFTER_TILES").ok().and_then(|v| v.parse().ok()),
         existing,
         input_id,
+        // A resumed run or another shard must select the same channels.
+        selection: if channels == Channels::All { String::new() } else { format!("channels {channels}") },
         recheck_input: Some(a.input.clone()),
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
@@ -464,6 +471,19 @@ pub fn run(a: InferArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Why an image of `ic` channels (after `--channels`) does not fit a model of `mc`, and what to do.
+fn channel_mismatch(ic: usize, mc: usize) -> String {
+    let hint = match (ic, mc) {
+        (3 | 4, 1) => " (--channels grey makes one grey channel from RGB; --channels N picks channel N)".to_string(),
+        (i, m) if i > m => format!(
+            " (pick {m} with --channels, e.g. --channels {})",
+            (0..m).map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+        ),
+        _ => " (--channels can repeat a channel, e.g. --channels 0,0,0 for a grey image and an RGB model)".to_string(),
+    };
+    format!("has {ic} channel(s), the model expects {mc}{hint}")
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize)> {

@@ -5,6 +5,7 @@
 
 mod journal;
 pub mod npy;
+pub mod select;
 pub mod stream;
 pub mod synth_source;
 pub mod tiff_io;

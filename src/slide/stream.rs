@@ -54,6 +54,9 @@ pub struct StreamOptions {
     /// What identifies the input (`slide::input_identity`): a resumed run or another shard must
     /// read the same image.
     pub input_id: String,
+    /// What of the input is read, beyond its identity (`--channels`): part of what a resumed run
+    /// or another shard must match. Empty when the whole input is read as stored.
+    pub selection: String,
     /// The input's spec, when it is a file or store: its identity is taken again when the last
     /// tile is written, and a run whose input changed meanwhile (its tiles would come from two
     /// images) fails instead of moving its output into place.
@@ -78,6 +81,7 @@ impl StreamOptions {
             abort_after: None,
             existing: Existing::Refuse,
             input_id: String::new(),
+            selection: String::new(),
             recheck_input: None,
         }
     }
@@ -333,7 +337,11 @@ pub fn run(
     let header = JournalHeader {
         version: 3,
         model: format!("{} {}", model.config.config_json(), model.graph.fingerprint()),
-        input: opts.input_id.clone(),
+        input: if opts.selection.is_empty() {
+            opts.input_id.clone()
+        } else {
+            format!("{}; {}", opts.input_id, opts.selection)
+        },
         compute: backend.name(),
         image: (ih, iw, ic),
         tile,
