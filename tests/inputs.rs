@@ -138,3 +138,169 @@ fn an_rgb_slide_runs_a_grey_model_through_channels_grey_and_picks() {
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(stderr(&o).contains("RGB"), "{}", stderr(&o));
 }
+
+/// How the tiles of [`write_tiled_tiff`] are stored.
+#[derive(Clone, Copy, PartialEq)]
+enum TileCoding {
+    /// Uncompressed interleaved RGB.
+    Raw,
+}
+
+/// An RGB (u8 values) pyramid as a classic tiled TIFF, one directory per level, each level's
+/// first directory carrying `description` (an Aperio description makes it an SVS for OpenSlide).
+fn write_tiled_tiff(path: &Path, levels: &[Tensor], tile: usize, description: &str, coding: TileCoding) {
+    let mut file: Vec<u8> = b"II*\0\0\0\0\0".to_vec();
+    let mut next_ifd_at = 4usize;
+    for img in levels {
+        assert_eq!(img.c, 3);
+        let (across, down) = (img.w.div_ceil(tile), img.h.div_ceil(tile));
+        let mut offsets = Vec::new();
+        let mut counts = Vec::new();
+        for ty in 0..down {
+            for tx in 0..across {
+                // Edge tiles are stored whole, padded with zeros, as the format asks.
+                let mut raw = vec![0u8; tile * tile * 3];
+                for y in 0..tile.min(img.h - ty * tile) {
+                    for x in 0..tile.min(img.w - tx * tile) {
+                        for c in 0..3 {
+                            let v = img.data[c * img.h * img.w + (ty * tile + y) * img.w + tx * tile + x];
+                            raw[(y * tile + x) * 3 + c] = v as u8;
+                        }
+                    }
+                }
+                let bytes = match coding {
+                    TileCoding::Raw => raw,
+                };
+                offsets.push(file.len() as u32);
+                counts.push(bytes.len() as u32);
+                file.extend_from_slice(&bytes);
+            }
+        }
+        let mut extra: Vec<u8> = Vec::new();
+        // (tag, type, count, value or bytes): type 3 SHORT, 4 LONG, 2 ASCII.
+        let mut entries: Vec<(u16, u16, u32, Vec<u8>)> = vec![
+            (256, 4, 1, (img.w as u32).to_le_bytes().to_vec()),
+            (257, 4, 1, (img.h as u32).to_le_bytes().to_vec()),
+            (258, 3, 3, [8u16, 8, 8].iter().flat_map(|v| v.to_le_bytes()).collect()),
+            (259, 3, 1, 1u16.to_le_bytes().to_vec()),
+            (262, 3, 1, 2u16.to_le_bytes().to_vec()),
+            (270, 2, description.len() as u32 + 1, [description.as_bytes(), b"\0"].concat()),
+            (277, 3, 1, 3u16.to_le_bytes().to_vec()),
+            (284, 3, 1, 1u16.to_le_bytes().to_vec()),
+            (322, 4, 1, (tile as u32).to_le_bytes().to_vec()),
+            (323, 4, 1, (tile as u32).to_le_bytes().to_vec()),
+            (324, 4, offsets.len() as u32, offsets.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            (325, 4, counts.len() as u32, counts.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ];
+        entries.sort_by_key(|e| e.0);
+        let ifd_at = file.len() + (file.len() % 2);
+        file.resize(ifd_at, 0);
+        file[next_ifd_at..next_ifd_at + 4].copy_from_slice(&(ifd_at as u32).to_le_bytes());
+        let extra_at = ifd_at + 2 + entries.len() * 12 + 4;
+        let mut ifd: Vec<u8> = (entries.len() as u16).to_le_bytes().to_vec();
+        for (tag, ty, count, value) in &entries {
+            ifd.extend_from_slice(&tag.to_le_bytes());
+            ifd.extend_from_slice(&ty.to_le_bytes());
+            ifd.extend_from_slice(&count.to_le_bytes());
+            if value.len() <= 4 {
+                let mut v = value.clone();
+                v.resize(4, 0);
+                ifd.extend_from_slice(&v);
+            } else {
+                ifd.extend_from_slice(&((extra_at + extra.len()) as u32).to_le_bytes());
+                extra.extend_from_slice(value);
+                extra.resize(extra.len() + extra.len() % 2, 0);
+            }
+        }
+        next_ifd_at = ifd_at + ifd.len();
+        ifd.extend_from_slice(&[0; 4]);
+        file.extend_from_slice(&ifd);
+        file.extend_from_slice(&extra);
+    }
+    std::fs::write(path, file).unwrap();
+}
+
+/// Every second pixel of every second row: the next pyramid level.
+fn half(img: &Tensor) -> Tensor {
+    let (h, w) = (img.h / 2, img.w / 2);
+    let mut out = Tensor::zeros(img.c, h, w);
+    for c in 0..img.c {
+        for y in 0..h {
+            for x in 0..w {
+                out.data[(c * h + y) * w + x] = img.data[(c * img.h + 2 * y) * img.w + 2 * x];
+            }
+        }
+    }
+    out
+}
+
+/// OpenSlide is there, or this machine is not asked to have it (`.ci/run` installs it and sets
+/// SEAMLESS_REQUIRE_OPENSLIDE=1, so CI always runs these checks).
+fn openslide_here() -> bool {
+    match seamless::slide::openslide::version() {
+        Ok(_) => true,
+        Err(e) if std::env::var("SEAMLESS_REQUIRE_OPENSLIDE").is_ok_and(|v| v == "1") => panic!("{e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+const APERIO: &str = "Aperio Image Library vTEST\r\n211x150 [0,0 211x150] (64x64) RAW|AppMag = 20|MPP = 0.4990";
+
+#[test]
+fn an_aperio_svs_reads_through_openslide_like_the_same_pixels_in_a_tiff() {
+    let d = Dir::new();
+    let rgb = image_u8(3, 150, 211, 11);
+    let svs = d.p("slide.svs");
+    write_tiled_tiff(&svs, &[rgb.clone(), half(&rgb)], 64, APERIO, TileCoding::Raw);
+    write_tiff_u8(&d.p("same.tif"), &rgb);
+    write_tiff_u8(&d.p("level1.tif"), &half(&rgb));
+
+    // Without OpenSlide: a clear error, exit 4, nothing written.
+    let m = d.p("grey-model.safetensors");
+    let o = seamless(
+        &["infer", "--model", s(&m), "--input", s(&svs), "--output", s(&d.p("none.npy")), "--channels", "grey"],
+        &[("SEAMLESS_OPENSLIDE_LIB", "/nonexistent/libopenslide.so.1")],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("OpenSlide is not installed"), "{}", stderr(&o));
+    assert!(!d.p("none.npy").exists());
+    if !openslide_here() {
+        return;
+    }
+
+    let src = seamless::slide::openslide::OpenSlideSource::open(&svs, 0).unwrap();
+    assert_eq!(src.levels(), 2);
+    assert_eq!(src.microns_per_pixel(), Some((0.499, 0.499)));
+    drop(src);
+
+    // Level 0 and level 1, whole and tiled, equal the same pixels stored as a plain TIFF.
+    for (level, plain) in [("0", "same.tif"), ("1", "level1.tif")] {
+        let run = |input: &Path, out: &str, extra: &[&str]| {
+            let mut args = vec!["--channels", "grey", "--tile", "64"];
+            args.extend_from_slice(extra);
+            let o = d.infer(input, out, &args);
+            assert!(o.status.success(), "{out}: {}", stderr(&o));
+            d.bytes(out)
+        };
+        let tiled = run(&svs, &format!("os{level}-tiled.npy"), &["--level", level]);
+        let whole = run(&svs, &format!("os{level}-whole.npy"), &["--level", level, "--whole"]);
+        let plain = run(&d.p(plain), &format!("plain{level}.npy"), &[]);
+        assert!(tiled == whole, "level {level}: tiled != whole");
+        if level == "0" {
+            // Level 1's downsample is 2.0048 (211 px to 105), so OpenSlide resamples it.
+            assert!(tiled == plain, "level {level}: OpenSlide's pixels != the TIFF's");
+        }
+    }
+    let o = d.infer(&svs, "bad.npy", &["--channels", "grey", "--level", "2"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("levels 0 to 1"), "{}", stderr(&o));
+    let o = d.infer(&d.p("same.tif"), "bad.npy", &["--channels", "grey", "--level", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A file OpenSlide does not take for a slide.
+    std::fs::write(d.p("junk.svs"), b"not a slide").unwrap();
+    let o = d.infer(&d.p("junk.svs"), "bad.npy", &["--channels", "grey"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+}

@@ -49,6 +49,11 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         Ok((ma, mi)) => println!("nvrtc           {ma}.{mi}"),
         Err(e) => println!("nvrtc           missing: {}", message(e)),
     }
+    // Not needed for CUDA; reported here because it is loaded at run time too (vendor slides).
+    match seamless::slide::openslide::version() {
+        Ok(v) => println!("openslide       {v} (vendor slides: .svs, .ndpi, .mrxs, ...)"),
+        Err(e) => println!("openslide       missing: {e}"),
+    }
     match compile::cache_dir() {
         Some(d) => println!("kernel cache    {}", d.display()),
         None => println!("kernel cache    off"),

@@ -36,6 +36,10 @@ pub struct InferArgs {
     /// or `all`.
     #[arg(long, default_value = "all", value_name = "LIST|grey|all")]
     pub channels: String,
+    /// Pyramid level to read from a slide read through OpenSlide (0 = full resolution; each level
+    /// is usually 2 or 4 times smaller).
+    #[arg(long, default_value_t = 0)]
+    pub level: usize,
     /// Output: tiled BigTIFF (.tif), OME-Zarr (.zarr), .npy, or .png (labels only). Labels are
     /// uint8 (uint16 past 256 classes); probabilities float32 (or f16, --probs-f16), (H,W,classes).
     /// Written under OUTPUT.partial and renamed when complete.
@@ -356,7 +360,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let model = Model::open(&a.model)?;
     let channels = Channels::parse(&a.channels)?;
-    let src = slide::open_source(&a.input, a.input_format)?;
+    let src = slide::open_source_at(&a.input, a.input_format, slide::ImageIndex { level: a.level })?;
     let src = channels.apply(src).map_err(|msg| Error::Input { path: PathBuf::from(&a.input), msg })?;
     // After open_source, which refuses what cannot be read safely (a FIFO would block here).
     let input_id = slide::input_identity(&a.input)?;
@@ -409,7 +413,10 @@ pub fn run(a: InferArgs) -> Result<()> {
         existing,
         input_id,
         // A resumed run or another shard must select the same channels.
-        selection: if channels == Channels::All { String::new() } else { format!("channels {channels}") },
+        selection: match (a.level, &channels) {
+            (0, Channels::All) => String::new(),
+            (level, channels) => format!("level {level} channels {channels}"),
+        },
         recheck_input: Some(a.input.clone()),
     };
     let mut pb: Option<indicatif::ProgressBar> = None;

@@ -5,6 +5,7 @@
 
 mod journal;
 pub mod npy;
+pub mod openslide;
 pub mod select;
 pub mod stream;
 pub mod synth_source;
@@ -82,6 +83,8 @@ pub enum Format {
     Zarr,
     Npy,
     Png,
+    /// A vendor slide read through OpenSlide (.svs, .ndpi, .mrxs, .scn, .bif, ...); input only.
+    Openslide,
 }
 
 pub fn format_of(path: &Path) -> Option<Format> {
@@ -95,6 +98,8 @@ pub fn format_of(path: &Path) -> Option<Format> {
         Some(Format::Npy)
     } else if name.ends_with(".png") {
         Some(Format::Png)
+    } else if openslide::EXTENSIONS.iter().any(|e| name.ends_with(e)) {
+        Some(Format::Openslide)
     } else {
         None
     }
@@ -182,8 +187,20 @@ pub fn check_image_size(what: &str, h: usize, w: usize) -> Result<()> {
     Ok(())
 }
 
+/// Which image of a file that holds several to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImageIndex {
+    /// Pyramid level (0 = full resolution): OpenSlide's levels.
+    pub level: usize,
+}
+
 /// Open an image for windowed reading.
 pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>> {
+    open_source_at(spec, format, ImageIndex::default())
+}
+
+/// Open image `index` of `spec` for windowed reading.
+pub fn open_source_at(spec: &str, format: Option<Format>, index: ImageIndex) -> Result<Box<dyn Source>> {
     if let Some(rest) = spec.strip_prefix("synth:") {
         let src = synth_source::SynthSource::parse(rest)?;
         check_image_size(spec, src.height, src.width)?;
@@ -191,12 +208,23 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
     }
     let path = PathBuf::from(spec);
     let format = format.or_else(|| format_of(&path)).ok_or_else(|| {
-        input_err(&path, "unknown image format (supported: .tif/.tiff, .zarr, .npy, .png, synth:WxH)")
+        input_err(
+            &path,
+            "unknown image format (supported: .tif/.tiff, .zarr, .npy, .png, synth:WxH, and through OpenSlide \
+             .svs, .ndpi, .mrxs, .scn, .bif, .vms, .vmu, .svslide)",
+        )
     })?;
+    if index.level > 0 && format != Format::Openslide {
+        return Err(Error::Usage(format!(
+            "--level {}: pyramid levels are read from OpenSlide slides; this input is {format:?}",
+            index.level
+        )));
+    }
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(Side::Input, &path, "cannot open", e))?;
     // Checked before opening: opening a FIFO blocks until a writer comes, maybe forever.
     match (format, meta.is_dir(), meta.is_file()) {
-        (Format::Zarr, true, _) | (Format::Tiff | Format::Npy | Format::Png, _, true) => {}
+        (Format::Zarr, true, _) | (Format::Tiff | Format::Npy | Format::Png | Format::Openslide, _, true) => {}
+        // MIRAX keeps its data in a folder beside the .mrxs file; OpenSlide finds it.
         (Format::Zarr, false, _) => return Err(input_err(&path, "is not a directory: an OME-Zarr image is a store")),
         (_, true, _) => return Err(input_err(&path, "is a directory, not an image file")),
         _ => return Err(input_err(&path, "is not a regular file (a FIFO, socket or device?); give an image file")),
@@ -206,7 +234,9 @@ pub fn open_source(spec: &str, format: Option<Format>) -> Result<Box<dyn Source>
         Format::Zarr => Box::new(zarr_io::ZarrSource::open(&path)?),
         Format::Npy => Box::new(npy::NpySource::open(&path)?),
         Format::Png => Box::new(InMemory::new(crate::image_io::read_png_file(&path)?)),
+        Format::Openslide => Box::new(openslide::OpenSlideSource::open(&path, index.level)?),
     };
+
     let (h, w, c) = src.shape();
     if h == 0 || w == 0 || c == 0 {
         return Err(input_err(&path, format!("empty image ({h}x{w} with {c} channels)")));

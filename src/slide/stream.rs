@@ -183,6 +183,9 @@ pub fn open_sink(
         Format::Tiff => Box::new(TiffSink::create(path, spec, journal)?),
         Format::Zarr => Box::new(ZarrSink::create(path, spec)?),
         Format::Png => Box::new(PngSink::new(path, spec)?),
+        Format::Openslide => {
+            return Err(output_err(path, "OpenSlide formats are read-only: write .tif, .zarr, .npy or .png"));
+        }
     })
 }
 
