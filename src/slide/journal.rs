@@ -95,11 +95,12 @@ pub(crate) fn read(
     let bad = |m: String| Error::Output { path: path.to_path_buf(), msg: m };
     let file = File::open(path).map_err(|e| bad(format!("cannot read the journal: {e}")))?;
     let mut lines = BufReader::new(file).lines();
-    let head: JournalHeader = lines
+    let first = lines
         .next()
         .and_then(|l| l.ok())
-        .and_then(|l| serde_json::from_str(&l).ok())
         .ok_or_else(|| bad("the journal is unreadable; rerun without --resume".into()))?;
+    let head: JournalHeader = serde_json::from_str(&first)
+        .map_err(|e| Error::codec(Side::Output, path, "the journal is unreadable (rerun without --resume)", e))?;
     if &head != want {
         return Err(bad(
             "the unfinished output was made with other settings (model, image, tile, halo, normalisation or \

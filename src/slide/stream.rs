@@ -231,7 +231,7 @@ impl Sink for PngSink {
     fn finish(self: Box<Self>) -> Result<()> {
         let file = File::create(&self.path).map_err(|e| Error::io(Side::Output, &self.path, "cannot create", e))?;
         crate::image_io::write_png_labels(std::io::BufWriter::new(file), &self.img, self.classes_wide)
-            .map_err(|e| output_err(&self.path, format!("write failed: {e}")))
+            .map_err(|e| Error::codec(Side::Output, &self.path, "write failed", e))
     }
 }
 
