@@ -41,7 +41,7 @@ fn planar(h: usize, w: usize, c: usize, hwc: impl IntoIterator<Item = f32>) -> T
 const MAX_PNG_BYTES: usize = 1 << 30;
 
 fn read_png(path: &Path, r: impl std::io::BufRead + std::io::Seek) -> Result<Tensor> {
-    let bad = |e: png::DecodingError| input_err(path, format!("not a readable PNG: {e}"));
+    let bad = |e: png::DecodingError| Error::codec(Side::Input, path, "not a readable PNG", e);
     let mut dec = png::Decoder::new(r);
     dec.set_transformations(png::Transformations::EXPAND);
     let mut reader = dec.read_info().map_err(bad)?;
@@ -102,8 +102,7 @@ pub fn write_png_labels(
 /// [`write_png_labels`] to `path`, atomically.
 pub fn save_png_labels(path: &Path, labels: &Tensor, wide: bool) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    write_png_labels(f.writer(), labels, wide)
-        .map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") })?;
+    write_png_labels(f.writer(), labels, wide).map_err(|e| Error::codec(Side::Output, path, "write failed", e))?;
     f.commit()
 }
 
@@ -127,7 +126,7 @@ pub fn save_npy<T: npyz::AutoSerialize>(path: &Path, shape: &[u64], values: impl
 /// Write an 8-bit RGB PNG atomically.
 pub fn save_rgb_png(path: &Path, w: usize, h: usize, rgb: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    let io = |e: png::EncodingError| Error::Output { path: path.to_path_buf(), msg: format!("write failed: {e}") };
+    let io = |e: png::EncodingError| Error::codec(Side::Output, path, "write failed", e);
     {
         let mut enc = png::Encoder::new(f.writer(), w as u32, h as u32);
         enc.set_color(png::ColorType::Rgb);

@@ -29,7 +29,7 @@ impl AtomicFile {
             return Err(err(format!("directory {} does not exist", dir.display())));
         }
         let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-        let file = File::create(&tmp).map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
+        let file = File::create(&tmp).map_err(|e| Error::io(Side::Output, &tmp, "cannot create", e))?;
         Ok(AtomicFile { target: target.to_path_buf(), tmp, writer: Some(BufWriter::new(file)) })
     }
 
@@ -177,7 +177,7 @@ impl Lock {
                 .truncate(false)
                 .write(true)
                 .open(path)
-                .map_err(|e| err(format!("cannot create the lock file {}: {e}", path.display())))?;
+                .map_err(|e| Error::io(Side::Output, path, "cannot create the lock file", e))?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -187,7 +187,7 @@ impl Lock {
                     )));
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(err(format!("cannot lock {}: {e}", path.display())));
+                    return Err(Error::io(Side::Output, path, "cannot lock", e));
                 }
             }
             let same = match (file.metadata(), std::fs::metadata(path)) {

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
 use crate::erf::Erf;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::output::AtomicFile;
 use crate::sweep::Sweep;
 
@@ -41,8 +41,8 @@ fn save_png(path: &Path, (w, h): (u32, u32), rgb: &[u8]) -> Result<()> {
     f.commit()
 }
 
-fn out_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Output { path: path.to_path_buf(), msg: format!("cannot draw the plot: {e}") }
+fn out_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::codec(Side::Output, path, "cannot draw the plot", e)
 }
 
 /// Check that `path` can hold a PNG before any long computation.

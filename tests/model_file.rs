@@ -189,7 +189,11 @@ fn truncated_and_corrupt_files_are_refused() {
         let p = dir.path().join(format!("{what}.safetensors"));
         std::fs::write(&p, data).unwrap();
         let err = load(&p).expect_err(what);
-        assert!(matches!(err, Error::Model { .. }), "{what}: {err}");
+        assert!(matches!(err, Error::Codec { side: seamless::error::Side::Model, .. }), "{what}: {err}");
+        assert!(
+            std::error::Error::source(&err).is_some_and(|s| s.is::<safetensors::SafeTensorError>()),
+            "{what}: {err}"
+        );
         assert!(err.to_string().contains("not a valid safetensors file"), "{what}: {err}");
     }
     let err = load(&dir.path().join("absent.safetensors")).unwrap_err();

@@ -65,3 +65,31 @@ fn cuda_headers_from_the_include_path_compile() {
     let cubin = compile::compile_cubin(&family, "sm_90").unwrap_or_else(|e| panic!("{e}"));
     assert!(compile::is_elf(&cubin));
 }
+
+/// A kernel that does not compile gives `Error::Nvrtc`: the message names the file and the
+/// architecture and carries the compiler's log, and NVRTC's own error is kept as the source.
+#[test]
+#[cfg_attr(
+    no_nvrtc,
+    ignore = "no NVRTC found at build time: pip install -r tools/requirements-cuda.txt, lib folder on LD_LIBRARY_PATH"
+)]
+fn a_kernel_that_does_not_compile_keeps_nvrtcs_error() {
+    require_nvrtc();
+    let family = seamless::cuda::sources::Family {
+        name: "broken",
+        source: "extern \"C\" __global__ void broken(float* p) { p[0] = undeclared_name; }\n",
+        functions: &["broken"],
+    };
+    let err = compile::compile_cubin(&family, "sm_90").expect_err("a broken kernel compiles");
+    assert!(matches!(err, seamless::Error::Nvrtc { family: "broken", .. }), "{err:?}");
+    assert_eq!(err.exit_code(), 6);
+    let msg = err.to_string();
+    assert!(msg.starts_with("NVRTC could not compile kernels/broken.cu for sm_90 ("), "{msg}");
+    assert!(msg.contains("undeclared_name"), "the compiler's log is in the message: {msg}");
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<cudarc::nvrtc::result::NvrtcError>());
+    assert_eq!(
+        source,
+        Some(&cudarc::nvrtc::result::NvrtcError(cudarc::nvrtc::sys::nvrtcResult::NVRTC_ERROR_COMPILATION)),
+        "{err:?}"
+    );
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use seamless::Tensor;
-use seamless::error::{Error, Result};
+use seamless::error::{Error, Result, Side};
 use seamless::image_io::save_rgb_png;
 use seamless::normalize::{self, Normalize};
 use seamless::pipeline::{self, PadMode};
@@ -65,8 +65,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if model.in_channels() != 1 {
         return Err(Error::Usage(format!("the demo slide has 1 channel; the model expects {}", model.in_channels())));
     }
-    std::fs::create_dir_all(&a.out_dir)
-        .map_err(|e| Error::Output { path: a.out_dir.clone(), msg: format!("cannot create folder: {e}") })?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::io(Side::Output, &a.out_dir, "cannot create folder", e))?;
 
     let n = a.size;
     eprintln!("generating a {n}x{n} synthetic slide (seed {}) ...", a.seed);

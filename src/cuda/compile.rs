@@ -38,35 +38,35 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     // SAFETY: NVRTC is loadable (checked above); both pointers are valid for the call.
     unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| Error::Backend(format!("nvrtcVersion: {e:?}")))?;
+        .map_err(|source| Error::NvrtcCall { call: "nvrtcVersion", source })?;
     Ok((major, minor))
 }
 
 /// Compile one family to a cubin for `arch`, without the cache.
 pub fn compile_cubin(family: &Family, arch: &str) -> Result<Vec<u8>> {
     libs::require_nvrtc()?;
-    let fail = |what: &str, log: String| {
-        Error::Backend(format!("NVRTC could not compile kernels/{}.cu for {arch} ({what}):\n{log}", family.name))
+    let fail = |what: String, log: String| {
+        move |source| Error::Nvrtc { family: family.name, arch: arch.to_string(), what, log, source }
     };
     let src = CString::new(family.full_source()).expect("kernel sources contain no NUL");
     let name = CString::new(format!("{}.cu", family.name)).expect("no NUL");
-    let prog = nvrtc::create_program(&src, Some(&name)).map_err(|e| fail("create", format!("{e:?}")))?;
+    let prog = nvrtc::create_program(&src, Some(&name)).map_err(fail("creating the program".into(), String::new()))?;
     let opts = options(arch);
     // SAFETY (this block): `prog` was just created from `src` and `name`, which outlive it, and is
     // destroyed exactly once below, after the last call that uses it.
     let result = unsafe {
         match nvrtc::compile_program(prog, &opts) {
-            Err(e) => Err(fail(&format!("{e:?}, options {opts:?}"), program_log(prog))),
+            Err(e) => Err(fail(format!("options {opts:?}"), program_log(prog))(e)),
             Ok(()) => {
                 let mut size = 0usize;
                 match nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result() {
-                    Err(e) => Err(fail("no cubin", format!("{e:?}"))),
+                    Err(e) => Err(fail("no cubin".into(), String::new())(e)),
                     Ok(()) => {
                         let mut cubin = vec![0u8; size];
                         nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
                             .result()
                             .map(|()| cubin)
-                            .map_err(|e| fail("cubin", format!("{e:?}")))
+                            .map_err(fail("getting the cubin".into(), String::new()))
                     }
                 }
             }

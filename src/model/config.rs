@@ -88,7 +88,7 @@ impl ModelConfig {
     }
 
     pub fn parse(architecture: &str, json: &str) -> Result<ModelConfig> {
-        let bad = |e: serde_json::Error| Error::Config(format!("{architecture} config {json:?}: {e}"));
+        let bad = |source| Error::ConfigJson { what: format!("{architecture} config {json:?}"), source };
         let cfg = match architecture {
             "unet" => ModelConfig::Unet(serde_json::from_str(json).map_err(bad)?),
             "fcdensenet" => ModelConfig::FcDenseNet(serde_json::from_str(json).map_err(bad)?),

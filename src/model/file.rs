@@ -30,17 +30,18 @@ pub fn load(path: &Path) -> Result<Model> {
     let file = File::open(path).map_err(|e| Error::io(Side::Model, path, "cannot open", e))?;
     // SAFETY: the map is read-only and lives only for this function; a file truncated by another
     // process while we read it could fault, which is the documented risk of any mmap reader.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(Side::Model, path, "cannot map", e))?;
     load_bytes(&map, &shown)
 }
 
 /// A model from the bytes of a model file (memory-mapped, or embedded in the binary).
 pub fn load_bytes(map: &[u8], shown: &str) -> Result<Model> {
     let err = |msg: String| Error::Model { path: shown.to_string(), msg };
-    let (_, meta) = SafeTensors::read_metadata(map)
-        .map_err(|e| err(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-    let st = SafeTensors::deserialize(map)
-        .map_err(|e| err(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let invalid = |e: safetensors::SafeTensorError| {
+        Error::codec(Side::Model, shown, "not a valid safetensors file (truncated or corrupt?)", e)
+    };
+    let (_, meta) = SafeTensors::read_metadata(map).map_err(invalid)?;
+    let st = SafeTensors::deserialize(map).map_err(invalid)?;
     let md: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
     let get = |k: &str| {
         md.get(k).ok_or_else(|| {
@@ -61,6 +62,7 @@ pub fn load_bytes(map: &[u8], shown: &str) -> Result<Model> {
     }
     let config = ModelConfig::parse(get("architecture")?, get("config")?).map_err(|e| match e {
         Error::Config(m) => err(m),
+        Error::ConfigJson { what, source } => Error::codec(Side::Model, shown, what, source),
         other => other,
     })?;
     let mut src = SafetensorsSource::new(st);
@@ -97,8 +99,8 @@ pub fn save_random(config: &ModelConfig, seed: u64, f16: bool, path: &Path, desc
         ("config".to_string(), config.config_json()),
         ("description".to_string(), description.to_string()),
     ]);
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Output { path: path.to_path_buf(), msg: format!("serialising: {e}") })?;
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::codec(Side::Output, path, "serialising", e))?;
     let mut out = AtomicFile::create(path)?;
     out.write_all(&bytes)?;
     out.commit()

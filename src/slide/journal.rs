@@ -64,10 +64,7 @@ impl Journal {
     /// Open the journal at `path` for this run: continued when `continuing` (it holds this run's
     /// finished tiles, see [`read`]), else started afresh with the run's header.
     pub fn open(path: &Path, header: JournalHeader, continuing: bool) -> Result<Journal> {
-        let err = |e: std::io::Error| Error::Output {
-            path: path.to_path_buf(),
-            msg: format!("cannot write the journal: {e}"),
-        };
+        let err = |e| Error::io(Side::Output, path, "cannot write the journal", e);
         let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
         if !continuing {
             file.set_len(0).map_err(err)?;
@@ -81,7 +78,7 @@ impl Journal {
         let line = serde_json::to_string(&JournalEntry::new(&self.header, tile, sink)).expect("serialisable");
         writeln!(self.file, "{line}")
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::Output { path: self.path.clone(), msg: format!("journal: {e}") })
+            .map_err(|e| Error::io(Side::Output, &self.path, "journal", e))
     }
 }
 
@@ -93,13 +90,14 @@ pub(crate) fn read(
     tiles: usize,
 ) -> Result<(HashSet<usize>, Vec<serde_json::Value>)> {
     let bad = |m: String| Error::Output { path: path.to_path_buf(), msg: m };
-    let file = File::open(path).map_err(|e| bad(format!("cannot read the journal: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::io(Side::Output, path, "cannot read the journal", e))?;
     let mut lines = BufReader::new(file).lines();
-    let head: JournalHeader = lines
+    let first = lines
         .next()
         .and_then(|l| l.ok())
-        .and_then(|l| serde_json::from_str(&l).ok())
         .ok_or_else(|| bad("the journal is unreadable; rerun without --resume".into()))?;
+    let head: JournalHeader = serde_json::from_str(&first)
+        .map_err(|e| Error::codec(Side::Output, path, "the journal is unreadable (rerun without --resume)", e))?;
     if &head != want {
         return Err(bad(
             "the unfinished output was made with other settings (model, image, tile, halo, normalisation or \
@@ -138,7 +136,10 @@ pub(crate) fn same_run_as_other_shards(partial: &Path, header: &JournalHeader) -
     let text = serde_json::to_string(&run).expect("serialisable");
     let path = partial.join("seamless-run.json");
     match OpenOptions::new().write(true).create_new(true).open(&path) {
-        Ok(mut f) => f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| bad(format!("{e}"))),
+        Ok(mut f) => f
+            .write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(Side::Output, &path, "write failed", e)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Another shard is writing it at this moment: wait until it holds a whole line.
             let mut theirs = String::new();
@@ -157,6 +158,6 @@ pub(crate) fn same_run_as_other_shards(partial: &Path, header: &JournalHeader) -
                     .into()))
             }
         }
-        Err(e) => Err(bad(format!("cannot write {}: {e}", path.display()))),
+        Err(e) => Err(Error::io(Side::Output, &path, "cannot create", e)),
     }
 }

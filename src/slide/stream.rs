@@ -238,7 +238,7 @@ impl Sink for PngSink {
     fn finish(self: Box<Self>) -> Result<()> {
         let file = File::create(&self.path).map_err(|e| Error::io(Side::Output, &self.path, "cannot create", e))?;
         crate::image_io::write_png_labels(std::io::BufWriter::new(file), &self.img, self.classes_wide)
-            .map_err(|e| output_err(&self.path, format!("write failed: {e}")))
+            .map_err(|e| Error::codec(Side::Output, &self.path, "write failed", e))
     }
 }
 
@@ -462,12 +462,12 @@ fn commit(sink: Box<dyn Sink>, out: &Path, opts: &StreamOptions, partial: &Path,
         if zarr {
             remove_any(jpath); // inside the store: a finished store keeps no journal
         }
-        move_into_place(partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))?;
+        move_into_place(partial, out).map_err(|e| Error::io(Side::Output, out, "cannot move into place", e))?;
         remove_any(jpath);
         return Ok(true);
     };
     let mark = |k: usize| partial.join(format!("seamless-shard-{k}-of-{n}.done"));
-    std::fs::write(mark(i), b"").map_err(|e| output_err(out, format!("cannot mark shard done: {e}")))?;
+    std::fs::write(mark(i), b"").map_err(|e| Error::io(Side::Output, out, "cannot mark shard done", e))?;
     if !(0..n).all(|k| mark(k).exists()) {
         return Ok(false);
     }
@@ -481,7 +481,7 @@ fn commit(sink: Box<dyn Sink>, out: &Path, opts: &StreamOptions, partial: &Path,
         Ok(()) => Ok(true),
         // Another shard finished at the same moment and moved it already.
         Err(_) if out.exists() && !partial.exists() => Ok(true),
-        Err(e) => Err(output_err(out, format!("cannot move into place: {e}"))),
+        Err(e) => Err(Error::io(Side::Output, out, "cannot move into place", e)),
     }
 }
 
@@ -509,5 +509,5 @@ pub fn write_bands(
         remove_any(&partial);
         return Err(e);
     }
-    move_into_place(&partial, out).map_err(|e| output_err(out, format!("cannot move into place: {e}")))
+    move_into_place(&partial, out).map_err(|e| Error::io(Side::Output, out, "cannot move into place", e))
 }

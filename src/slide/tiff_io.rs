@@ -43,7 +43,7 @@ const CACHE_VALUES: usize = 4 << 20;
 
 impl TiffSource {
     pub fn open(path: &Path) -> Result<TiffSource> {
-        let bad = |e: tiff::TiffError| input_err(path, format!("not a readable TIFF: {e}"));
+        let bad = |e: tiff::TiffError| Error::codec(Side::Input, path, "not a readable TIFF", e);
         let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
         let mut dec = Decoder::new(BufReader::new(file)).map_err(bad)?;
         let (w, h) = dec.dimensions().map_err(bad)?;
@@ -114,7 +114,7 @@ impl TiffSource {
     fn chunk(&mut self, index: u32) -> Result<&(usize, usize, Vec<f32>)> {
         if !self.cache.contains_key(&index) {
             let data = self.dec.read_chunk(index).map_err(|e| {
-                input_err(&self.path, format!("cannot decode chunk {index} (corrupt or truncated?): {e}"))
+                Error::codec(Side::Input, &self.path, format!("cannot decode chunk {index} (corrupt or truncated?)"), e)
             })?;
             let (cw, chh) = self.dec.chunk_data_dimensions(index);
             let values: Vec<f32> = match data {
@@ -234,7 +234,7 @@ impl TiffSink {
         if let Some(entries) = journal {
             for e in entries.iter().flat_map(|v| v.as_array().cloned().unwrap_or_default()) {
                 let t: (usize, u64, u64) =
-                    serde_json::from_value(e).map_err(|e| output_err(path, format!("journal: {e}")))?;
+                    serde_json::from_value(e).map_err(|e| Error::codec(Side::Output, path, "journal", e))?;
                 // A journal is a file anyone can edit: its numbers are checked, never trusted.
                 let end = t.1.checked_add(t.2);
                 if t.0 >= n || t.1 < 16 || end.is_none() {
@@ -294,8 +294,9 @@ impl Sink for TiffSink {
                     }
                 }
                 let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
-                z.write_all(&raw).map_err(|e| output_err(&self.path, format!("compressing: {e}")))?;
-                let packed = z.finish().map_err(|e| output_err(&self.path, format!("compressing: {e}")))?;
+                let compressing = |e| Error::codec(Side::Output, &self.path, "compressing", e);
+                z.write_all(&raw).map_err(compressing)?;
+                let packed = z.finish().map_err(compressing)?;
                 let index = ((y0 + ty) / ct) * Self::across(&self.spec) + (x0 + tx) / ct;
                 let at = self.append(&packed)?;
                 self.offsets[index] = at;

@@ -9,7 +9,7 @@ use zarrs::array::{Array, ArrayBuilder, data_type};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::{Group, GroupBuilder};
 
-use super::{OutSpec, OutType, Sink, Source, input_err, output_err};
+use super::{OutSpec, OutType, Sink, Source, input_err};
 use crate::error::{Error, Result, Side};
 use crate::tensor::Tensor;
 
@@ -64,16 +64,17 @@ fn multiscale(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<(Str
 impl ZarrSource {
     pub fn open(path: &Path) -> Result<ZarrSource> {
         let err = |m: String| input_err(path, m);
-        let store = Arc::new(Store::new(path).map_err(|e| err(format!("cannot open: {e}")))?);
+        let store = Arc::new(Store::new(path).map_err(|e| Error::codec(Side::Input, path, "cannot open", e))?);
         let (array, axes, array_dir) = match Array::open(store.clone(), "/") {
             Ok(a) => (a, None, path.to_path_buf()),
             Err(_) => {
-                let group = Group::open(store.clone(), "/")
-                    .map_err(|e| err(format!("neither a Zarr array nor a readable Zarr group: {e}")))?;
+                let group = Group::open(store.clone(), "/").map_err(|e| {
+                    Error::codec(Side::Input, path, "neither a Zarr array nor a readable Zarr group", e)
+                })?;
                 let (ds, axes) = multiscale(group.attributes())
                     .ok_or_else(|| err("a Zarr group without OME-NGFF 'multiscales' metadata".into()))?;
                 let a = Array::open(store, &format!("/{}", ds.trim_start_matches('/')))
-                    .map_err(|e| err(format!("cannot open dataset '{ds}': {e}")))?;
+                    .map_err(|e| Error::codec(Side::Input, path, format!("cannot open dataset '{ds}'"), e))?;
                 (a, axes, path.join(ds.trim_start_matches('/')))
             }
         };
@@ -153,7 +154,8 @@ impl Source for ZarrSource {
             })
             .collect();
         let subset = zarrs::array::ArraySubset::new_with_ranges(&ranges);
-        let bad = |e: zarrs::array::ArrayError| input_err(&self.path, format!("cannot read (corrupt chunk?): {e}"));
+        let bad =
+            |e: zarrs::array::ArrayError| Error::codec(Side::Input, &self.path, "cannot read (corrupt chunk?)", e);
         let values: Vec<f32> = match self.sample {
             "u8" => {
                 self.array.retrieve_array_subset::<Vec<u8>>(&subset).map_err(bad)?.into_iter().map(f32::from).collect()
@@ -221,12 +223,19 @@ pub struct ZarrSink {
     spec: OutSpec,
 }
 
+/// Turns zarrs' error into [`Error::Codec`] for the output store at `path`, doing `what`.
+fn failed<'a, E>(path: &'a Path, what: &'static str) -> impl FnOnce(E) -> Error + 'a
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| Error::codec(Side::Output, path, what, e)
+}
+
 impl ZarrSink {
     /// Create the group and array (idempotent: shards of one job write identical metadata).
     pub fn create(path: &Path, spec: OutSpec) -> Result<ZarrSink> {
-        let err = |m: String| output_err(path, m);
         std::fs::create_dir_all(path).map_err(|e| Error::io(Side::Output, path, "cannot create", e))?;
-        let store = Arc::new(Store::new(path).map_err(|e| err(format!("cannot create: {e}")))?);
+        let store = Arc::new(Store::new(path).map_err(failed(path, "cannot create"))?);
         let (dt, fill) = match spec.out {
             OutType::U8 => (data_type::uint8(), zarrs::array::FillValue::from(0u8)),
             OutType::U16 => (data_type::uint16(), zarrs::array::FillValue::from(0u16)),
@@ -236,12 +245,12 @@ impl ZarrSink {
         let (c, h, w, k) = (spec.channels as u64, spec.height as u64, spec.width as u64, spec.chunk as u64);
         let array = ArrayBuilder::new(vec![c, h, w], vec![c, k, k], dt, fill)
             .bytes_to_bytes_codecs(vec![Arc::new(
-                zarrs::array::codec::GzipCodec::new(1).map_err(|e| err(format!("{e}")))?,
+                zarrs::array::codec::GzipCodec::new(1).map_err(failed(path, "gzip level"))?,
             )])
             .dimension_names(["c", "y", "x"].into())
             .build(store.clone(), "/0")
-            .map_err(|e| err(format!("cannot create array: {e}")))?;
-        array.store_metadata().map_err(|e| err(format!("cannot write metadata: {e}")))?;
+            .map_err(failed(path, "cannot create array"))?;
+        array.store_metadata().map_err(failed(path, "cannot write metadata"))?;
         let ome = serde_json::json!({
             "version": "0.5",
             "multiscales": [{
@@ -254,9 +263,9 @@ impl ZarrSink {
                 "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]
             }]
         });
-        let mut group = GroupBuilder::new().build(store, "/").map_err(|e| err(format!("cannot create group: {e}")))?;
+        let mut group = GroupBuilder::new().build(store, "/").map_err(failed(path, "cannot create group"))?;
         group.attributes_mut().insert("ome".into(), ome);
-        group.store_metadata().map_err(|e| err(format!("cannot write metadata: {e}")))?;
+        group.store_metadata().map_err(failed(path, "cannot write metadata"))?;
         Ok(ZarrSink { array, path: path.to_path_buf(), spec })
     }
 }
@@ -269,7 +278,7 @@ impl Sink for ZarrSink {
             y0 as u64..(y0 + t.h) as u64,
             x0 as u64..(x0 + t.w) as u64,
         ]);
-        let bad = |e: zarrs::array::ArrayError| output_err(&self.path, format!("write failed: {e}"));
+        let bad = |e: zarrs::array::ArrayError| Error::codec(Side::Output, &self.path, "write failed", e);
         // Tensor and array are both C-ordered (c, y, x).
         match self.spec.out {
             OutType::U8 => self.array.store_array_subset(&subset, t.data.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
