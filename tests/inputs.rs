@@ -1,4 +1,6 @@
-//! Real-slide inputs: channel selection and RGB to grey, with tiled == whole bit for bit on each.
+//! Real-slide inputs: TIFF compressions and layouts of whole-slide scanners (JPEG in YCbCr, Zstd,
+//! WebP, Deflate with a predictor, planar RGB), vendor slides through OpenSlide, pyramid levels,
+//! channel selection and RGB to grey, with tiled == whole bit for bit on each.
 
 mod common;
 
@@ -140,10 +142,55 @@ fn an_rgb_slide_runs_a_grey_model_through_channels_grey_and_picks() {
 }
 
 /// How the tiles of [`write_tiled_tiff`] are stored.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum TileCoding {
     /// Uncompressed interleaved RGB.
     Raw,
+    /// Each tile a JPEG (JFIF, YCbCr 4:2:0), photometric YCbCr: what scanners and vips write.
+    JpegYcbcr,
+    /// Zstd (compression 50000).
+    Zstd,
+    /// Lossless WebP (compression 50001).
+    WebP,
+    /// Deflate after horizontal differencing (predictor 2).
+    DeflatePredictor,
+    /// Uncompressed, one plane per channel (planar configuration 2).
+    Planar,
+}
+
+/// One stored tile of `raw` (tile x tile interleaved RGB) in `coding`; planar gives three.
+fn encode_tile(raw: &[u8], tile: usize, coding: TileCoding) -> Vec<Vec<u8>> {
+    use std::io::Write;
+    match coding {
+        TileCoding::Raw => vec![raw.to_vec()],
+        TileCoding::JpegYcbcr => {
+            let mut out = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
+            enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+            enc.encode(raw, tile as u16, tile as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+            vec![out]
+        }
+        TileCoding::Zstd => vec![zstd::encode_all(raw, 3).unwrap()],
+        TileCoding::WebP => {
+            let mut out = Vec::new();
+            image_webp::WebPEncoder::new(&mut out)
+                .encode(raw, tile as u32, tile as u32, image_webp::ColorType::Rgb8)
+                .unwrap();
+            vec![out]
+        }
+        TileCoding::DeflatePredictor => {
+            let mut diff = raw.to_vec();
+            for row in diff.chunks_mut(tile * 3) {
+                for i in (3..row.len()).rev() {
+                    row[i] = row[i].wrapping_sub(row[i - 3]);
+                }
+            }
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(&diff).unwrap();
+            vec![z.finish().unwrap()]
+        }
+        TileCoding::Planar => (0..3).map(|c| raw.iter().skip(c).step_by(3).copied().collect()).collect(),
+    }
 }
 
 /// An RGB (u8 values) pyramid as a classic tiled TIFF, one directory per level, each level's
@@ -156,6 +203,7 @@ fn write_tiled_tiff(path: &Path, levels: &[Tensor], tile: usize, description: &s
         let (across, down) = (img.w.div_ceil(tile), img.h.div_ceil(tile));
         let mut offsets = Vec::new();
         let mut counts = Vec::new();
+        let mut planes: Vec<Vec<(u32, u32)>> = vec![Vec::new(); 3];
         for ty in 0..down {
             for tx in 0..across {
                 // Edge tiles are stored whole, padded with zeros, as the format asks.
@@ -168,30 +216,46 @@ fn write_tiled_tiff(path: &Path, levels: &[Tensor], tile: usize, description: &s
                         }
                     }
                 }
-                let bytes = match coding {
-                    TileCoding::Raw => raw,
-                };
-                offsets.push(file.len() as u32);
-                counts.push(bytes.len() as u32);
-                file.extend_from_slice(&bytes);
+                for (plane, bytes) in encode_tile(&raw, tile, coding).into_iter().enumerate() {
+                    planes[plane].push((file.len() as u32, bytes.len() as u32));
+                    file.extend_from_slice(&bytes);
+                }
             }
         }
+        // Planar files list every tile of the first channel, then of the second, and so on.
+        for (o, n) in planes.concat() {
+            offsets.push(o);
+            counts.push(n);
+        }
+        let (compression, photometric, planar) = match coding {
+            TileCoding::Raw | TileCoding::Planar => (1u16, 2u16, 1 + (coding == TileCoding::Planar) as u16),
+            TileCoding::JpegYcbcr => (7, 6, 1),
+            TileCoding::Zstd => (50000, 2, 1),
+            TileCoding::WebP => (50001, 2, 1),
+            TileCoding::DeflatePredictor => (8, 2, 1),
+        };
         let mut extra: Vec<u8> = Vec::new();
         // (tag, type, count, value or bytes): type 3 SHORT, 4 LONG, 2 ASCII.
         let mut entries: Vec<(u16, u16, u32, Vec<u8>)> = vec![
             (256, 4, 1, (img.w as u32).to_le_bytes().to_vec()),
             (257, 4, 1, (img.h as u32).to_le_bytes().to_vec()),
             (258, 3, 3, [8u16, 8, 8].iter().flat_map(|v| v.to_le_bytes()).collect()),
-            (259, 3, 1, 1u16.to_le_bytes().to_vec()),
-            (262, 3, 1, 2u16.to_le_bytes().to_vec()),
+            (259, 3, 1, compression.to_le_bytes().to_vec()),
+            (262, 3, 1, photometric.to_le_bytes().to_vec()),
             (270, 2, description.len() as u32 + 1, [description.as_bytes(), b"\0"].concat()),
             (277, 3, 1, 3u16.to_le_bytes().to_vec()),
-            (284, 3, 1, 1u16.to_le_bytes().to_vec()),
+            (284, 3, 1, planar.to_le_bytes().to_vec()),
             (322, 4, 1, (tile as u32).to_le_bytes().to_vec()),
             (323, 4, 1, (tile as u32).to_le_bytes().to_vec()),
             (324, 4, offsets.len() as u32, offsets.iter().flat_map(|v| v.to_le_bytes()).collect()),
             (325, 4, counts.len() as u32, counts.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ];
+        if coding == TileCoding::DeflatePredictor {
+            entries.push((317, 3, 1, 2u16.to_le_bytes().to_vec()));
+        }
+        if coding == TileCoding::JpegYcbcr {
+            entries.push((530, 3, 2, [2u16, 2].iter().flat_map(|v| v.to_le_bytes()).collect()));
+        }
         entries.sort_by_key(|e| e.0);
         let ifd_at = file.len() + (file.len() % 2);
         file.resize(ifd_at, 0);
@@ -303,4 +367,72 @@ fn an_aperio_svs_reads_through_openslide_like_the_same_pixels_in_a_tiff() {
     std::fs::write(d.p("junk.svs"), b"not a slide").unwrap();
     let o = d.infer(&d.p("junk.svs"), "bad.npy", &["--channels", "grey"]);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+}
+
+/// A smooth RGB image (what JPEG is made for), u8 values.
+fn smooth_rgb(h: usize, w: usize) -> Tensor {
+    let mut data = Vec::with_capacity(3 * h * w);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                let v = 128.0 + 100.0 * ((x as f32 * 0.05 + c as f32).sin() * (y as f32 * 0.07).cos());
+                data.push(v.round());
+            }
+        }
+    }
+    Tensor::from_vec(3, h, w, data)
+}
+
+fn read_whole(path: &Path) -> Tensor {
+    let mut src = seamless::slide::open_source(s(path), None).unwrap();
+    let (h, w, _) = src.shape();
+    src.read(0, 0, h, w).unwrap()
+}
+
+/// (max, mean) absolute difference.
+fn difference(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    assert_eq!((a.c, a.h, a.w), (b.c, b.h, b.w));
+    let d: Vec<f32> = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).collect();
+    (d.iter().copied().fold(0.0, f32::max), d.iter().sum::<f32>() / d.len() as f32)
+}
+
+#[test]
+fn tiled_tiffs_in_every_scanner_compression_read_back_and_stream_exactly() {
+    let d = Dir::new();
+    let rgb = smooth_rgb(150, 211);
+    for coding in
+        [TileCoding::Raw, TileCoding::Zstd, TileCoding::WebP, TileCoding::DeflatePredictor, TileCoding::Planar]
+    {
+        let path = d.p(&format!("{coding:?}.tif"));
+        write_tiled_tiff(&path, &[rgb.clone()], 64, "seamless test", coding);
+        let back = read_whole(&path);
+        assert_eq!(difference(&back, &rgb).0, 0.0, "{coding:?}: lossless, yet the pixels differ");
+    }
+
+    // JPEG in YCbCr 4:2:0: the usual whole-slide compression. Near the original (quality 95)...
+    let jpeg = d.p("jpeg.tif");
+    write_tiled_tiff(&jpeg, &[rgb.clone()], 64, "seamless test", TileCoding::JpegYcbcr);
+    let back = read_whole(&jpeg);
+    let (max, mean) = difference(&back, &rgb);
+    eprintln!("JPEG YCbCr 4:2:0 q95 vs original: max {max}, mean {mean}");
+    assert!(mean < 2.5 && max < 24.0, "JPEG YCbCr read back off by {max} at most, {mean} on average");
+    // ... any window reads the same values as the whole image ...
+    let mut src = seamless::slide::open_source(s(&jpeg), None).unwrap();
+    let win = src.read(37, 50, 80, 101).unwrap();
+    assert!(win == back.window(37, 50, 80, 101), "a window differs from the whole image");
+    // ... and a run over it is tiled == whole.
+    for (out, extra) in [("j-whole.npy", vec!["--whole"]), ("j-tiled.npy", vec!["--tile", "64"])] {
+        let o = d.infer(&jpeg, out, &[vec!["--channels", "grey"], extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(d.bytes("j-whole.npy") == d.bytes("j-tiled.npy"), "JPEG: tiled != whole");
+
+    // OpenSlide (libjpeg and libtiff) decodes the same file as an SVS to nearly the same pixels.
+    let svs = d.p("jpeg.svs");
+    write_tiled_tiff(&svs, &[rgb.clone()], 64, APERIO, TileCoding::JpegYcbcr);
+    if openslide_here() {
+        let (max, mean) = difference(&read_whole(&svs), &back);
+        eprintln!("OpenSlide vs seamless JPEG decode: max {max}, mean {mean}");
+        assert!(mean < 1.0 && max < 16.0, "OpenSlide and seamless decode the JPEG tiles {max} / {mean} apart");
+    }
 }

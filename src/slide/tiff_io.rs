@@ -1,5 +1,6 @@
-//! TIFF and BigTIFF. Reading (tiled or striped; 8/16-bit integer or 32-bit float samples; one or
-//! more channels, chunky; any compression the `tiff` crate decodes: none, LZW, Deflate, PackBits)
+//! TIFF and BigTIFF. Reading (tiled or striped; 8 to 64-bit integer or 16 to 64-bit float samples;
+//! one or more channels, interleaved or planar; any compression the `tiff` crate decodes: none,
+//! LZW and Deflate with or without predictors, PackBits, JPEG in YCbCr or RGB, Zstd, WebP)
 //! decodes only the chunks a window touches, keeping a small cache of recent ones. Writing produces
 //! a tiled, Deflate-compressed BigTIFF whose tiles are appended as compute tiles finish; the
 //! directory goes at the end. (The `tiff` crate's encoder writes whole images or strips, so the
@@ -29,6 +30,11 @@ pub struct TiffSource {
     chunk_w: usize,
     chunk_h: usize,
     tiled: bool,
+    /// Planar configuration 2: each channel's chunks stored apart, `chunks_per_plane` apart.
+    planar: bool,
+    chunks_per_plane: u32,
+    /// JPEG's YCbCr, converted to RGB as it is decoded.
+    ycbcr: bool,
     sample: &'static str,
     cache: HashMap<u32, (usize, usize, Vec<f32>)>,
     order: VecDeque<u32>,
@@ -56,6 +62,8 @@ impl TiffSource {
             ColorType::RGB(16) => (3, "u16"),
             ColorType::RGB(32) => (3, "f32 or u32"),
             ColorType::RGBA(8) => (4, "u8"),
+            // JPEG tiles (the usual whole-slide compression) decode to YCbCr: converted to RGB.
+            ColorType::YCbCr(8) => (3, "u8 (YCbCr, read as RGB)"),
             ColorType::Multiband { bit_depth: 8, num_samples } => (num_samples as usize, "u8"),
             ColorType::Multiband { bit_depth: 16, num_samples } => (num_samples as usize, "u16"),
             ColorType::Multiband { bit_depth: 32, num_samples } => (num_samples as usize, "f32 or u32"),
@@ -66,9 +74,8 @@ impl TiffSource {
                 ));
             }
         };
-        if let Ok(Some(2)) = dec.find_tag_unsigned::<u16>(tiff::tags::Tag::PlanarConfiguration) {
-            return Err(input_err(path, "planar (separate) TIFF channels are not supported; use chunky (interleaved)"));
-        }
+        let planar = c > 1 && matches!(dec.find_tag_unsigned::<u16>(Tag::PlanarConfiguration), Ok(Some(2)));
+        let ycbcr = matches!(dec.colortype(), Ok(ColorType::YCbCr(_)));
         let tiled = dec.get_chunk_type() == ChunkType::Tile;
         // The header may claim any size (a 186-byte file claimed 10^12 pixels): every chunk must lie
         // inside the file, and the pixels must fit what its bytes can decompress to.
@@ -95,6 +102,11 @@ impl TiffSource {
             ));
         }
         let (cw, ch) = dec.chunk_dimensions();
+        let chunks = counts.len() as u32;
+        if planar && !chunks.is_multiple_of(c as u32) {
+            return Err(input_err(path, format!("planar, {c} channels, but {chunks} chunks (corrupt?)")));
+        }
+        let chunks_per_plane = if planar { chunks / c as u32 } else { chunks };
         Ok(TiffSource {
             dec,
             path: path.to_path_buf(),
@@ -104,33 +116,63 @@ impl TiffSource {
             chunk_w: cw as usize,
             chunk_h: ch as usize,
             tiled,
+            planar,
+            chunks_per_plane,
+            ycbcr,
             sample,
             cache: HashMap::new(),
             order: VecDeque::new(),
         })
     }
 
-    /// Chunk `index` as (width, height, interleaved f32 samples).
+    /// The decoded samples of stored chunk `index`, as f32.
+    fn decode(&mut self, index: u32) -> Result<Vec<f32>> {
+        let data = self.dec.read_chunk(index).map_err(|e| {
+            Error::codec(Side::Input, &self.path, format!("cannot decode chunk {index} (corrupt or truncated?)"), e)
+        })?;
+        Ok(match data {
+            DecodingResult::U8(v) => v.into_iter().map(f32::from).collect(),
+            DecodingResult::U16(v) => v.into_iter().map(f32::from).collect(),
+            DecodingResult::U32(v) => v.into_iter().map(|x| x as f32).collect(),
+            DecodingResult::F32(v) => v,
+            DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+            DecodingResult::I8(v) => v.into_iter().map(f32::from).collect(),
+            DecodingResult::I16(v) => v.into_iter().map(f32::from).collect(),
+            // Wider integers round to the nearest f32, as every input is computed in f32.
+            DecodingResult::I32(v) => v.into_iter().map(|x| x as f32).collect(),
+            DecodingResult::I64(v) => v.into_iter().map(|x| x as f32).collect(),
+            DecodingResult::U64(v) => v.into_iter().map(|x| x as f32).collect(),
+            DecodingResult::F16(v) => v.into_iter().map(f32::from).collect(),
+        })
+    }
+
+    /// Chunk `index` (of the first plane, when planar) as (width, height, interleaved f32 samples).
     fn chunk(&mut self, index: u32) -> Result<&(usize, usize, Vec<f32>)> {
         if !self.cache.contains_key(&index) {
-            let data = self.dec.read_chunk(index).map_err(|e| {
-                Error::codec(Side::Input, &self.path, format!("cannot decode chunk {index} (corrupt or truncated?)"), e)
-            })?;
             let (cw, chh) = self.dec.chunk_data_dimensions(index);
-            let values: Vec<f32> = match data {
-                DecodingResult::U8(v) => v.into_iter().map(f32::from).collect(),
-                DecodingResult::U16(v) => v.into_iter().map(f32::from).collect(),
-                DecodingResult::U32(v) => v.into_iter().map(|x| x as f32).collect(),
-                DecodingResult::F32(v) => v,
-                DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
-                DecodingResult::I8(v) => v.into_iter().map(f32::from).collect(),
-                DecodingResult::I16(v) => v.into_iter().map(f32::from).collect(),
-                // Wider integers round to the nearest f32, as every input is computed in f32.
-                DecodingResult::I32(v) => v.into_iter().map(|x| x as f32).collect(),
-                DecodingResult::I64(v) => v.into_iter().map(|x| x as f32).collect(),
-                DecodingResult::U64(v) => v.into_iter().map(|x| x as f32).collect(),
-                DecodingResult::F16(v) => v.into_iter().map(f32::from).collect(),
-            };
+            let mut values = self.decode(index)?;
+            if self.planar {
+                // One plane per channel: interleave them, as chunky files store them.
+                let n = cw as usize * chh as usize;
+                let mut all = vec![0.0f32; n * self.c];
+                for p in 0..self.c {
+                    let plane = if p == 0 {
+                        std::mem::take(&mut values)
+                    } else {
+                        self.decode(index + p as u32 * self.chunks_per_plane)?
+                    };
+                    if plane.len() < n {
+                        return Err(input_err(&self.path, format!("chunk {index} plane {p} is short (corrupt?)")));
+                    }
+                    for (i, v) in plane[..n].iter().enumerate() {
+                        all[i * self.c + p] = *v;
+                    }
+                }
+                values = all;
+            }
+            if self.ycbcr {
+                ycbcr_to_rgb(&mut values);
+            }
             // The decoder returns the chunk's data without the padding of edge tiles.
             let stride_w = cw as usize;
             if values.len() < stride_w * (chh as usize) * self.c {
@@ -146,6 +188,19 @@ impl TiffSource {
             self.order.push_back(index);
         }
         Ok(&self.cache[&index])
+    }
+}
+
+/// JPEG's YCbCr (full range, ITU-R BT.601, the JFIF convention that TIFF's default reference
+/// black and white give) to 8-bit RGB in place, rounded and clamped like an 8-bit decoder. Per
+/// pixel and in a fixed order, so every window gives the same values.
+fn ycbcr_to_rgb(v: &mut [f32]) {
+    for px in v.chunks_exact_mut(3) {
+        let (y, cb, cr) = (px[0], px[1] - 128.0, px[2] - 128.0);
+        let rgb = [y + 1.402 * cr, y - 0.344_136 * cb - 0.714_136 * cr, y + 1.772 * cb];
+        for (o, c) in px.iter_mut().zip(rgb) {
+            *o = c.round().clamp(0.0, 255.0);
+        }
     }
 }
 
