@@ -404,14 +404,14 @@ fn tiled_tiffs_in_every_scanner_compression_read_back_and_stream_exactly() {
         [TileCoding::Raw, TileCoding::Zstd, TileCoding::WebP, TileCoding::DeflatePredictor, TileCoding::Planar]
     {
         let path = d.p(&format!("{coding:?}.tif"));
-        write_tiled_tiff(&path, &[rgb.clone()], 64, "seamless test", coding);
+        write_tiled_tiff(&path, std::slice::from_ref(&rgb), 64, "seamless test", coding);
         let back = read_whole(&path);
         assert_eq!(difference(&back, &rgb).0, 0.0, "{coding:?}: lossless, yet the pixels differ");
     }
 
     // JPEG in YCbCr 4:2:0: the usual whole-slide compression. Near the original (quality 95)...
     let jpeg = d.p("jpeg.tif");
-    write_tiled_tiff(&jpeg, &[rgb.clone()], 64, "seamless test", TileCoding::JpegYcbcr);
+    write_tiled_tiff(&jpeg, std::slice::from_ref(&rgb), 64, "seamless test", TileCoding::JpegYcbcr);
     let back = read_whole(&jpeg);
     let (max, mean) = difference(&back, &rgb);
     eprintln!("JPEG YCbCr 4:2:0 q95 vs original: max {max}, mean {mean}");
@@ -429,7 +429,7 @@ fn tiled_tiffs_in_every_scanner_compression_read_back_and_stream_exactly() {
 
     // OpenSlide (libjpeg and libtiff) decodes the same file as an SVS to nearly the same pixels.
     let svs = d.p("jpeg.svs");
-    write_tiled_tiff(&svs, &[rgb.clone()], 64, APERIO, TileCoding::JpegYcbcr);
+    write_tiled_tiff(&svs, std::slice::from_ref(&rgb), 64, APERIO, TileCoding::JpegYcbcr);
     if openslide_here() {
         let (max, mean) = difference(&read_whole(&svs), &back);
         eprintln!("OpenSlide vs seamless JPEG decode: max {max}, mean {mean}");
