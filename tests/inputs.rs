@@ -436,3 +436,81 @@ fn tiled_tiffs_in_every_scanner_compression_read_back_and_stream_exactly() {
         assert!(mean < 1.0 && max < 16.0, "OpenSlide and seamless decode the JPEG tiles {max} / {mean} apart");
     }
 }
+
+/// Grey u8 pages (one per image) in one TIFF; `description` on page 0 (OME-XML, say); pages in
+/// `reduced` are marked reduced-resolution (NewSubfileType 1).
+fn write_pages(path: &Path, pages: &[Tensor], description: Option<&str>, reduced: &[usize]) {
+    use tiff::encoder::{TiffEncoder, colortype};
+    use tiff::tags::Tag;
+    let mut enc = TiffEncoder::new(std::fs::File::create(path).unwrap()).unwrap();
+    for (i, p) in pages.iter().enumerate() {
+        assert_eq!(p.c, 1);
+        let data: Vec<u8> = p.data.iter().map(|&v| v as u8).collect();
+        let mut img = enc.new_image::<colortype::Gray8>(p.w as u32, p.h as u32).unwrap();
+        if let (0, Some(d)) = (i, description) {
+            img.encoder().write_tag(Tag::ImageDescription, d).unwrap();
+        }
+        if reduced.contains(&i) {
+            img.encoder().write_tag(Tag::NewSubfileType, 1u32).unwrap();
+        }
+        img.write_data(&data).unwrap();
+    }
+}
+
+fn ome(c: usize, z: usize) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="211" SizeY="150" SizeC="{c}" SizeZ="{z}" SizeT="1" PhysicalSizeX="0.5" PhysicalSizeY="0.5"/></Image></OME>"#
+    )
+}
+
+#[test]
+fn multi_page_tiffs_are_read_by_page_or_as_ome_channels_and_never_cut_silently() {
+    let d = Dir::new();
+    let planes: Vec<Tensor> = (0..3).map(|i| image_u8(1, 150, 211, 20 + i)).collect();
+    for (i, p) in planes.iter().enumerate() {
+        write_tiff_u8(&d.p(&format!("plane{i}.tif")), p);
+        assert!(d.infer(&d.p(&format!("plane{i}.tif")), &format!("ref{i}.npy"), &["--tile", "64"]).status.success());
+    }
+
+    // Three full-size pages and nothing saying what they are: refused, naming --page.
+    write_pages(&d.p("stack.tif"), &planes, None, &[]);
+    let o = d.infer(&d.p("stack.tif"), "x.npy", &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--page"), "{}", stderr(&o));
+    assert!(!d.p("x.npy").exists());
+    // --page picks one, tiled == whole, equal to that page stored alone.
+    for (out, extra) in [("p1-tiled.npy", vec!["--tile", "64"]), ("p1-whole.npy", vec!["--whole"])] {
+        let o = d.infer(&d.p("stack.tif"), out, &[vec!["--page", "1"], extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(d.bytes("p1-tiled.npy") == d.bytes("ref1.npy") && d.bytes("p1-whole.npy") == d.bytes("ref1.npy"));
+    let o = d.infer(&d.p("stack.tif"), "x.npy", &["--page", "3"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pages 0 to 2"), "{}", stderr(&o));
+
+    // An OME-TIFF with its three channels as pages: read as one 3-channel image; --channels picks.
+    write_pages(&d.p("ome.tif"), &planes, Some(&ome(3, 1)), &[]);
+    let o = d.infer(&d.p("ome.tif"), "x.npy", &[]);
+    assert_eq!(o.status.code(), Some(4), "three channels for a one-channel model: {}", stderr(&o));
+    assert!(stderr(&o).contains("expects 1") && stderr(&o).contains("--channels"), "{}", stderr(&o));
+    for (out, extra) in [("c2-tiled.npy", vec!["--tile", "64"]), ("c2-whole.npy", vec!["--whole"])] {
+        let o = d.infer(&d.p("ome.tif"), out, &[vec!["--channels", "2"], extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(d.bytes("c2-tiled.npy") == d.bytes("ref2.npy") && d.bytes("c2-whole.npy") == d.bytes("ref2.npy"));
+    // An OME z-stack is not channels: refused without --page.
+    write_pages(&d.p("omez.tif"), &planes, Some(&ome(1, 3)), &[]);
+    let o = d.infer(&d.p("omez.tif"), "x.npy", &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+
+    // A full-size page and a reduced-resolution one (a pyramid level): page 0, with a warning.
+    write_pages(&d.p("pyr.tif"), &[planes[0].clone(), half(&planes[0])], None, &[1]);
+    let m = d.p("grey-model.safetensors");
+    let o = seamless(
+        &["infer", "--model", s(&m), "--input", s(&d.p("pyr.tif")), "--output", s(&d.p("pyr.npy")), "--tile", "64"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 more page(s)"), "{}", stderr(&o));
+    assert!(d.bytes("pyr.npy") == d.bytes("ref0.npy"));
+}

@@ -40,6 +40,10 @@ pub struct InferArgs {
     /// is usually 2 or 4 times smaller).
     #[arg(long, default_value_t = 0)]
     pub level: usize,
+    /// TIFF page to read (0-based, in file order). Without it, a TIFF of several full-size pages
+    /// (a z-stack, a time series) is refused; an OME-TIFF's channel pages are read as channels.
+    #[arg(long)]
+    pub page: Option<usize>,
     /// Output: tiled BigTIFF (.tif), OME-Zarr (.zarr), .npy, or .png (labels only). Labels are
     /// uint8 (uint16 past 256 classes); probabilities float32 (or f16, --probs-f16), (H,W,classes).
     /// Written under OUTPUT.partial and renamed when complete.
@@ -360,7 +364,7 @@ pub fn run(a: InferArgs) -> Result<()> {
     }
     let model = Model::open(&a.model)?;
     let channels = Channels::parse(&a.channels)?;
-    let src = slide::open_source_at(&a.input, a.input_format, slide::ImageIndex { level: a.level })?;
+    let src = slide::open_source_at(&a.input, a.input_format, slide::ImageIndex { level: a.level, page: a.page })?;
     let src = channels.apply(src).map_err(|msg| Error::Input { path: PathBuf::from(&a.input), msg })?;
     // After open_source, which refuses what cannot be read safely (a FIFO would block here).
     let input_id = slide::input_identity(&a.input)?;
@@ -413,9 +417,9 @@ pub fn run(a: InferArgs) -> Result<()> {
         existing,
         input_id,
         // A resumed run or another shard must select the same channels.
-        selection: match (a.level, &channels) {
-            (0, Channels::All) => String::new(),
-            (level, channels) => format!("level {level} channels {channels}"),
+        selection: match (a.level, a.page, &channels) {
+            (0, None, Channels::All) => String::new(),
+            (level, page, channels) => format!("level {level} page {page:?} channels {channels}"),
         },
         recheck_input: Some(a.input.clone()),
     };

@@ -192,6 +192,9 @@ pub fn check_image_size(what: &str, h: usize, w: usize) -> Result<()> {
 pub struct ImageIndex {
     /// Pyramid level (0 = full resolution): OpenSlide's levels.
     pub level: usize,
+    /// TIFF page (0-based, in file order); None reads the image the file holds, and refuses a
+    /// file of several full-size pages rather than read only the first.
+    pub page: Option<usize>,
 }
 
 /// Open an image for windowed reading.
@@ -220,6 +223,9 @@ pub fn open_source_at(spec: &str, format: Option<Format>, index: ImageIndex) -> 
             index.level
         )));
     }
+    if index.page.is_some() && format != Format::Tiff {
+        return Err(Error::Usage(format!("--page: pages are TIFF pages; this input is {format:?}")));
+    }
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(Side::Input, &path, "cannot open", e))?;
     // Checked before opening: opening a FIFO blocks until a writer comes, maybe forever.
     match (format, meta.is_dir(), meta.is_file()) {
@@ -230,7 +236,7 @@ pub fn open_source_at(spec: &str, format: Option<Format>, index: ImageIndex) -> 
         _ => return Err(input_err(&path, "is not a regular file (a FIFO, socket or device?); give an image file")),
     }
     let src: Box<dyn Source> = match format {
-        Format::Tiff => Box::new(tiff_io::TiffSource::open(&path)?),
+        Format::Tiff => tiff_io::open(&path, index.page)?,
         Format::Zarr => Box::new(zarr_io::ZarrSource::open(&path)?),
         Format::Npy => Box::new(npy::NpySource::open(&path)?),
         Format::Png => Box::new(InMemory::new(crate::image_io::read_png_file(&path)?)),

@@ -36,6 +36,8 @@ pub struct TiffSource {
     /// JPEG's YCbCr, converted to RGB as it is decoded.
     ycbcr: bool,
     sample: &'static str,
+    /// What the user should know about the file (pages not read).
+    note: Option<String>,
     cache: HashMap<u32, (usize, usize, Vec<f32>)>,
     order: VecDeque<u32>,
 }
@@ -47,11 +49,136 @@ const MAX_RATIO: u64 = 20_000;
 /// Decoded chunks kept for windows that overlap (halos): about 16 MiB of f32 samples.
 const CACHE_VALUES: usize = 4 << 20;
 
+/// One top-level directory (page) of a TIFF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Page {
+    w: u32,
+    h: u32,
+    /// NewSubfileType says it is a reduced-resolution copy (a thumbnail or a pyramid level).
+    reduced: bool,
+}
+
+/// More pages than this are refused (a corrupt chain, or a file no slide reader is meant for).
+const MAX_PAGES: usize = 1 << 16;
+
+fn decoder(path: &Path) -> Result<Decoder<BufReader<File>>> {
+    let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
+    Decoder::new(BufReader::new(file)).map_err(|e| Error::codec(Side::Input, path, "not a readable TIFF", e))
+}
+
+/// The pages of `path`, and page 0's ImageDescription (OME-XML, an Aperio header, ...).
+fn pages(path: &Path) -> Result<(Vec<Page>, Option<String>)> {
+    let bad = |e: tiff::TiffError| Error::codec(Side::Input, path, "not a readable TIFF", e);
+    let mut dec = decoder(path)?;
+    let description = dec.get_tag_ascii_string(Tag::ImageDescription).ok();
+    let mut pages = Vec::new();
+    loop {
+        let (w, h) = dec.dimensions().map_err(bad)?;
+        let kind = dec.find_tag_unsigned::<u32>(Tag::NewSubfileType).ok().flatten().unwrap_or(0);
+        pages.push(Page { w, h, reduced: kind & 1 == 1 });
+        if !dec.more_images() {
+            break;
+        }
+        if pages.len() >= MAX_PAGES {
+            return Err(input_err(path, format!("more than {MAX_PAGES} pages (corrupt?)")));
+        }
+        dec.next_image().map_err(bad)?;
+    }
+    Ok((pages, description))
+}
+
+/// Whether an OME-XML `description` says the full-size pages are the channels of one plane
+/// (SizeC of them, one Z, one T): how OME-TIFF stores multi-channel (fluorescence) images. The
+/// other case it describes, Z or T planes, is refused by the caller unless one page is picked.
+fn ome_channel_pages(description: &str, full_pages: usize) -> Option<bool> {
+    let doc = roxmltree::Document::parse(description).ok()?;
+    let pixels = doc.descendants().find(|n| n.tag_name().name() == "Pixels")?;
+    let size = |k: &str| pixels.attribute(k).and_then(|v| v.parse::<usize>().ok());
+    Some(size("SizeC")? == full_pages && size("SizeZ")? == 1 && size("SizeT")? == 1)
+}
+
+/// Open page `page` of a TIFF, or (None) the image the file holds: its one full-size page, or an
+/// OME-TIFF's channel pages as one image. Several full-size pages of another kind (a z-stack, a
+/// time series, unrelated images) are refused, never cut silently to the first.
+pub fn open(path: &Path, page: Option<usize>) -> Result<Box<dyn Source>> {
+    let (pages, description) = pages(path)?;
+    if let Some(p) = page {
+        if p >= pages.len() {
+            return Err(input_err(path, format!("--page {p}: the file has pages 0 to {}", pages.len() - 1)));
+        }
+        return Ok(Box::new(TiffSource::open_page(path, p)?));
+    }
+    let first = pages[0];
+    let full: Vec<usize> =
+        (0..pages.len()).filter(|&i| !pages[i].reduced && (pages[i].w, pages[i].h) == (first.w, first.h)).collect();
+    if full.len() == 1 {
+        let mut src = TiffSource::open_page(path, 0)?;
+        if pages.len() > 1 {
+            src.note = Some(format!(
+                "{} has {} more page(s) of other sizes or reduced resolution (thumbnails, labels, pyramid \
+                 levels); reading page 0 (--page N reads another)",
+                path.display(),
+                pages.len() - 1
+            ));
+        }
+        return Ok(Box::new(src));
+    }
+    if description.as_deref().and_then(|d| ome_channel_pages(d, full.len())) == Some(true) {
+        let planes = full.iter().map(|&p| TiffSource::open_page(path, p)).collect::<Result<Vec<_>>>()?;
+        if let Some(p) = planes.iter().position(|t| t.c != 1) {
+            return Err(input_err(
+                path,
+                format!("OME channel page {} has {} samples, expected 1", full[p], planes[p].c),
+            ));
+        }
+        return Ok(Box::new(PageChannels { planes }));
+    }
+    Err(input_err(
+        path,
+        format!(
+            "has {} full-size pages of {}x{} (a z-stack, a time series, or channels stored as pages): \
+             choose one with --page N (pages {})",
+            full.len(),
+            first.w,
+            first.h,
+            full.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
+/// An OME-TIFF's channel pages read as the channels of one image.
+struct PageChannels {
+    planes: Vec<TiffSource>,
+}
+
+impl Source for PageChannels {
+    fn shape(&self) -> (usize, usize, usize) {
+        let (h, w, _) = self.planes[0].shape();
+        (h, w, self.planes.len())
+    }
+    fn read(&mut self, y0: usize, x0: usize, h: usize, w: usize) -> Result<Tensor> {
+        let mut t = Tensor::zeros(self.planes.len(), h, w);
+        for (c, p) in self.planes.iter_mut().enumerate() {
+            let plane = p.read(y0, x0, h, w)?;
+            t.data[c * h * w..(c + 1) * h * w].copy_from_slice(&plane.data);
+        }
+        Ok(t)
+    }
+    fn sample_type(&self) -> &'static str {
+        self.planes[0].sample
+    }
+}
+
 impl TiffSource {
     pub fn open(path: &Path) -> Result<TiffSource> {
+        TiffSource::open_page(path, 0)
+    }
+
+    /// Page `page` (0-based, in file order) of the TIFF at `path`.
+    pub fn open_page(path: &Path, page: usize) -> Result<TiffSource> {
         let bad = |e: tiff::TiffError| Error::codec(Side::Input, path, "not a readable TIFF", e);
-        let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
-        let mut dec = Decoder::new(BufReader::new(file)).map_err(bad)?;
+        let mut dec = decoder(path)?;
+        dec.seek_to_image(page).map_err(bad)?;
         let (w, h) = dec.dimensions().map_err(bad)?;
         let (c, sample) = match dec.colortype().map_err(bad)? {
             ColorType::Gray(8) => (1, "u8"),
@@ -120,6 +247,7 @@ impl TiffSource {
             chunks_per_plane,
             ycbcr,
             sample,
+            note: None,
             cache: HashMap::new(),
             order: VecDeque::new(),
         })
@@ -244,6 +372,10 @@ impl Source for TiffSource {
 
     fn sample_type(&self) -> &'static str {
         self.sample
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.note.iter().cloned().collect()
     }
 }
 
