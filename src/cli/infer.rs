@@ -46,7 +46,8 @@ pub struct InferArgs {
     /// Write probabilities as float16.
     #[arg(long)]
     pub probs_f16: bool,
-    /// Continue an interrupted run from OUTPUT.partial and its journal, skipping finished tiles.
+    /// Continue an interrupted run (Ctrl-C, a crash, a full disk) from OUTPUT.partial and its
+    /// journal, skipping finished tiles. Ctrl-C stops a run cleanly, keeping what is written (exit 130).
     #[arg(long)]
     pub resume: bool,
     /// Replace OUTPUT (and --summary) if it already exists; without it, an existing output is an
@@ -112,7 +113,7 @@ pub struct InferArgs {
     #[arg(long, value_enum, default_value_t = PadMode::Zero)]
     #[serde(serialize_with = "cli_name")]
     pub pad: PadMode,
-    /// No progress bar or summary.
+    /// No progress, notes or warnings (errors, and what Ctrl-C kept, are still said).
     #[arg(long, short)]
     pub quiet: bool,
 }
