@@ -25,7 +25,31 @@ fn cxx_present() -> bool {
     Command::new(cxx).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
+/// `git rev-parse --short HEAD` of the checkout being built, for `--summary` and `--version`
+/// ("unknown" outside a git checkout, as in a packaged crate). The build script runs again when
+/// HEAD or the branch it names moves.
+fn git_commit() -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").args(args).output().ok().filter(|o| o.status.success())?;
+        Some(String::from_utf8(out.stdout).ok()?.trim().to_string()).filter(|s| !s.is_empty())
+    };
+    if !Path::new(".git").exists() {
+        return "unknown".into();
+    }
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for name in watch {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name])
+            && Path::new(&path).exists()
+        {
+            println!("cargo::rerun-if-changed={path}");
+        }
+    }
+    git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
 fn main() {
+    println!("cargo::rustc-env=SEAMLESS_GIT_COMMIT={}", git_commit());
     println!("cargo::rustc-check-cfg=cfg(no_cuda_device)");
     println!("cargo::rustc-check-cfg=cfg(no_nvrtc)");
     println!("cargo::rustc-check-cfg=cfg(real_gpu)");

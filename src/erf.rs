@@ -162,7 +162,7 @@ pub fn measure(
     }
     if h == 0 || w == 0 || !h.is_multiple_of(a) || !w.is_multiple_of(a) {
         return Err(Error::Usage(format!(
-            "the ERF window {h}x{w} must be a positive multiple of A = {a} on each side"
+            "the ERF window {w}x{h} must be a positive multiple of A = {a} on each side"
         )));
     }
     if spec.probes == 0 || spec.probes > a {

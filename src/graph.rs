@@ -389,7 +389,7 @@ impl Graph {
                         return Err(bad(format!(
                             "2x2 pooling of an odd-sized {}x{} map (input sizes must be multiples of the \
                              down-sampling factor)",
-                            ins[0].h, ins[0].w
+                            ins[0].w, ins[0].h
                         )));
                     }
                     Shape { h: ins[0].h / 2, w: ins[0].w / 2, ..ins[0] }
@@ -411,7 +411,7 @@ impl Graph {
             total =
                 elems.and_then(|n| total.checked_add(n)).filter(|&t| t <= MAX_ACTIVATION_ELEMS).ok_or_else(|| {
                     Error::Shape(format!(
-                        "a {h}x{w} input needs more than 2^{} activation values: no machine holds that; use a smaller \
+                        "a {w}x{h} input needs more than 2^{} activation values: no machine holds that; use a smaller \
                      tile",
                         MAX_ACTIVATION_ELEMS.ilog2()
                     ))

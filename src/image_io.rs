@@ -22,7 +22,7 @@ pub fn read_png_file(path: &Path) -> Result<Tensor> {
     let file = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
     let img = read_png(path, BufReader::new(file))?;
     if img.h == 0 || img.w == 0 || img.c == 0 {
-        return Err(input_err(path, format!("empty image ({}x{} with {} channels)", img.h, img.w, img.c)));
+        return Err(input_err(path, format!("empty image ({}x{} with {} channels)", img.w, img.h, img.c)));
     }
     Ok(img)
 }

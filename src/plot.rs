@@ -127,7 +127,7 @@ pub fn plot_sweep(sweep: &Sweep, path: &Path, title: &str) -> Result<()> {
         &format!(
             "{}x{} px, tiles {}x{}, A = {}, exact halo {} (dashed line). Points on the bottom line of the log panels \
              are exactly 0 (bit-identical to the whole-image run).",
-            sweep.width, sweep.height, sweep.tile_h, sweep.tile_w, sweep.align, sweep.exact_halo
+            sweep.width, sweep.height, sweep.tile_w, sweep.tile_h, sweep.align, sweep.exact_halo
         ),
         &("sans-serif", 15).into_font().color(&BLACK),
         (20, 8),

@@ -5,6 +5,48 @@
 
 use crate::error::{Error, Result};
 
+/// A size on the command line and in reports: width x height, as image tools write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Size {
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Size {
+    /// (rows, columns): the order of tensors and the tile grid.
+    pub fn hw(self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+    /// From (rows, columns).
+    pub fn from_hw((height, width): (usize, usize)) -> Size {
+        Size { width, height }
+    }
+    pub fn is_square(self) -> bool {
+        self.width == self.height
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+/// The one parser of sizes given on the command line (`--tile`, `--window`, `--image`, `--synth`,
+/// `synth:WxH`): `N` (a square) or `WxH`, width first (`x`, `X` or `×`; spaces around the numbers
+/// allowed). Both sides at least 1. `what` names the option in the error (exit code 2).
+pub fn parse_size(what: &str, s: &str) -> Result<Size> {
+    let bad = || Error::Usage(format!("{what} '{s}': expected N or WxH (width x height, e.g. 1024x768), sizes >= 1"));
+    let num = |v: &str| v.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(bad);
+    match s.split_once(['x', 'X', '×']) {
+        Some((w, h)) => Ok(Size { width: num(w)?, height: num(h)? }),
+        None => {
+            let n = num(s)?;
+            Ok(Size { width: n, height: n })
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     /// Output region (padded-image coordinates).
@@ -130,7 +172,7 @@ impl TileGrid {
             )));
         }
         if !padded_h.is_multiple_of(align) || !padded_w.is_multiple_of(align) {
-            return Err(Error::Tiling(format!("padded image {padded_h}x{padded_w} is not a multiple of {align}")));
+            return Err(Error::Tiling(format!("padded image {padded_w}x{padded_h} is not a multiple of {align}")));
         }
         Ok(TileGrid::with_offset(padded_h, padded_w, tile_h, tile_w, halo, 0, 0))
     }
@@ -209,6 +251,42 @@ impl TileGrid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_width_by_height() {
+        let size = |s| parse_size("--tile", s);
+        assert_eq!(size("512").unwrap(), Size { width: 512, height: 512 });
+        assert_eq!(size("256x512").unwrap(), Size { width: 256, height: 512 });
+        assert_eq!(size("256x512").unwrap().hw(), (512, 256));
+        assert_eq!(size(" 300 X 200 ").unwrap(), Size { width: 300, height: 200 });
+        assert_eq!(size("300×200").unwrap(), Size { width: 300, height: 200 });
+        assert_eq!(size("300x200").unwrap().to_string(), "300x200");
+        assert_eq!(Size::from_hw((2, 3)), Size { width: 3, height: 2 });
+        assert!(size("7").unwrap().is_square() && !size("7x8").unwrap().is_square());
+        for bad in [
+            "",
+            "x",
+            "0",
+            "0x5",
+            "5x0",
+            "5x",
+            "x5",
+            "-3",
+            "5x-3",
+            "1.5",
+            "auto",
+            "5x5x5",
+            "5*5",
+            "5,5",
+            "99999999999999999999999",
+        ] {
+            let e = size(bad).expect_err(bad);
+            assert!(matches!(e, Error::Usage(_)), "{bad}: {e:?}");
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("--tile '{bad}'")) && msg.contains("WxH (width x height"), "{msg}");
+        }
+    }
 
     /// The grid as every tile written out: what the bands must reproduce.
     fn every_tile(ph: usize, pw: usize, th: usize, tw: usize, halo: usize, oy: usize, ox: usize) -> Vec<Tile> {

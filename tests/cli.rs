@@ -67,7 +67,7 @@ fn tiled_equals_whole_through_the_cli_for_probabilities_and_labels() {
             "--output",
             s(&t),
             "--tile",
-            "32x16",
+            "16x32",
             "--output-kind",
             kind,
             "-q",
@@ -96,6 +96,143 @@ fn tiled_equals_whole_through_the_cli_for_probabilities_and_labels() {
     let o = seamless(&["infer", "--model", s(&m), "--input", s(&png_in), "--output", s(&out), "-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::metadata(&out).unwrap().len() > 0);
+}
+
+/// `--tile WxH` is width x height, as every size in seamless: a 300x200 image in 64x32 tiles is 5
+/// columns of 7 rows. A non-square size says how it is read (earlier versions read HxW).
+#[test]
+fn tile_sizes_are_width_by_height() {
+    let f = Fixture::new();
+    let m = f.path("unet.safetensors");
+    for (tile, w, h, tiles) in [("64x32", 64, 32, 5 * 7), ("32x64", 32, 64, 10 * 4), ("32", 32, 32, 10 * 7)] {
+        let (out, sum) = (f.path(&format!("t{tile}.npy")), f.path(&format!("t{tile}.json")));
+        let args = ["infer", "--model", s(&m), "--input", "synth:300x200", "--output", s(&out), "--tile", tile];
+        let o = seamless(&[&args[..], &["--backend", "cpu", "--summary", s(&sum)]].concat());
+        let err = stderr(&o);
+        assert!(o.status.success(), "{err}");
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
+        assert_eq!(j["tile"], serde_json::json!({"width": w, "height": h}), "--tile {tile}");
+        assert_eq!(j["tiles_total"], tiles, "--tile {tile}");
+        assert!(err.contains(&format!("300x200 px, tiles {w}x{h}, halo")), "--tile {tile}: {err}");
+        let warned = err.contains(&format!("warning: --tile {tile} is read as width {w} x height {h}"));
+        assert_eq!(warned, w != h, "--tile {tile}: {err}");
+    }
+    // The unicode sign reads the same; -q keeps the warning quiet.
+    let out = f.path("u.npy");
+    let o = seamless(&[
+        "infer",
+        "--model",
+        s(&m),
+        "--input",
+        "synth:300x200",
+        "--output",
+        s(&out),
+        "--tile",
+        "64×32",
+        "-q",
+    ]);
+    assert!(o.status.success() && stderr(&o).is_empty(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(f.path("t64x32.npy")).unwrap());
+}
+
+/// `--summary` says what ran (version, commit, model hash, backend, device, precision, input and
+/// every option) and where the time went.
+#[test]
+fn the_summary_says_what_ran_and_where_the_time_went() {
+    let f = Fixture::new();
+    let (m, out, sum) = (f.path("unet.safetensors"), f.path("o.tif"), f.path("run.json"));
+    let args = ["infer", "--model", s(&m), "--input", "synth:300x200:5", "--output", s(&out), "--tile", "64"];
+    let o = seamless(&[&args[..], &["--backend", "cpu", "--summary", s(&sum), "-q"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
+    assert_eq!(j["seamless"]["version"], env!("CARGO_PKG_VERSION"));
+    let commit = j["seamless"]["commit"].as_str().unwrap();
+    assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
+    assert_eq!(j["model"]["path"], s(&m));
+    assert_eq!(j["model"]["blake3"], blake3::hash(&std::fs::read(&m).unwrap()).to_hex().as_str());
+    assert_eq!(j["backend"], "cpu");
+    assert!(j["device"].as_str().unwrap().starts_with("cpu"), "{}", j["device"]);
+    assert_eq!(j["precision"], "f32");
+    assert_eq!(j["input"]["path"], "synth:300x200:5");
+    assert_eq!(
+        (&j["input"]["width"], &j["input"]["height"], &j["input"]["channels"]),
+        (&300.into(), &200.into(), &1.into())
+    );
+    assert_eq!(j["image"], serde_json::json!({"width": 300, "height": 200, "channels": 1}));
+    let opts = &j["options"];
+    for (k, v) in [("tile", "64"), ("halo", "exact"), ("backend", "cpu"), ("precision", "f32"), ("normalize", "zscore")]
+    {
+        assert_eq!(opts[k], v, "options.{k}");
+    }
+    for k in [
+        "model",
+        "input",
+        "output",
+        "output_kind",
+        "pad",
+        "memory_budget",
+        "resume",
+        "shard",
+        "whole",
+        "threads",
+        "log_interval",
+    ] {
+        assert!(opts.get(k).is_some(), "options.{k} missing: {opts}");
+    }
+    let times = &j["times"];
+    for k in ["read", "statistics", "compute", "write"] {
+        let t = times[k].as_f64().unwrap_or_else(|| panic!("times.{k}: {times}"));
+        assert!(t >= 0.0 && t <= j["seconds"].as_f64().unwrap() * 3.0, "times.{k} = {t}");
+    }
+    assert!(times["compute"].as_f64().unwrap() > 0.0, "{times}");
+    assert!(j["tiles_total"].as_u64().unwrap() > 1 && j["complete"] == true);
+}
+
+/// Where stderr is not a terminal (a batch job's log), progress is a line every --log-interval
+/// seconds and a last line per phase: tiles, the statistics passes, `synth`.
+#[test]
+fn progress_is_logged_where_stderr_is_not_a_terminal() {
+    let f = Fixture::new();
+    let m = f.path("unet.safetensors");
+    let run = |out: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let out = f.path(out);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_seamless"));
+        c.args(["infer", "--model", s(&m), "--input", "synth:300x200", "--output", s(&out), "--tile", "64"]);
+        c.args(extra).env_remove("SEAMLESS_LOG_INTERVAL");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let lines = |err: &str, start: &str| err.lines().filter(|l| l.starts_with(start)).count();
+    // Every step with an interval of 0: tiles done/total, Mpx done/total, rate and ETA.
+    let err = run("a.npy", &["--log-interval", "0"], &[]);
+    assert_eq!(lines(&err, "tiles: "), 20 + 1, "{err}");
+    assert!(err.lines().any(|l| l.starts_with("tiles: 1/20 tiles, 0.00/0.06 Mpx, ") && l.contains(", ETA ")), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("tiles: 20/20 tiles in 0:00:") && l.ends_with(" Mpx/s")), "{err}");
+    assert!(lines(&err, "statistics, pass 1: 200/200 rows in ") == 1, "{err}");
+    // The default, 30 s: only the last line of each phase in so short a run.
+    let err = run("b.npy", &[], &[]);
+    assert_eq!(lines(&err, "tiles: "), 1, "{err}");
+    // The environment sets it too; the option wins.
+    assert_eq!(lines(&run("c.npy", &[], &[("SEAMLESS_LOG_INTERVAL", "0")]), "tiles: "), 21);
+    assert_eq!(lines(&run("d.npy", &["--log-interval", "100"], &[("SEAMLESS_LOG_INTERVAL", "0")]), "tiles: "), 1);
+    // Nothing with -q.
+    assert!(run("e.npy", &["-q", "--log-interval", "0"], &[]).is_empty());
+    let o =
+        seamless(&["infer", "--model", s(&m), "--input", "synth:30x20", "--output", "x.npy", "--log-interval", "-1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--log-interval"), "{}", stderr(&o));
+    // synth writes big images: its rows are logged too.
+    let img = f.path("big.npy");
+    let o = seamless(&["synth", "--width", "300", "--height", "600", "--image", s(&img), "--log-interval", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let synth = format!("synth {}: ", img.display());
+    assert!(err.contains(&format!("{synth}256/600 rows, 0.08/0.18 Mpx")), "{err}");
+    assert!(err.contains(&format!("{synth}600/600 rows in ")), "{err}");
 }
 
 #[test]
@@ -177,7 +314,7 @@ fn bad_inputs_give_clear_errors_and_leave_no_output() {
     // Tiling parameters.
     run(infer(&m, &img, &["--tile", "30"]), 2, "not a positive multiple of the model's down-sampling factor 4");
     run(infer(&m, &img, &["--halo", "6"]), 2, "halo 6 is not a multiple");
-    run(infer(&m, &img, &["--tile", "big"]), 2, "expected N, HxW or auto");
+    run(infer(&m, &img, &["--tile", "big"]), 2, "expected N, WxH (width x height");
 
     // Outputs.
     let nodir = f.path("no/such/dir/out.npy");

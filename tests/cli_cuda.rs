@@ -76,7 +76,7 @@ fn infer_on_cuda_whole_equals_tiled_and_f32_equals_the_cpu() {
             let common = ["--backend", "cuda", "--precision", precision, "--output-kind", kind];
             let o = infer(&m, &img, &whole, &[&common[..], &["--whole"]].concat());
             assert!(o.status.success(), "{precision} {kind} whole: {}", stderr(&o));
-            let o = infer(&m, &img, &tiled, &[&common[..], &["--tile", "48x64"]].concat());
+            let o = infer(&m, &img, &tiled, &[&common[..], &["--tile", "64x48"]].concat());
             assert!(o.status.success(), "{precision} {kind} tiled: {}", stderr(&o));
             assert!(read(&whole) == read(&tiled), "{precision} {kind}: tiled output differs from the whole-image run");
         }

@@ -187,6 +187,58 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     assert!(stderr(&o).contains("other settings"));
 }
 
+/// Ctrl-C (SIGINT) during a run to a file stops it cleanly: exit 130, the tiles written so far
+/// and their journal are kept, one line says how many and to use --resume, and the resumed run
+/// ends with the bytes of an uninterrupted one.
+#[test]
+fn ctrl_c_keeps_the_written_tiles_and_says_how_to_resume() {
+    let c = Cli::new();
+    let m = c.p("m.safetensors");
+    let args = |out: &str| -> Vec<String> {
+        let out = c.p(out);
+        ["infer", "--model", s(&m), "--input", "synth:1200x1000:4", "--output", s(&out), "--tile", "32", "-q"]
+            .map(String::from)
+            .to_vec()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_seamless")).args(args("full.npy")).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let child = Command::new(env!("CARGO_BIN_EXE_seamless"))
+        .args(args("r.npy"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once a few tiles are journaled (the journal's first line is the run's header).
+    let journal = c.p("r.npy.partial.journal");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&journal).map_or(0, |j| j.lines().count()) < 4 {
+        assert!(t0.elapsed().as_secs() < 120, "no tile was journaled");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, even with -q: {err}");
+    assert!(err.contains("run the same command with --resume to continue"), "{err}");
+    // "interrupted: N of M tiles are written": N is what the journal holds.
+    let n: usize =
+        err.strip_prefix("interrupted: ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect(&err);
+    assert!(n >= 3 && err.contains(&format!("{n} of 1216 tiles are written")), "{err}");
+    assert_eq!(std::fs::read_to_string(&journal).unwrap().lines().count(), n + 1, "{err}");
+    assert!(!c.p("r.npy").exists() && c.p("r.npy.partial").exists());
+    let sum = c.p("r.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
+        .args(args("r.npy"))
+        .args(["--resume", "--summary", s(&sum)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&sum).unwrap()).unwrap();
+    assert_eq!(sum["tiles_resumed"], n);
+    assert!(std::fs::read(c.p("r.npy")).unwrap() == std::fs::read(c.p("full.npy")).unwrap(), "resumed bytes differ");
+}
+
 #[test]
 fn two_shards_fill_one_ome_zarr_like_one_run() {
     let c = Cli::new();

@@ -42,7 +42,7 @@ if want unet64; then
         --halos exact --offsets 0,1,2,4,8,16 --csv $F/offsets-unet64.csv --plot $F/offsets-unet64.png -q
 fi
 if want fcdn103; then
-    run sweep-fcdensenet103 sweep --model fcdensenet-103 --noise --synth 2560x32 --tile 32x512 \
+    run sweep-fcdensenet103 sweep --model fcdensenet-103 --noise --synth 2560x32 --tile 512x32 \
         --halos 0,288,576,864,1120,exact --csv $F/sweep-fcdensenet103.csv --plot $F/sweep-fcdensenet103.png -q
 fi
 if want erf; then
@@ -57,6 +57,6 @@ if want erf; then
 fi
 if want tol; then
     run erf-fcdensenet56 erf --model fcdensenet-56 --noise --synth 1600x32 --probes 8 \
-        --tol 0 --tile 32x256 --halo-step 32 --tol-csv $F/tol-fcdensenet56.csv \
+        --tol 0 --tile 256x32 --halo-step 32 --tol-csv $F/tol-fcdensenet56.csv \
         --csv $F/erf-fcdensenet56.csv --plot $F/erf-profile-fcdensenet56.png -q
 fi

@@ -32,7 +32,7 @@ pub struct DemoArgs {
     /// A model file to use instead of the built-in demo U-Net (one input channel).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Tile size (N, HxW or auto).
+    /// Tile size: N, WxH (width x height) or auto.
     #[arg(long, default_value = "auto")]
     tile: String,
     /// Memory the run may use; `--tile auto` picks the largest tile that fits. The small default
@@ -87,10 +87,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     eprintln!(
         "tiles: {} ({}x{} grid of {}x{}), halo overhead {:.2}x",
         grid.len(),
-        grid.rows,
         grid.cols,
-        tile.0,
+        grid.rows,
         tile.1,
+        tile.0,
         grid.overhead()
     );
     let t0 = Instant::now();
@@ -106,7 +106,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     write_preview(&out("preview.png"), n, &raw, &lab_u8)?;
 
     println!("slide            {n}x{n} px ({:.1} Mpx), seed {}", (n * n) as f64 / 1e6, a.seed);
-    println!("tiles            {} of {}x{}, halo {halo} px (exact)", grid.len(), tile.0, tile.1);
+    println!("tiles            {} of {}x{}, halo {halo} px (exact)", grid.len(), tile.1, tile.0);
     println!("time             {secs:.2} s on {}, {:.3} Mpx/s", backend.name(), (n * n) as f64 / 1e6 / secs.max(1e-9));
     println!("pixel accuracy   {:.2}% against the generator's ground truth", 100.0 * correct as f64 / (n * n) as f64);
     println!(

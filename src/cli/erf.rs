@@ -28,8 +28,8 @@ pub struct ErfArgs {
     pub model: String,
     #[command(flatten)]
     pub image: ImageArgs,
-    /// The window the ERF is measured on: N or HxW (height x width), multiples of A (default: twice the
-    /// analysed reach plus 2·A, clipped to the image). It is cropped from the image's centre.
+    /// The window the ERF is measured on: N or WxH (width x height), multiples of A (default: twice
+    /// the analysed reach plus 2·A, clipped to the image). It is cropped from the image's centre.
     #[arg(long)]
     pub window: Option<String>,
     /// Probe phases on the A grid, 1..=A (default A: every phase, which the exact reach needs).
@@ -42,7 +42,7 @@ pub struct ErfArgs {
     /// tolerance (0 = no label may change), by a sweep over halos 0, step, .., exact on the image.
     #[arg(long)]
     pub tol: Option<f64>,
-    /// Tile size for the --tol sweep: N or HxW (height x width; default 4·A).
+    /// Tile size for the --tol sweep: N or WxH (width x height; default 4·A).
     #[arg(long)]
     pub tile: Option<String>,
     /// Halo step of the --tol sweep (a multiple of A; default A).
@@ -79,8 +79,9 @@ struct Report<'a> {
     label_halo: Option<&'a LabelHalo>,
 }
 
-fn parse_window(s: &str, model: &Model) -> Result<(usize, usize)> {
-    let (h, w) = parse_tile(s, model, 0, 0)?;
+/// `--window N|WxH`: (rows, columns).
+fn parse_window(s: &str, model: &Model, quiet: bool) -> Result<(usize, usize)> {
+    let (h, w) = super::infer::size_flag("--window", s, false, quiet)?.hw();
     let a = model.align();
     if h == 0 || w == 0 || !h.is_multiple_of(a) || !w.is_multiple_of(a) {
         return Err(Error::Usage(format!("--window {s}: sizes must be positive multiples of A = {a}")));
@@ -110,7 +111,7 @@ pub fn run(a: ErfArgs) -> Result<()> {
         return Err(Error::Usage(format!("--halo-step {step}: must be a positive multiple of A = {al}")));
     }
     let window = match &a.window {
-        Some(s) => Some(parse_window(s, &model)?),
+        Some(s) => Some(parse_window(s, &model, a.quiet)?),
         None => None,
     };
     let probes = a.probes.unwrap_or(al);
@@ -127,7 +128,7 @@ pub fn run(a: ErfArgs) -> Result<()> {
     let win = erf::crop_window(&img, al, wh, ww);
     if !a.quiet {
         eprintln!(
-            "model: {} (A = {al}, reach {}/{} px, exact halo {}); image: {what}; window {wh}x{ww}; {probes} probe(s)",
+            "model: {} (A = {al}, reach {}/{} px, exact halo {}); image: {what}; window {ww}x{wh}; {probes} probe(s)",
             model.origin,
             model.rf.reach_before,
             model.rf.reach_after,
@@ -140,7 +141,7 @@ pub fn run(a: ErfArgs) -> Result<()> {
     let lh = match a.tol {
         Some(tol) => {
             let tile = match &a.tile {
-                Some(t) => parse_tile(t, &model, img.h, img.w)?,
+                Some(t) => parse_tile("--tile", t, &model, img.h, img.w, a.quiet)?,
                 None => default_tile(&model, img.h, img.w),
             };
             Some(with_progress("tiles", a.quiet, |p| {
@@ -159,7 +160,7 @@ pub fn run(a: ErfArgs) -> Result<()> {
             println!();
             println!(
                 "label error vs halo ({}x{} px, tiles {}x{}, offset 0):",
-                lh.sweep.width, lh.sweep.height, lh.sweep.tile_h, lh.sweep.tile_w
+                lh.sweep.width, lh.sweep.height, lh.sweep.tile_w, lh.sweep.tile_h
             );
             print_table(&lh.sweep);
             let show = |h: Option<usize>| h.map_or("none of the swept halos".to_string(), |h| format!("{h} px"));
@@ -194,8 +195,8 @@ fn print_summary(model: &Model, e: &Erf) {
     let m = &e.measured;
     println!(
         "window {}x{}, {} probe(s), delta {}, max |Δ logit| {:.3e}",
-        e.window_h,
         e.window_w,
+        e.window_h,
         e.probes.len(),
         e.delta,
         e.max_logit

@@ -12,14 +12,17 @@ use seamless::pipeline::{self, PadMode, Progress, Tiling};
 use seamless::planner::tile_plan::parse_bytes;
 use seamless::planner::{Precision, TilePlanner};
 use seamless::slide::select::Channels;
+use seamless::slide::Cancel;
 use seamless::slide::stream::{self, OutputKind, StreamOptions};
 use seamless::slide::{self, Format};
-use seamless::tile_grid::{TileGrid, round_up};
+use seamless::tile_grid::{Size, TileGrid, parse_size, round_up};
 
 use super::plan::human;
+use super::progress::Meter;
 use seamless::{Model, Tensor};
 
-#[derive(clap::Args)]
+/// Every option of a run, as `--summary` records them (enums as spelled on the command line).
+#[derive(clap::Args, serde::Serialize)]
 pub struct InferArgs {
     /// Model file (.safetensors, see docs/model-format.md) or a preset name (random weights).
     #[arg(long)]
@@ -30,6 +33,7 @@ pub struct InferArgs {
     pub input: String,
     /// Input format, when the extension does not say.
     #[arg(long, value_enum)]
+    #[serde(serialize_with = "cli_name_opt")]
     pub input_format: Option<Format>,
     /// Which input channels the model gets: 0-based numbers in the order the model wants them
     /// (`1`, `2,1,0`), `grey` for one channel from RGB (BT.601 luma: 0.299 R + 0.587 G + 0.114 B),
@@ -51,11 +55,13 @@ pub struct InferArgs {
     pub output: PathBuf,
     /// Output format, when the extension does not say.
     #[arg(long, value_enum)]
+    #[serde(serialize_with = "cli_name_opt")]
     pub output_format: Option<Format>,
     /// Write probabilities as float16.
     #[arg(long)]
     pub probs_f16: bool,
-    /// Continue an interrupted run from OUTPUT.partial and its journal, skipping finished tiles.
+    /// Continue an interrupted run (Ctrl-C, a crash, a full disk) from OUTPUT.partial and its
+    /// journal, skipping finished tiles. Ctrl-C stops a run cleanly, keeping what is written (exit 130).
     #[arg(long)]
     pub resume: bool,
     /// Replace OUTPUT (and --summary) if it already exists; without it, an existing output is an
@@ -67,11 +73,13 @@ pub struct InferArgs {
     /// together; the last shard to finish moves it into place.
     #[arg(long, value_name = "i/n")]
     pub shard: Option<String>,
-    /// Write a JSON summary of the run (tiles, time, throughput, peak memory) to this file.
+    /// Write a JSON summary of the run to this file: seamless's version and commit, the model
+    /// file's BLAKE3 hash, backend, device and precision, the input and its size, every option,
+    /// tiles, time (read, statistics, compute, write), throughput and peak memory.
     #[arg(long)]
     pub summary: Option<PathBuf>,
-    /// Output tile size: N (square), HxW, or auto. Must be a multiple of the model's
-    /// down-sampling factor A (see `seamless info`).
+    /// Output tile size: N (square), WxH (width x height, like every size in seamless), or auto.
+    /// Must be a multiple of the model's down-sampling factor A (see `seamless info`).
     #[arg(long, default_value = "auto")]
     pub tile: String,
     /// Memory the run may use (e.g. 4GiB, 512MiB); `--tile auto` picks the largest tile that fits.
@@ -88,19 +96,23 @@ pub struct InferArgs {
     pub whole: bool,
     /// Compute backend. `auto` uses CUDA when a GPU and NVRTC are found, else the CPU (and says why).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    #[serde(serialize_with = "cli_name")]
     pub backend: Backend,
     /// Arithmetic on the GPU: f32 (exact f32, no TF32) or f16 (f16 storage, f32 accumulation,
     /// tensor cores). The CPU backend computes in f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[serde(serialize_with = "cli_name")]
     pub precision: Precision,
     /// CUDA device number (see `seamless doctor`).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
     /// Write class labels (argmax) or per-class probabilities.
     #[arg(long, value_enum, default_value_t = OutputKind::Labels)]
+    #[serde(serialize_with = "cli_name")]
     pub output_kind: OutputKind,
     /// Global input normalisation, computed over the whole image in a streamed first pass.
     #[arg(long, value_enum, default_value_t = Normalize::Zscore)]
+    #[serde(serialize_with = "cli_name")]
     pub normalize: Normalize,
     /// Percentiles mapped to 0 and 1 by `--normalize percentile`.
     #[arg(long, default_value = "1,99")]
@@ -113,10 +125,23 @@ pub struct InferArgs {
     pub offset: f64,
     /// How the image is padded to a multiple of A (the same for tiled and whole runs).
     #[arg(long, value_enum, default_value_t = PadMode::Zero)]
+    #[serde(serialize_with = "cli_name")]
     pub pad: PadMode,
-    /// No progress bar or summary.
+    /// No progress, notes or warnings (errors, and what Ctrl-C kept, are still said).
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// An option's value as written on the command line (`--pad zero`, not `Zero`).
+fn cli_name<T: clap::ValueEnum, S: serde::Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(v.to_possible_value().expect("no value is skipped").get_name())
+}
+
+fn cli_name_opt<T: clap::ValueEnum, S: serde::Serializer>(v: &Option<T>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => cli_name(v, s),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -188,6 +213,8 @@ fn explicit_tile_fits(
     Ok(())
 }
 
+/// `--tile`: `auto` (the largest tile that fits the budget), `N` or `WxH`. (rows, columns).
+#[allow(clippy::too_many_arguments)]
 pub fn parse_tile(
     s: &str,
     backend: &dyn Compute,
@@ -200,31 +227,31 @@ pub fn parse_tile(
     if s == "auto" {
         return auto_tile(backend, model, (h, w), budget, multiple, quiet);
     }
-    parse_size(s)
+    Ok(size_flag("--tile", s, true, quiet)?.hw())
 }
 
-/// `N`, `HxW`, or `auto` = 512 px rounded to A and shrunk to the image (sweeps and ERF, which
-/// compare tilings rather than fit a budget).
-pub fn parse_tile_fixed(s: &str, model: &Model, h: usize, w: usize) -> Result<(usize, usize)> {
+/// A size given to `flag` (`N` or `WxH`), with the warning for a non-square one; `auto` is
+/// named in the error where the flag takes it.
+pub fn size_flag(flag: &str, s: &str, takes_auto: bool, quiet: bool) -> Result<Size> {
+    let size = parse_size(flag, s).map_err(|e| match e {
+        Error::Usage(_) if takes_auto => {
+            Error::Usage(format!("{flag} '{s}': expected N, WxH (width x height, e.g. 1024x768) or auto"))
+        }
+        e => e,
+    })?;
+    super::warn_size_order(flag, s, size, quiet);
+    Ok(size)
+}
+
+/// `N`, `WxH`, or `auto` = 512 px rounded to A and shrunk to the image (sweeps and ERF, which
+/// compare tilings rather than fit a budget). (rows, columns).
+pub fn parse_tile_fixed(flag: &str, s: &str, model: &Model, h: usize, w: usize, quiet: bool) -> Result<(usize, usize)> {
     if s == "auto" {
         let a = model.align();
         let t = round_up(512, a);
         return Ok((t.min(round_up(h.max(1), a)), t.min(round_up(w.max(1), a))));
     }
-    parse_size(s)
-}
-
-/// `N` (square) or `HxW`.
-fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let num =
-        |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Usage(format!("--tile '{s}': expected N, HxW or auto")));
-    match s.split_once('x') {
-        Some((th, tw)) => Ok((num(th)?, num(tw)?)),
-        None => {
-            let t = num(s)?;
-            Ok((t, t))
-        }
-    }
+    Ok(size_flag(flag, s, true, quiet)?.hw())
 }
 
 pub fn parse_halo(s: &str, model: &Model) -> Result<usize> {
@@ -277,35 +304,6 @@ pub fn select_backend(
     Ok((backend, budget))
 }
 
-pub fn progress_bar(total: usize, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} tiles  {per_sec}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb
-}
-
-/// Rows read by a statistics pass over the whole image (which comes before the first tile).
-fn statistics_bar(rows: usize, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(rows as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] statistics, pass {msg}: {pos}/{len} rows  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb
-}
-
 /// The probabilities for `img` (already normalised), tiled or whole, with progress. Windows the
 /// backend refuses for lack of memory are retried as smaller tiles, with a warning.
 #[allow(clippy::too_many_arguments)]
@@ -320,7 +318,8 @@ pub fn compute(
     quiet: bool,
 ) -> Result<Tensor> {
     let tiling = if whole { Tiling::Whole } else { Tiling::Tiles { tile, halo } };
-    let mut pb: Option<indicatif::ProgressBar> = None;
+    let mut meter: Option<Meter> = None;
+    let start = Instant::now();
     let out = pipeline::infer_on(
         backend,
         model,
@@ -328,21 +327,21 @@ pub fn compute(
         pad,
         tiling,
         &mut |p| match p {
-            Progress::Tiles { done, total, .. } if !whole => {
-                let bar = pb.get_or_insert_with(|| progress_bar(total, quiet));
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
+            Progress::Tiles { done, total, megapixels, megapixels_total } => {
+                let m = meter
+                    .get_or_insert_with(|| Meter::new("tiles", "tiles", total, megapixels_total * 1e6, start, quiet));
+                m.update(done, megapixels * 1e6);
             }
-            Progress::Retry(note) if !quiet => match &pb {
-                Some(bar) => bar.println(format!("warning: {note}")),
+            Progress::Retry(note) if !quiet => match &meter {
+                Some(m) => m.println(&format!("warning: {note}")),
                 None => eprintln!("warning: {note}"),
             },
             _ => {}
         },
         None,
     )?;
-    if let Some(bar) = pb {
-        bar.finish_and_clear();
+    if let Some(m) = meter {
+        m.finish();
     }
     Ok(out)
 }
@@ -423,10 +422,15 @@ pub fn run(a: InferArgs) -> Result<()> {
         },
         recheck_input: Some(a.input.clone()),
     };
-    let mut pb: Option<indicatif::ProgressBar> = None;
-    let mut stats_bar: Option<indicatif::ProgressBar> = None;
-    let t0 = Instant::now();
-    let summary = stream::run(
+    let sample_type = src.sample_type();
+    // Ctrl-C stops the run at the next window and keeps what is written, for --resume.
+    catch_interrupt();
+    let quiet = a.quiet;
+    let (mut stats_meter, mut tiles_meter): (Option<(usize, Meter)>, Option<Meter>) = (None, None);
+    // When the current phase (a statistics pass, the tiles) began: rates count from there.
+    let mut phase = Instant::now();
+    let mut written: Option<(usize, usize)> = None;
+    let result = stream::run(
         src,
         &model,
         backend.as_ref(),
@@ -434,42 +438,67 @@ pub fn run(a: InferArgs) -> Result<()> {
         &opts,
         &mut |p| match p {
             stream::Progress::Statistics { pass, rows_done, rows } => {
-                let bar = stats_bar.get_or_insert_with(|| statistics_bar(rows, a.quiet));
-                bar.set_message(pass.to_string());
-                bar.set_position(rows_done as u64);
-            }
-            stream::Progress::Tiles { done, total, megapixels } => {
-                if let Some(bar) = stats_bar.take() {
-                    bar.finish_and_clear();
+                if stats_meter.as_ref().is_none_or(|(p, _)| *p != pass) {
+                    let label = format!("statistics, pass {pass}");
+                    stats_meter = Some((pass, Meter::new(&label, "rows", rows, (rows * iw) as f64, phase, quiet)));
                 }
-                let bar = pb.get_or_insert_with(|| progress_bar(total, a.quiet));
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                bar.set_message(format!("{:.2} Mpx/s", megapixels / t0.elapsed().as_secs_f64().max(1e-9)));
+                let (_, m) = stats_meter.as_mut().expect("set above");
+                m.update(rows_done, (rows_done * iw) as f64);
+                if rows_done == rows {
+                    stats_meter.take().expect("set above").1.finish();
+                    phase = Instant::now();
+                }
             }
-            stream::Progress::Retry(note) if !a.quiet => match &pb {
-                Some(bar) => bar.println(&note),
+            stream::Progress::Tiles { done, total, megapixels, megapixels_total } => {
+                if let Some((_, m)) = stats_meter.take() {
+                    m.finish();
+                    phase = Instant::now();
+                }
+                let m = tiles_meter
+                    .get_or_insert_with(|| Meter::new("tiles", "tiles", total, megapixels_total * 1e6, phase, quiet));
+                m.update(done, megapixels * 1e6);
+                written = Some((done, total));
+            }
+            stream::Progress::Retry(note) if !quiet => match &tiles_meter {
+                Some(m) => m.println(&note),
                 None => eprintln!("{note}"),
             },
             stream::Progress::Retry(_) => {}
         },
         &mut |note| {
-            if !a.quiet {
+            if !quiet {
                 eprintln!("{note}");
             }
         },
-        None,
-    )?;
-    for bar in [pb, stats_bar].into_iter().flatten() {
-        bar.finish_and_clear();
+        Some(&INTERRUPT),
+    );
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            // The bars go: the error is the last word.
+            if let Some(m) = tiles_meter.take() {
+                m.clear();
+            }
+            if let Some((_, m)) = stats_meter.take() {
+                m.clear();
+            }
+            if matches!(e, Error::Cancelled) {
+                eprintln!("{}", interrupted(&a.output, written));
+            }
+            return Err(e);
+        }
+    };
+    for m in tiles_meter.into_iter().chain(stats_meter.map(|(_, m)| m)) {
+        m.finish();
     }
     if let Some(path) = &a.summary {
+        let report = Report::new(&a, &model, backend.as_ref(), sample_type, &summary)?;
         let mut f = seamless::output::AtomicFile::create(path)?;
-        f.write_all(serde_json::to_string_pretty(&summary).expect("serialisable").as_bytes())?;
+        f.write_all(serde_json::to_string_pretty(&report).expect("serialisable").as_bytes())?;
         f.commit()?;
     }
     if !a.quiet {
-        let how = if a.whole { "whole image".to_string() } else { format!("tiles {}x{}, halo {halo}", tile.0, tile.1) };
+        let how = if a.whole { "whole image".to_string() } else { format!("tiles {}, halo {halo}", summary.tile) };
         let state = if summary.complete { "" } else { " (this shard is done; the output completes with the others)" };
         eprintln!(
             "{iw}x{ih} px, {how}: {} tiles ({} resumed) in {:.2} s, {:.3} Mpx/s, peak memory {} -> {}{state}",
@@ -495,6 +524,129 @@ fn channel_mismatch(ic: usize, mc: usize) -> String {
         _ => " (--channels can repeat a channel, e.g. --channels 0,0,0 for a grey image and an RGB model)".to_string(),
     };
     format!("has {ic} channel(s), the model expects {mc}{hint}")
+}
+
+/// Set by the first Ctrl-C (SIGINT); `infer` passes it to the run as its cancel flag.
+static INTERRUPT: Cancel = Cancel::new();
+
+/// Ctrl-C asks the run to stop cleanly (the tiles written so far and the journal stay, for
+/// `--resume`); a second Ctrl-C stops the process at once, as without this handler.
+fn catch_interrupt() {
+    use signal_hook::consts::SIGINT;
+    // Registered first, so it sees the flag as the previous Ctrl-C left it.
+    let _ = signal_hook::flag::register_conditional_default(SIGINT, INTERRUPT.flag());
+    let _ = signal_hook::flag::register(SIGINT, INTERRUPT.flag());
+}
+
+/// What an interrupted run kept, and how to go on.
+fn interrupted(output: &std::path::Path, written: Option<(usize, usize)>) -> String {
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    let kept = std::path::Path::new(&partial).exists();
+    match written {
+        Some((done, total)) if kept => format!(
+            "interrupted: {done} of {total} tiles are written (in {}); run the same command with --resume to continue",
+            std::path::Path::new(&partial).display()
+        ),
+        _ if kept => format!(
+            "interrupted: the unfinished output {} is kept; run the same command with --resume to continue",
+            std::path::Path::new(&partial).display()
+        ),
+        _ => "interrupted before the first tile was written; nothing to resume".into(),
+    }
+}
+
+/// `--summary`: what ran, on what, with which options, and where the time went.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    seamless: Build,
+    model: ModelReport<'a>,
+    /// `cpu` or `cuda`.
+    backend: &'static str,
+    /// The backend's description: threads, or the GPU, its architecture and precision.
+    device: String,
+    /// The arithmetic actually used (the CPU backend computes in f32).
+    precision: &'static str,
+    input: InputReport<'a>,
+    /// Every option of `seamless infer` as given or defaulted, and the global ones.
+    options: Options<'a>,
+    #[serde(flatten)]
+    run: &'a stream::Summary,
+}
+
+#[derive(serde::Serialize)]
+struct Build {
+    version: &'static str,
+    /// `git rev-parse --short HEAD` when this binary was built from a git checkout, else "unknown".
+    commit: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct ModelReport<'a> {
+    path: &'a str,
+    /// BLAKE3 of the model file (null for a preset with random weights).
+    blake3: Option<String>,
+    description: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct InputReport<'a> {
+    path: &'a str,
+    width: usize,
+    height: usize,
+    channels: usize,
+    sample_type: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct Options<'a> {
+    #[serde(flatten)]
+    infer: &'a InferArgs,
+    threads: usize,
+    log_interval: f64,
+}
+
+impl<'a> Report<'a> {
+    fn new(
+        a: &'a InferArgs,
+        model: &'a Model,
+        backend: &dyn Compute,
+        sample_type: &'static str,
+        run: &'a stream::Summary,
+    ) -> Result<Report<'a>> {
+        let device = backend.name();
+        let cuda = device.starts_with("cuda");
+        let model_file = std::path::Path::new(&a.model);
+        let blake3 = if model_file.is_file() {
+            let io = |e| seamless::Error::io(seamless::error::Side::Model, model_file, "cannot read", e);
+            let mut h = blake3::Hasher::new();
+            h.update_reader(std::fs::File::open(model_file).map_err(io)?).map_err(io)?;
+            Some(h.finalize().to_hex().to_string())
+        } else {
+            None
+        };
+        let image = run.image;
+        Ok(Report {
+            seamless: Build { version: env!("CARGO_PKG_VERSION"), commit: env!("SEAMLESS_GIT_COMMIT") },
+            model: ModelReport { path: &a.model, blake3, description: &model.origin },
+            backend: if cuda { "cuda" } else { "cpu" },
+            device,
+            precision: if cuda { a.precision.name() } else { "f32" },
+            input: InputReport {
+                path: &a.input,
+                width: image.width,
+                height: image.height,
+                channels: image.channels,
+                sample_type,
+            },
+            options: Options {
+                infer: a,
+                threads: rayon::current_num_threads(),
+                log_interval: super::progress::log_interval().as_secs_f64(),
+            },
+            run,
+        })
+    }
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize)> {

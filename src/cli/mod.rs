@@ -7,6 +7,7 @@ mod erf;
 mod infer;
 mod info;
 mod plan;
+mod progress;
 mod sweep;
 
 use std::path::PathBuf;
@@ -36,6 +37,11 @@ struct Cli {
     /// Worker threads for the CPU backend, 1 to 1024 (default: all cores).
     #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     threads: Option<usize>,
+    /// Where stderr is not a terminal (a batch job, a Slurm log), print a progress line every
+    /// SECONDS instead of a progress bar, and a last line when a phase ends (0: at every step).
+    /// Default 30, or SEAMLESS_LOG_INTERVAL.
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = |s: &str| progress::parse_interval("--log-interval", s))]
+    log_interval: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,8 +72,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SynthArgs {
+    /// Width in pixels.
     #[arg(long, default_value_t = 1024)]
     width: usize,
+    /// Height in pixels.
     #[arg(long, default_value_t = 1024)]
     height: usize,
     #[arg(long, default_value_t = 1)]
@@ -82,6 +90,9 @@ struct SynthArgs {
     /// Replace --image and --labels if they exist (a Zarr store only by a Zarr store).
     #[arg(long)]
     overwrite: bool,
+    /// No progress.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -122,6 +133,18 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    let interval = match (cli.log_interval, std::env::var("SEAMLESS_LOG_INTERVAL")) {
+        (Some(v), _) => v,
+        (None, Ok(v)) => match progress::parse_interval("SEAMLESS_LOG_INTERVAL", &v) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        (None, Err(_)) => progress::DEFAULT_LOG_INTERVAL,
+    };
+    progress::set_log_interval(interval);
     if let Some(n) = cli.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
     }
@@ -139,6 +162,8 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(()) => 0,
+        // Only `infer` is cancelled (by Ctrl-C), and it has said what was kept and how to resume.
+        Err(e @ Error::Cancelled) => e.exit_code(),
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
@@ -172,22 +197,39 @@ fn synth(a: SynthArgs) -> Result<()> {
         formats.push(format);
     }
     for (&(path, want_labels), format) in outputs.iter().zip(formats) {
-        let (w, seed) = (a.width, a.seed);
+        let (w, h, seed) = (a.width, a.height, a.seed);
+        let label = format!("synth {}", path.display());
+        let mut meter = progress::Meter::new(&label, "rows", h, (w * h) as f64, std::time::Instant::now(), a.quiet);
         let mut band = |y0: usize, rows: usize| -> Result<seamless::Tensor> {
+            meter.update(y0, (y0 * w) as f64);
             let (img, lab) = seamless::synth::generate(seed, 0, y0 as i64, w, rows);
             let v = if want_labels { lab } else { img };
             Ok(seamless::Tensor::from_vec(1, rows, w, v.into_iter().map(f32::from).collect()))
         };
         match format {
             Format::Png => {
-                let t = band(0, a.height)?;
+                let t = band(0, h)?;
                 let bytes: Vec<u8> = t.data.iter().map(|&v| v as u8).collect();
-                write_u8_image(path, a.width, a.height, &bytes)?;
+                write_u8_image(path, w, h, &bytes)?;
             }
             _ => write_bands(path, format, spec, &mut band)?,
         }
+        meter.update(h, (w * h) as f64);
+        meter.finish();
     }
     Ok(())
+}
+
+/// `flag` (`--tile`, `--window`) read HxW before sizes were WxH everywhere: say how a non-square
+/// size is read now, as it would otherwise be transposed silently.
+pub(crate) fn warn_size_order(flag: &str, given: &str, size: seamless::tile_grid::Size, quiet: bool) {
+    if !size.is_square() && !quiet {
+        eprintln!(
+            "warning: {flag} {given} is read as width {} x height {} (WxH, as every size in seamless; \
+             earlier versions read {flag} as height x width)",
+            size.width, size.height
+        );
+    }
 }
 
 /// A single-channel u8 image as .npy (H, W) or greyscale .png.

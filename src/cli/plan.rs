@@ -35,7 +35,7 @@ pub struct PlanArgs {
     /// Comma-separated memory budgets, e.g. 1GiB,4GiB,16GiB,80GiB.
     #[arg(long, default_value = "1GiB,4GiB,16GiB,80GiB")]
     budget: String,
-    /// Image size WxH to tile (default: a 1-gigapixel slide).
+    /// Image size to tile: WxH (width x height) or N (default: a 1-gigapixel slide).
     #[arg(long, default_value = "32768x32768")]
     image: String,
     /// Element size of activations and weights.
@@ -59,15 +59,11 @@ struct Row {
     error: Option<String>,
 }
 
-pub fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::Usage(format!("--image '{s}': expected WxH, e.g. 32768x32768"));
-    let (w, h) = s.split_once('x').ok_or_else(bad)?;
-    let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
-    if w == 0 || h == 0 {
-        return Err(bad());
-    }
-    seamless::slide::check_image_size(&format!("--image {s}"), h, w)?;
-    Ok((w, h))
+/// `--image WxH` (or N).
+fn parse_image(s: &str) -> Result<(usize, usize)> {
+    let size = seamless::tile_grid::parse_size("--image", s)?;
+    seamless::slide::check_image_size(&format!("--image {s}"), size.height, size.width)?;
+    Ok((size.width, size.height))
 }
 
 pub fn human(bytes: usize) -> String {
@@ -81,7 +77,7 @@ pub fn human(bytes: usize) -> String {
 
 pub fn run(a: PlanArgs) -> Result<()> {
     let model = Model::open(&a.model)?;
-    let (w, h) = parse_size(&a.image)?;
+    let (w, h) = parse_image(&a.image)?;
     let budgets: Vec<usize> = a.budget.split(',').map(parse_bytes).collect::<Result<_>>()?;
     let mem = a.memory.model(a.precision);
     let planner = TilePlanner::new(&model, h, w, mem.as_ref())?;

@@ -12,6 +12,7 @@ use seamless::sweep::{self, Sweep, SweepSpec};
 use seamless::{Model, Tensor};
 
 use super::infer::parse_tile_fixed as parse_tile;
+use super::progress::Meter;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -24,8 +25,8 @@ pub struct SweepArgs {
     pub model: String,
     #[command(flatten)]
     pub image: ImageArgs,
-    /// Output tile size: N (square) or HxW (height x width). Any size; multiples of A keep the origins aligned.
-    /// Default: 4·A, shrunk to the image.
+    /// Output tile size: N (square) or WxH (width x height). Any size; multiples of A keep the
+    /// origins aligned. Default: 4·A, shrunk to the image.
     #[arg(long)]
     pub tile: Option<String>,
     /// Halos to try: comma-separated numbers, `exact`, or ranges lo:hi[:step] (hi may be `exact`,
@@ -75,14 +76,13 @@ pub struct ImageArgs {
     pub normalize: Normalize,
 }
 
-pub fn parse_size(what: &str, s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::Usage(format!("{what} '{s}': expected WxH (for example 256x512) with sizes >= 1"));
-    let (w, h) = s.split_once('x').ok_or_else(bad)?;
-    let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
-    if w == 0 || h == 0 || w * h > 1 << 28 {
-        return Err(bad());
+/// `--synth WxH` (or N): at most 2^28 pixels, as the image is held whole.
+fn parse_synth(s: &str) -> Result<(usize, usize)> {
+    let size = seamless::tile_grid::parse_size("--synth", s)?;
+    if size.width.saturating_mul(size.height) > 1 << 28 {
+        return Err(Error::Usage(format!("--synth {s}: at most 2^28 pixels (the image is held in memory)")));
     }
-    Ok((w, h))
+    Ok((size.width, size.height))
 }
 
 /// The normalised image the command runs on, and a description of it.
@@ -100,7 +100,7 @@ pub fn load_image(a: &ImageArgs, model: &Model, default_synth: &str) -> Result<(
         }
         None => {
             let spec = a.synth.as_deref().unwrap_or(default_synth);
-            let (w, h) = parse_size("--synth", spec)?;
+            let (w, h) = parse_synth(spec)?;
             let c = model.in_channels();
             if a.noise {
                 let mut rng = seamless::model::weights::SplitMix64(a.seed);
@@ -125,29 +125,20 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
     f.commit()
 }
 
-/// Run `f` with a progress bar counting `unit` (hidden with --quiet).
+/// Run `f` with progress counting `unit` (a bar on a terminal, log lines elsewhere, nothing with
+/// --quiet).
 pub fn with_progress<T>(
-    unit: &str,
+    unit: &'static str,
     quiet: bool,
     f: impl FnOnce(&mut dyn FnMut(usize, usize)) -> Result<T>,
 ) -> Result<T> {
-    let mut pb: Option<indicatif::ProgressBar> = None;
+    let mut meter: Option<Meter> = None;
+    let start = std::time::Instant::now();
     let out = f(&mut |done, total| {
-        let bar = pb.get_or_insert_with(|| {
-            if quiet {
-                return indicatif::ProgressBar::hidden();
-            }
-            let bar = indicatif::ProgressBar::new(total as u64);
-            let template = format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit}  ETA {{eta}}");
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "),
-            );
-            bar
-        });
-        bar.set_position(done as u64);
+        meter.get_or_insert_with(|| Meter::new(unit, unit, total, 0.0, start, quiet)).update(done, 0.0);
     });
-    if let Some(bar) = pb {
-        bar.finish_and_clear();
+    if let Some(m) = meter {
+        if out.is_ok() { m.finish() } else { m.clear() }
     }
     out
 }
@@ -205,12 +196,9 @@ pub fn run(a: SweepArgs) -> Result<()> {
     }
     let (img, what) = load_image(&a.image, &model, "256x256")?;
     let tile = match &a.tile {
-        Some(t) => parse_tile(t, &model, img.h, img.w)?,
+        Some(t) => parse_tile("--tile", t, &model, img.h, img.w, a.quiet)?,
         None => default_tile(&model, img.h, img.w),
     };
-    if tile.0 == 0 || tile.1 == 0 {
-        return Err(Error::Usage(format!("--tile {}x{}: sizes must be at least 1", tile.0, tile.1)));
-    }
     let spec = SweepSpec { tile_h: tile.0, tile_w: tile.1, halos, offsets, pad: a.pad };
     if !a.quiet {
         eprintln!(
@@ -218,8 +206,8 @@ pub fn run(a: SweepArgs) -> Result<()> {
             model.origin,
             model.align(),
             model.exact_halo(),
-            tile.0,
             tile.1,
+            tile.0,
             spec.halos.len() * spec.offsets.len()
         );
     }

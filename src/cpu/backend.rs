@@ -102,7 +102,7 @@ impl CpuBackend {
         if let Some(limit) = self.limit_bytes
             && need > limit
         {
-            return Err(Error::OutOfMemory { what: format!("a {}x{} window", input.h, input.w), bytes: need });
+            return Err(Error::OutOfMemory { what: format!("a {}x{} window", input.w, input.h), bytes: need });
         }
         // The buffers grow to the largest window seen and are reused, not reallocated per tile.
         let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());

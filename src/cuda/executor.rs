@@ -326,7 +326,7 @@ impl<T: Storage> Exec<T> {
         }
         streams.synchronize()?;
         let s = &streams.compute;
-        grow(s, &mut self.arena, arena, &format!("the activation arena of a {}x{} window", p.plan.h, p.plan.w))?;
+        grow(s, &mut self.arena, arena, &format!("the activation arena of a {}x{} window", p.plan.w, p.plan.h))?;
         grow(s, &mut self.staging_in, n_in, "the input staging buffer")?;
         grow(s, &mut self.staging_out, n_out, "the output staging buffer")?;
         // Stream-ordered allocations belong to the compute stream until it passes them; the

@@ -214,7 +214,7 @@ impl<'a> TilePlanner<'a> {
             let (p, h, w) = self.grid_peak(a, a)?;
             return Err(Error::OutOfMemory {
                 what: format!(
-                    "even the smallest tile ({a}x{a}, window {h}x{w}; weights {} B, arena {} B, workspace {} B, \
+                    "even the smallest tile ({a}x{a}, window {w}x{h}; weights {} B, arena {} B, workspace {} B, \
                      windows in flight / staging {} B) exceeds the budget of {budget} B",
                     p.weight_bytes, p.arena_bytes, p.workspace_bytes, p.staging_bytes
                 ),

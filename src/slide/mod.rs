@@ -245,7 +245,7 @@ pub fn open_source_at(spec: &str, format: Option<Format>, index: ImageIndex) -> 
 
     let (h, w, c) = src.shape();
     if h == 0 || w == 0 || c == 0 {
-        return Err(input_err(&path, format!("empty image ({h}x{w} with {c} channels)")));
+        return Err(input_err(&path, format!("empty image ({w}x{h} with {c} channels)")));
     }
     if check_image_size(spec, h, w).is_err() {
         return Err(input_err(

@@ -180,7 +180,7 @@ impl Source for NpySource {
         let (c, s) = (self.c, self.dt.size());
         let mut t = Tensor::zeros(c, h, w);
         if y0 + h > self.h || x0 + w > self.w {
-            return Err(input_err(&self.path, format!("window {h}x{w} at ({y0}, {x0}) is outside the image")));
+            return Err(input_err(&self.path, format!("window {w}x{h} at ({y0}, {x0}) is outside the image")));
         }
         self.row.resize(w * c * s, 0);
         for y in 0..h {

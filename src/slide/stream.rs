@@ -21,7 +21,7 @@ use crate::normalize::{self, NormSpec};
 pub use crate::output::Existing;
 use crate::output::{Lock, check_destination, move_into_place};
 use crate::tensor::Tensor;
-use crate::tile_grid::{Tile, TileGrid, round_up};
+use crate::tile_grid::{Size, Tile, TileGrid, round_up};
 
 /// What a run writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -87,18 +87,41 @@ impl StreamOptions {
     }
 }
 
+/// An image's size and channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageShape {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+}
+
+/// Where a run's time went, in seconds. `read`, `compute` and `write` are sums over the tiles of
+/// the time each stage's thread was busy with them (reading and normalising windows; running the
+/// network, argmax and retries, not waiting for windows or for the writer; writing tiles and
+/// syncing the output and the journal). The three threads overlap, so these add up to more than
+/// the run's time, and the slowest of them bounds it. `statistics` is the normalisation pass,
+/// before the first tile.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StageSeconds {
+    pub read: f64,
+    pub statistics: f64,
+    pub compute: f64,
+    pub write: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub output: String,
     pub complete: bool,
-    pub image: (usize, usize, usize),
-    pub tile: (usize, usize),
+    pub image: ImageShape,
+    pub tile: Size,
     pub halo: usize,
     pub tiles_total: usize,
     pub tiles_computed: usize,
     pub tiles_resumed: usize,
     pub seconds: f64,
     pub megapixels_per_second: f64,
+    pub times: StageSeconds,
     pub normalization: Vec<(f64, f64)>,
     pub peak_rss_bytes: Option<usize>,
     pub retries: Vec<String>,
@@ -128,7 +151,7 @@ pub fn chunk_for(format: Format, tile: (usize, usize), single_tile: bool) -> Res
             Error::Tiling(format!(
                 "TIFF output needs tiles that are multiples of 16 (TIFF tile sizes are); {}x{} is not — \
                  choose a multiple of 16 that is also a multiple of the model's A",
-                tile.0, tile.1
+                tile.1, tile.0
             ))
         }),
         _ => Ok(divisor(g, 1, 1024).unwrap_or(g)),
@@ -336,7 +359,9 @@ pub fn run(
 ) -> Result<Summary> {
     let t0 = Instant::now();
     let Layout { image: (ih, iw, ic), tile, halo, grid, spec } = layout(src.as_ref(), model, out, opts)?;
+    let t_stats = Instant::now();
     let stats = statistics(src.as_mut(), &opts.norm, progress, note, cancel)?;
+    let statistics_seconds = t_stats.elapsed().as_secs_f64();
     let header = JournalHeader {
         version: 3,
         model: format!("{} {}", model.config.config_json(), model.graph.fingerprint()),
@@ -437,14 +462,20 @@ pub fn run(
     Ok(Summary {
         output: out.display().to_string(),
         complete,
-        image: (ih, iw, ic),
-        tile,
+        image: ImageShape { width: iw, height: ih, channels: ic },
+        tile: Size::from_hw(tile),
         halo,
         tiles_total: total,
         tiles_computed: tiles.computed,
         tiles_resumed: resumed,
         seconds: secs,
         megapixels_per_second: tiles.megapixels / secs.max(1e-9),
+        times: StageSeconds {
+            read: tiles.read_seconds,
+            statistics: statistics_seconds,
+            compute: tiles.compute_seconds,
+            write: tiles.write_seconds,
+        },
         normalization: stats,
         peak_rss_bytes: peak_rss(),
         retries: tiles.retries,

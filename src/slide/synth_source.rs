@@ -4,6 +4,7 @@
 use super::Source;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::tile_grid::{Size, parse_size};
 
 pub struct SynthSource {
     pub width: usize,
@@ -12,18 +13,18 @@ pub struct SynthSource {
 }
 
 impl SynthSource {
-    /// `WxH` or `WxH:seed`.
+    /// `WxH` or `WxH:seed` (`N` for a square: [`parse_size`]).
     pub fn parse(spec: &str) -> Result<SynthSource> {
-        let bad = || Error::Usage(format!("synth:{spec}: expected synth:WxH or synth:WxH:seed"));
         let (size, seed) = match spec.split_once(':') {
-            Some((s, seed)) => (s, seed.parse().map_err(|_| bad())?),
+            Some((s, seed)) => (
+                s,
+                seed.parse().map_err(|_| {
+                    Error::Usage(format!("synth:{spec}: expected synth:WxH or synth:WxH:seed (seed: a number)"))
+                })?,
+            ),
             None => (spec, 1),
         };
-        let (w, h) = size.split_once('x').ok_or_else(bad)?;
-        let (width, height): (usize, usize) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
-        if width == 0 || height == 0 {
-            return Err(bad());
-        }
+        let Size { width, height } = parse_size("synth:WxH", size)?;
         Ok(SynthSource { width, height, seed })
     }
 }

@@ -6,9 +6,10 @@
 //! retries a window that ran out of memory as smaller tiles cut from it, and writes the tile's
 //! interior to a sink.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::mpsc::sync_channel;
+use std::time::Instant;
 
 use super::{Sink, Source};
 use crate::backend::Backend;
@@ -33,8 +34,9 @@ pub enum PadMode {
 pub enum Progress {
     /// A statistics pass (the first is 1) has read `rows_done` of the image's `rows`.
     Statistics { pass: usize, rows_done: usize, rows: usize },
-    /// `done` of `total` tiles are written (resumed ones included); `megapixels` computed so far.
-    Tiles { done: usize, total: usize, megapixels: f64 },
+    /// `done` of `total` tiles are written (resumed ones included); `megapixels` computed so far
+    /// by this run, of `megapixels_total` it computes in all (resumed tiles in neither).
+    Tiles { done: usize, total: usize, megapixels: f64, megapixels_total: f64 },
     /// A window ran out of memory and was retried as smaller tiles (the result is unchanged).
     Retry(String),
 }
@@ -45,8 +47,13 @@ pub enum Progress {
 pub struct Cancel(std::sync::atomic::AtomicBool);
 
 impl Cancel {
-    pub fn new() -> Cancel {
-        Cancel::default()
+    pub const fn new() -> Cancel {
+        Cancel(std::sync::atomic::AtomicBool::new(false))
+    }
+    /// The flag itself, for a signal handler to set (storing `true` into an atomic is
+    /// async-signal-safe): `seamless infer` cancels its run on Ctrl-C this way.
+    pub fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.0
     }
     /// Ask the run to stop.
     pub fn cancel(&self) {
@@ -83,6 +90,9 @@ pub(crate) struct TileRun<'a> {
     pub cancel: Option<&'a Cancel>,
 }
 
+/// What the writer thread ends with: the sink and the tiles it wrote, and its busy seconds.
+type Written = (Result<(Box<dyn Sink>, usize)>, f64);
+
 /// How a run over tiles ended.
 pub(crate) struct TilesDone {
     pub sink: Result<Box<dyn Sink>>,
@@ -90,6 +100,13 @@ pub(crate) struct TilesDone {
     pub computed: usize,
     pub megapixels: f64,
     pub retries: Vec<String>,
+    /// Seconds each stage was busy, summed over the tiles: the reader reading and normalising
+    /// windows, the compute thread running the network (and argmax, and out-of-memory retries)
+    /// but not waiting for windows or for the writer, the writer writing and syncing tiles and
+    /// the journal. The stages overlap, so these add up to more than the run's time.
+    pub read_seconds: f64,
+    pub compute_seconds: f64,
+    pub write_seconds: f64,
 }
 
 impl TileRun<'_> {
@@ -106,45 +123,73 @@ impl TileRun<'_> {
         progress: &mut dyn FnMut(Progress),
     ) -> TilesDone {
         let (ih, iw) = self.image;
+        let visible_mpx = |t: &Tile| (t.h.min(ih.saturating_sub(t.y0)) * t.w.min(iw.saturating_sub(t.x0))) as f64 / 1e6;
+        let mpx_total: f64 = todo.iter().map(|(_, t)| visible_mpx(t)).sum();
         let mut retries = Vec::new();
         let mut computed = 0usize;
         let mut mpx = 0f64;
         let abort_after = self.abort_after;
+        let (mut read_seconds, mut compute_seconds, mut write_seconds) = (0f64, 0f64, 0f64);
         let sink = std::thread::scope(|scope| {
             let (win_tx, win_rx) = sync_channel::<Result<(usize, Tile, Tensor)>>(QUEUE_DEPTH);
             let (out_tx, out_rx) = sync_channel::<(usize, Tile, Tensor)>(QUEUE_DEPTH);
             let reader = scope.spawn(move || {
+                let mut busy = 0f64;
                 for &(i, t) in todo {
+                    let t0 = Instant::now();
                     let w = Cancel::check(self.cancel).and_then(|_| self.read_window(src, &t)).map(|w| (i, t, w));
+                    busy += t0.elapsed().as_secs_f64();
                     let failed = w.is_err();
                     if win_tx.send(w).is_err() || failed {
-                        return;
+                        break;
                     }
                 }
+                busy
             });
-            let writer = scope.spawn(move || -> Result<(Box<dyn Sink>, usize)> {
-                let mut sink = sink;
-                let mut n = 0;
-                for (i, t, y) in out_rx {
-                    let visible = y.window(0, 0, t.h.min(ih.saturating_sub(t.y0)), t.w.min(iw.saturating_sub(t.x0)));
-                    if visible.h > 0 && visible.w > 0 {
-                        sink.write(t.y0, t.x0, &visible)?;
+            let writer = scope.spawn(move || -> Written {
+                let mut busy = 0f64;
+                let write = || {
+                    let mut sink = sink;
+                    let mut n = 0;
+                    for (i, t, y) in out_rx {
+                        let t0 = Instant::now();
+                        let visible =
+                            y.window(0, 0, t.h.min(ih.saturating_sub(t.y0)), t.w.min(iw.saturating_sub(t.x0)));
+                        if visible.h > 0 && visible.w > 0 {
+                            sink.write(t.y0, t.x0, &visible)?;
+                        }
+                        written(i, sink.sync()?)?;
+                        busy += t0.elapsed().as_secs_f64();
+                        n += 1;
+                        if abort_after == Some(n) {
+                            std::process::abort();
+                        }
                     }
-                    written(i, sink.sync()?)?;
-                    n += 1;
-                    if abort_after == Some(n) {
-                        std::process::abort();
-                    }
-                }
-                Ok((sink, n))
+                    Ok((sink, n))
+                };
+                let result = write();
+                (result, busy)
             });
             // The backend may keep one window in flight while it reads the next (CUDA overlaps
             // the transfers with compute); windows and results come back in order, so the tile of
             // each result is the front of `order`.
             let failure = RefCell::new(None);
             let order = RefCell::new(VecDeque::new());
+            // Time the compute thread spends waiting for the reader or the writer.
+            let waited = Cell::new(0f64);
             let mut windows = win_rx.into_iter();
-            let mut next = || match windows.next()? {
+            let mut next = || {
+                // A cancelled run stops before the next window, not after the windows already read.
+                if let Err(e) = Cancel::check(self.cancel) {
+                    *failure.borrow_mut() = Some(e);
+                    return None;
+                }
+                let t0 = Instant::now();
+                let w = windows.next();
+                waited.set(waited.get() + t0.elapsed().as_secs_f64());
+                w
+            };
+            let mut next = || match next()? {
                 Ok((i, t, win)) => {
                     order.borrow_mut().push_back((i, t));
                     Some(win)
@@ -169,20 +214,30 @@ impl TileRun<'_> {
                 }
                 drop(win);
                 let y = if self.labels { crate::cpu::softmax::argmax(&y) } else { y };
+                let t0 = Instant::now();
                 if out_tx.send((i, t, y)).is_err() {
                     return false; // the writer failed; its error is reported below
                 }
+                waited.set(waited.get() + t0.elapsed().as_secs_f64());
                 computed += 1;
-                mpx += (t.h.min(ih.saturating_sub(t.y0)) * t.w.min(iw.saturating_sub(t.x0))) as f64 / 1e6;
-                progress(Progress::Tiles { done: done + computed, total, megapixels: mpx });
+                mpx += visible_mpx(&t);
+                progress(Progress::Tiles {
+                    done: done + computed,
+                    total,
+                    megapixels: mpx,
+                    megapixels_total: mpx_total,
+                });
                 true
             };
+            let t0 = Instant::now();
             self.backend.run_pipelined(&self.model.graph, &mut next, &mut finished);
+            compute_seconds = (t0.elapsed().as_secs_f64() - waited.get()).max(0.0);
             drop(windows); // unblocks the reader if compute stopped early
             let failure = failure.into_inner();
             drop(out_tx);
-            let _ = reader.join();
-            let written = writer.join().map_err(|_| Error::Backend("the writer thread panicked".into()))?;
+            read_seconds = reader.join().unwrap_or(0.0);
+            let (written, busy) = writer.join().map_err(|_| Error::Backend("the writer thread panicked".into()))?;
+            write_seconds = busy;
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -190,7 +245,7 @@ impl TileRun<'_> {
             debug_assert_eq!(n, computed);
             Ok(sink)
         });
-        TilesDone { sink, computed, megapixels: mpx, retries }
+        TilesDone { sink, computed, megapixels: mpx, retries, read_seconds, compute_seconds, write_seconds }
     }
 
     /// `t`'s window, normalised, of a multiple of A (a window of a grid that breaks the contract
@@ -269,7 +324,7 @@ impl TileRun<'_> {
             Err(Error::OutOfMemory { what, bytes }) if t.h > a || t.w > a => {
                 let (sh, sw) = t.retry_size(a);
                 retries.push(format!(
-                    "out of memory for {what} ({bytes} bytes); tile at ({}, {}) retried as {sh}x{sw} tiles",
+                    "out of memory for {what} ({bytes} bytes); tile at ({}, {}) retried as {sw}x{sh} tiles",
                     t.y0, t.x0
                 ));
                 let mut out = Tensor::zeros(self.model.classes(), t.h, t.w);
