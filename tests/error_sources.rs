@@ -64,7 +64,7 @@ fn a_corrupt_tiff_keeps_the_tiff_error() {
 fn a_tiff_chunk_that_does_not_inflate_keeps_the_tiff_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("img.tif");
-    let spec = OutSpec { height: 32, width: 32, channels: 1, out: OutType::U8, chunk: 16 };
+    let spec = OutSpec { height: 32, width: 32, channels: 1, out: OutType::U8, chunk: 16, pixel_size: None };
     slide::stream::write_bands(&p, Format::Tiff, spec, &mut |y0, rows| {
         Ok(seamless::Tensor::from_vec(1, rows, 32, (0..rows * 32).map(|i| ((y0 * 32 + i) % 251) as f32).collect()))
     })

@@ -113,7 +113,7 @@ fn open_and_read(path: &Path) {
 fn originals(dir: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
     use seamless::slide::{Format, OutSpec, OutType, stream};
     let img = random_image(&mut seamless::model::weights::SplitMix64(5), 1, 20, 24);
-    let spec = OutSpec { height: 20, width: 24, channels: 1, out: OutType::F32, chunk: 16 };
+    let spec = OutSpec { height: 20, width: 24, channels: 1, out: OutType::F32, chunk: 16, pixel_size: None };
     for (name, format) in [("o.npy", Format::Npy), ("o.tif", Format::Tiff), ("o.zarr", Format::Zarr)] {
         stream::write_bands(&dir.join(name), format, spec, &mut |y0, rows| Ok(img.window(y0, 0, rows, 24))).unwrap();
     }

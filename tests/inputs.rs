@@ -514,3 +514,110 @@ fn multi_page_tiffs_are_read_by_page_or_as_ome_channels_and_never_cut_silently()
     assert!(stderr(&o).contains("1 more page(s)"), "{}", stderr(&o));
     assert!(d.bytes("pyr.npy") == d.bytes("ref0.npy"));
 }
+
+/// Every level of the OME-Zarr at `path` as f32 tensors, level 0 first, and its group metadata.
+fn zarr_levels(path: &Path) -> (Vec<Tensor>, serde_json::Value) {
+    use zarrs::array::{Array, ArraySubset};
+    let store = std::sync::Arc::new(zarrs::filesystem::FilesystemStore::new(path).unwrap());
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("zarr.json")).unwrap()).unwrap();
+    let n = meta["attributes"]["ome"]["multiscales"][0]["datasets"].as_array().unwrap().len();
+    let levels = (0..n)
+        .map(|k| {
+            let a = Array::open(store.clone(), &format!("/{k}")).unwrap();
+            let s = a.shape().to_vec();
+            let all = ArraySubset::new_with_shape(s.clone());
+            let v: Vec<f32> = a.retrieve_array_subset::<Vec<u8>>(&all).unwrap().into_iter().map(f32::from).collect();
+            Tensor::from_vec(s[0] as usize, s[1] as usize, s[2] as usize, v)
+        })
+        .collect();
+    (levels, meta)
+}
+
+#[test]
+fn outputs_carry_the_pixel_size_and_zarr_outputs_have_a_pyramid() {
+    let d = Dir::new();
+    // 1100 x 700 px at 0.5 um (OME-XML): an OME-Zarr of labels gets two more levels.
+    let img = image_u8(1, 700, 1100, 31);
+    let desc = ome(1, 1).replace("SizeX=\"211\" SizeY=\"150\"", "SizeX=\"1100\" SizeY=\"700\"");
+    write_pages(&d.p("um.tif"), std::slice::from_ref(&img), Some(&desc), &[]);
+    for (out, extra) in [("whole.zarr", vec!["--whole"]), ("tiled.zarr", vec!["--tile", "256"]), ("o.tif", vec![])] {
+        let o = d.infer(&d.p("um.tif"), out, &extra);
+        assert!(o.status.success(), "{out}: {}", stderr(&o));
+    }
+    let (levels, meta) = zarr_levels(&d.p("tiled.zarr"));
+    let (whole, _) = zarr_levels(&d.p("whole.zarr"));
+    assert!(levels == whole, "the pyramid of a tiled run differs from the whole-image run's");
+    let sizes: Vec<(usize, usize)> = levels.iter().map(|t| (t.h, t.w)).collect();
+    assert_eq!(sizes, vec![(700, 1100), (350, 550), (175, 275)]);
+    for k in 1..levels.len() {
+        let a = &levels[k - 1];
+        let expect = seamless::slide::pyramid::reduce(&a.data, a.c, a.h, a.w, true);
+        assert!(levels[k].data == expect, "level {k} is not the 2x2 mode of level {}", k - 1);
+    }
+    let ms = &meta["attributes"]["ome"]["multiscales"][0];
+    for (k, ds) in ms["datasets"].as_array().unwrap().iter().enumerate() {
+        let f = (1 << k) as f64;
+        assert_eq!(ds["coordinateTransformations"][0]["scale"], serde_json::json!([1.0, 0.5 * f, 0.5 * f]));
+    }
+    assert_eq!(ms["axes"][2]["unit"], "micrometer");
+    let colours = meta["attributes"]["ome"]["image-label"]["colors"].as_array().unwrap();
+    assert_eq!(colours.len(), 2, "one colour per class of the model");
+
+    // The OME-TIFF output records it too, where seamless (and any OME reader) finds it.
+    let src = seamless::slide::open_source(s(&d.p("o.tif")), None).unwrap();
+    assert_eq!(src.pixel_size(), seamless::slide::PixelSize::new(0.5, 0.5));
+    // An Aperio MPP and OpenSlide's mpp are read too.
+    let rgb = image_u8(3, 150, 211, 11);
+    write_tiled_tiff(&d.p("aperio.tif"), std::slice::from_ref(&rgb), 64, APERIO, TileCoding::Raw);
+    let src = seamless::slide::open_source(s(&d.p("aperio.tif")), None).unwrap();
+    assert_eq!(src.pixel_size(), seamless::slide::PixelSize::new(0.499, 0.499));
+    // tifffile and zarr, what users open them with, read the same sizes, scales and values.
+    if let Some(python) = readers_python() {
+        let o = Command::new(python)
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tools/read_outputs.py"),
+                s(&d.p("o.tif")),
+                s(&d.p("tiled.zarr")),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let seen: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let sum = |t: &Tensor| t.data.iter().map(|&v| v as f64).sum::<f64>();
+        let tif = &seen["tiff"];
+        assert_eq!(tif["shape"], serde_json::json!([700, 1100]), "{seen}");
+        assert_eq!(tif["is_ome"], true, "{seen}");
+        assert_eq!(tif["physical_size"], serde_json::json!([0.5, 0.5]), "{seen}");
+        assert_eq!(tif["sum"].as_f64(), Some(sum(&levels[0])), "tifffile reads other values: {seen}");
+        let zl = seen["zarr"]["levels"].as_array().unwrap();
+        assert_eq!(zl.len(), levels.len(), "{seen}");
+        for (k, (l, ours)) in zl.iter().zip(&levels).enumerate() {
+            let f = (1 << k) as f64;
+            assert_eq!(l["shape"], serde_json::json!([1, ours.h, ours.w]), "{seen}");
+            assert_eq!(l["scale"], serde_json::json!([1.0, 0.5 * f, 0.5 * f]), "{seen}");
+            assert_eq!(l["sum"].as_f64(), Some(sum(ours)), "zarr reads other values at level {k}: {seen}");
+        }
+        assert_eq!(seen["zarr"]["units"], serde_json::json!([null, "micrometer", "micrometer"]), "{seen}");
+        assert_eq!(seen["zarr"]["colors"], 2, "{seen}");
+    }
+
+    // No size in the input: none claimed in the output (pixels, no unit).
+    write_tiff_u8(&d.p("plain.tif"), &img);
+    assert!(d.infer(&d.p("plain.tif"), "plain.zarr", &["--tile", "256"]).status.success());
+    let (_, meta) = zarr_levels(&d.p("plain.zarr"));
+    assert!(meta["attributes"]["ome"]["multiscales"][0]["axes"][2].get("unit").is_none());
+}
+
+/// The Python with tifffile and zarr (`SEAMLESS_READERS_PYTHON`; `.ci/run` makes one from
+/// tools/requirements-readers.txt and sets SEAMLESS_REQUIRE_READERS=1, so CI always checks).
+fn readers_python() -> Option<String> {
+    let required = std::env::var("SEAMLESS_REQUIRE_READERS").is_ok_and(|v| v == "1");
+    match std::env::var("SEAMLESS_READERS_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) if required => panic!("SEAMLESS_REQUIRE_READERS=1 but SEAMLESS_READERS_PYTHON is not set"),
+        Err(_) => {
+            eprintln!("skipped the tifffile/zarr checks: SEAMLESS_READERS_PYTHON is not set");
+            None
+        }
+    }
+}

@@ -559,8 +559,14 @@ fn headers_claiming_huge_images_are_refused_before_allocating() {
     // chunks removed it holds nothing but metadata. Missing chunks are legal (they read as the fill
     // value), so a store that keeps some is read, with a warning that says how sparse it is.
     let zarr = f.path("huge.zarr");
-    let spec =
-        seamless::slide::OutSpec { height: 64, width: 64, channels: 1, out: seamless::slide::OutType::U8, chunk: 32 };
+    let spec = seamless::slide::OutSpec {
+        height: 64,
+        width: 64,
+        channels: 1,
+        out: seamless::slide::OutType::U8,
+        chunk: 32,
+        pixel_size: None,
+    };
     let band = seamless::Tensor::from_vec(1, 32, 64, vec![5.0; 32 * 64]);
     seamless::slide::stream::write_bands(&zarr, seamless::slide::Format::Zarr, spec, &mut |_, _| Ok(band.clone()))
         .unwrap();

@@ -64,7 +64,7 @@ fn write_striped_tiff(path: &Path, img: &Tensor, kind: &str, compression: tiff::
 
 /// Write `img` through one of seamless' own sinks (tiled BigTIFF, OME-Zarr, .npy).
 fn write_with_sink(path: &Path, format: Format, img: &Tensor, out: OutType) {
-    let spec = OutSpec { height: img.h, width: img.w, channels: img.c, out, chunk: 64 };
+    let spec = OutSpec { height: img.h, width: img.w, channels: img.c, out, chunk: 64, pixel_size: None };
     stream::write_bands(path, format, spec, &mut |y0, rows| Ok(img.window(y0, 0, rows, img.w))).unwrap();
 }
 
@@ -263,7 +263,7 @@ fn memory_stays_bounded_on_a_20000_by_20000_image() {
     let n = 20_000;
     let input = c.p("big.tif");
     let zeros = Tensor::zeros(1, 256, n);
-    let spec = OutSpec { height: n, width: n, channels: 1, out: OutType::U8, chunk: 256 };
+    let spec = OutSpec { height: n, width: n, channels: 1, out: OutType::U8, chunk: 256, pixel_size: None };
     stream::write_bands(&input, Format::Tiff, spec, &mut |_, rows| Ok(zeros.window(0, 0, rows, n))).unwrap();
     let tiny = c.p("tiny.safetensors");
     save_random(&unet(1, 2, 2, 1, false, "transpose"), 1, false, &tiny, "tiny").unwrap();

@@ -178,7 +178,8 @@ fn synth(a: SynthArgs) -> Result<()> {
     if a.width == 0 || a.height == 0 {
         return Err(Error::Usage("--width and --height must be at least 1".into()));
     }
-    let spec = OutSpec { height: a.height, width: a.width, channels: 1, out: OutType::U8, chunk: 256 };
+    let spec =
+        OutSpec { height: a.height, width: a.width, channels: 1, out: OutType::U8, chunk: 256, pixel_size: None };
     let existing = if a.overwrite { Existing::Replace } else { Existing::Refuse };
     let outputs: Vec<(&PathBuf, bool)> =
         std::iter::once((&a.image, false)).chain(a.labels.iter().map(|l| (l, true))).collect();

@@ -6,6 +6,7 @@
 mod journal;
 pub mod npy;
 pub mod openslide;
+pub mod pyramid;
 pub mod select;
 pub mod stream;
 pub mod synth_source;
@@ -34,6 +35,39 @@ pub trait Source: Send {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The physical size of a pixel, where the file records it: carried into the output's metadata.
+    fn pixel_size(&self) -> Option<PixelSize> {
+        None
+    }
+}
+
+/// The physical size of one pixel, in micrometres, along x (width) and y (height).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PixelSize {
+    pub x_um: f64,
+    pub y_um: f64,
+}
+
+impl PixelSize {
+    /// Both sizes, if both are finite and positive (a file's metadata may say anything).
+    pub fn new(x_um: f64, y_um: f64) -> Option<PixelSize> {
+        let ok = |v: f64| v.is_finite() && v > 0.0 && v < 1e9;
+        (ok(x_um) && ok(y_um)).then_some(PixelSize { x_um, y_um })
+    }
+
+    /// `length` in `unit` (OME's unit symbols and names) as micrometres.
+    pub fn to_um(length: f64, unit: &str) -> Option<f64> {
+        let per = match unit.trim() {
+            "µm" | "um" | "micrometer" | "micrometre" | "micron" | "" => 1.0,
+            "nm" | "nanometer" | "nanometre" => 1e-3,
+            "mm" | "millimeter" | "millimetre" => 1e3,
+            "cm" | "centimeter" | "centimetre" => 1e4,
+            "m" | "meter" | "metre" => 1e6,
+            "in" | "inch" => 25_400.0,
+            _ => return None,
+        };
+        Some(length * per)
+    }
 }
 
 /// Element type of an output.
@@ -56,7 +90,7 @@ impl OutType {
 }
 
 /// What a sink holds: `channels` planes of `out` values over `height x width`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutSpec {
     pub height: usize,
     pub width: usize,
@@ -65,6 +99,9 @@ pub struct OutSpec {
     /// Chunk (TIFF tile, Zarr chunk) edge, chosen to divide the compute tile so that every compute
     /// tile writes whole chunks.
     pub chunk: usize,
+    /// The input's pixel size, written into the output's metadata (OME-XML, NGFF scale).
+    #[serde(default)]
+    pub pixel_size: Option<PixelSize>,
 }
 
 /// Where a tiled run writes. Regions are written once each, in any order.

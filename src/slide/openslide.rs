@@ -262,6 +262,11 @@ impl Source for OpenSlideSource {
     fn sample_type(&self) -> &'static str {
         "u8 RGB (OpenSlide)"
     }
+
+    fn pixel_size(&self) -> Option<super::PixelSize> {
+        let (x, y) = self.microns_per_pixel()?;
+        super::PixelSize::new(x, y)
+    }
 }
 
 /// Whether `path` is read through OpenSlide by default (by its extension).

@@ -141,6 +141,9 @@ impl Source for Selected {
     fn warnings(&self) -> Vec<String> {
         self.inner.warnings()
     }
+    fn pixel_size(&self) -> Option<super::PixelSize> {
+        self.inner.pixel_size()
+    }
 }
 
 #[cfg(test)]

@@ -312,7 +312,7 @@ fn layout(src: &dyn Source, model: &Model, out: &Path, opts: &StreamOptions) -> 
         OutputKind::Probs => (model.classes(), if opts.probs_f16 { OutType::F16 } else { OutType::F32 }),
     };
     let chunk = chunk_for(opts.format, tile, grid.len() == 1)?;
-    let spec = OutSpec { height: ih, width: iw, channels, out: out_type, chunk };
+    let spec = OutSpec { height: ih, width: iw, channels, out: out_type, chunk, pixel_size: src.pixel_size() };
     Ok(Layout { image: (ih, iw, ic), tile, halo, grid, spec })
 }
 
@@ -457,7 +457,7 @@ pub fn run(
             ),
         });
     }
-    let complete = commit(sink, out, opts, &partial, &jpath)?;
+    let complete = commit(sink, out, opts, (&spec, model.classes()), &partial, &jpath)?;
     let secs = t0.elapsed().as_secs_f64();
     Ok(Summary {
         output: out.display().to_string(),
@@ -484,10 +484,26 @@ pub fn run(
 
 /// Finish the container and move it into place (shards: the last one to finish does). Whether the
 /// output is complete.
-fn commit(sink: Box<dyn Sink>, out: &Path, opts: &StreamOptions, partial: &Path, jpath: &Path) -> Result<bool> {
+fn commit(
+    sink: Box<dyn Sink>,
+    out: &Path,
+    opts: &StreamOptions,
+    (spec, classes): (&OutSpec, usize),
+    partial: &Path,
+    jpath: &Path,
+) -> Result<bool> {
     let zarr = opts.format == Format::Zarr;
     sink.finish()?;
+    // An OME-Zarr gets its pyramid once level 0 is whole: here, or in the last shard.
+    let pyramid = || -> Result<()> {
+        if zarr {
+            let sizes = super::pyramid::build(partial, spec)?;
+            super::zarr_io::write_group_metadata(partial, spec, sizes.len(), Some(classes))?;
+        }
+        Ok(())
+    };
     let Some((i, n)) = opts.shard else {
+        pyramid()?;
         // Checked again: something may have appeared under the output's name meanwhile.
         check_destination(out, zarr, opts.existing, &[])?;
         if zarr {
@@ -502,6 +518,7 @@ fn commit(sink: Box<dyn Sink>, out: &Path, opts: &StreamOptions, partial: &Path,
     if !(0..n).all(|k| mark(k).exists()) {
         return Ok(false);
     }
+    pyramid()?;
     for k in 0..n {
         let _ = std::fs::remove_file(mark(k));
         let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.journal")));

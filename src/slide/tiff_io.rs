@@ -17,7 +17,7 @@ use tiff::ColorType;
 use tiff::decoder::{ChunkType, Decoder, DecodingResult};
 use tiff::tags::Tag;
 
-use super::{OutSpec, OutType, Sink, Source, encode, input_err, output_err};
+use super::{OutSpec, OutType, PixelSize, Sink, Source, encode, input_err, output_err};
 use crate::error::{Error, Result, Side};
 use crate::tensor::Tensor;
 
@@ -38,6 +38,7 @@ pub struct TiffSource {
     sample: &'static str,
     /// What the user should know about the file (pages not read).
     note: Option<String>,
+    pixel_size: Option<PixelSize>,
     cache: HashMap<u32, (usize, usize, Vec<f32>)>,
     order: VecDeque<u32>,
 }
@@ -146,6 +147,39 @@ pub fn open(path: &Path, page: Option<usize>) -> Result<Box<dyn Source>> {
     ))
 }
 
+/// The pixel size a TIFF page records: OME-XML's PhysicalSizeX/Y, an Aperio description's MPP, or
+/// the resolution tags with a unit (inch or centimetre; "no unit" says nothing physical).
+fn pixel_size<R: std::io::Read + std::io::Seek>(dec: &mut Decoder<R>) -> Option<PixelSize> {
+    let description = dec.get_tag_ascii_string(Tag::ImageDescription).ok().unwrap_or_default();
+    if description.contains("<OME")
+        && let Ok(doc) = roxmltree::Document::parse(&description)
+        && let Some(px) = doc.descendants().find(|n| n.tag_name().name() == "Pixels")
+    {
+        let size = |k: &str| {
+            let v = px.attribute(k)?.parse::<f64>().ok()?;
+            PixelSize::to_um(v, px.attribute(format!("{k}Unit").as_str()).unwrap_or("µm"))
+        };
+        return PixelSize::new(size("PhysicalSizeX")?, size("PhysicalSizeY")?);
+    }
+    if description.starts_with("Aperio")
+        && let Some(mpp) = description.split('|').find_map(|f| f.trim().strip_prefix("MPP = "))
+        && let Ok(mpp) = mpp.trim().parse::<f64>()
+    {
+        return PixelSize::new(mpp, mpp);
+    }
+    let per_unit = match dec.find_tag_unsigned::<u16>(Tag::ResolutionUnit).ok().flatten().unwrap_or(2) {
+        2 => 25_400.0,
+        3 => 10_000.0,
+        _ => return None,
+    };
+    let resolution = |dec: &mut Decoder<R>, tag| match dec.find_tag(tag).ok().flatten()? {
+        tiff::decoder::ifd::Value::Rational(n, d) if n > 0 && d > 0 => Some(n as f64 / d as f64),
+        _ => None,
+    };
+    let (x, y) = (resolution(dec, Tag::XResolution)?, resolution(dec, Tag::YResolution)?);
+    PixelSize::new(per_unit / x, per_unit / y)
+}
+
 /// An OME-TIFF's channel pages read as the channels of one image.
 struct PageChannels {
     planes: Vec<TiffSource>,
@@ -166,6 +200,9 @@ impl Source for PageChannels {
     }
     fn sample_type(&self) -> &'static str {
         self.planes[0].sample
+    }
+    fn pixel_size(&self) -> Option<PixelSize> {
+        self.planes[0].pixel_size
     }
 }
 
@@ -228,6 +265,7 @@ impl TiffSource {
                 ),
             ));
         }
+        let pixel_size = pixel_size(&mut dec);
         let (cw, ch) = dec.chunk_dimensions();
         let chunks = counts.len() as u32;
         if planar && !chunks.is_multiple_of(c as u32) {
@@ -248,6 +286,7 @@ impl TiffSource {
             ycbcr,
             sample,
             note: None,
+            pixel_size,
             cache: HashMap::new(),
             order: VecDeque::new(),
         })
@@ -377,6 +416,38 @@ impl Source for TiffSource {
     fn warnings(&self) -> Vec<String> {
         self.note.iter().cloned().collect()
     }
+
+    fn pixel_size(&self) -> Option<PixelSize> {
+        self.pixel_size
+    }
+}
+
+/// The OME-XML description that makes the output an OME-TIFF: one image of `channels` samples per
+/// pixel (interleaved), with the input's pixel size where it was known.
+fn ome_xml(s: &OutSpec) -> String {
+    let kind = match s.out {
+        OutType::U8 => "uint8",
+        OutType::U16 => "uint16",
+        OutType::F16 => "float",
+        OutType::F32 => "float",
+    };
+    let physical = s
+        .pixel_size
+        .map(|p| {
+            format!(
+                r#" PhysicalSizeX="{}" PhysicalSizeXUnit="µm" PhysicalSizeY="{}" PhysicalSizeYUnit="µm""#,
+                p.x_um, p.y_um
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" Creator="seamless {}"><Image ID="Image:0" Name="seamless"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="{kind}" SizeX="{}" SizeY="{}" SizeC="{}" SizeZ="1" SizeT="1"{physical}><Channel ID="Channel:0:0" SamplesPerPixel="{}"/><TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>"#,
+        env!("CARGO_PKG_VERSION"),
+        s.width,
+        s.height,
+        s.channels,
+        s.channels
+    )
 }
 
 /// Tiled, Deflate-compressed BigTIFF, tiles appended in completion order.
@@ -536,6 +607,19 @@ impl Sink for TiffSink {
         ];
         if s.channels > 1 && s.channels != 3 {
             entries.push((338, 3, c - 1, le16(&vec![0; s.channels - 1])));
+        }
+        let description = ome_xml(&s);
+        entries.push((270, 2, description.len() as u64 + 1, [description.as_bytes(), b"\0"].concat()));
+        if let Some(px) = s.pixel_size {
+            // Pixels per centimetre, as RATIONAL numerator/denominator (millionths).
+            let rational = |um: f64| {
+                let per_cm = 10_000.0 / um;
+                [((per_cm * 1e6).round().min(u32::MAX as f64) as u32).to_le_bytes(), 1_000_000u32.to_le_bytes()]
+                    .concat()
+            };
+            entries.push((282, 5, 1, rational(px.x_um)));
+            entries.push((283, 5, 1, rational(px.y_um)));
+            entries.push((296, 3, 1, le16(&[3])));
         }
         entries.sort_by_key(|e| e.0);
         let mut ifd = Vec::new();

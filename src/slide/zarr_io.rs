@@ -9,7 +9,7 @@ use zarrs::array::{Array, ArrayBuilder, data_type};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::{Group, GroupBuilder};
 
-use super::{OutSpec, OutType, Sink, Source, input_err};
+use super::{OutSpec, OutType, PixelSize, Sink, Source, input_err};
 use crate::error::{Error, Result, Side};
 use crate::tensor::Tensor;
 
@@ -26,6 +26,7 @@ pub struct ZarrSource {
     sample: &'static str,
     /// Chunk files present, and chunks in the array's grid (missing ones read as the fill value).
     chunks: (u64, u64),
+    pixel_size: Option<PixelSize>,
 }
 
 /// Chunk (or shard) files below an array's folder: every file but the metadata. Bounded by what
@@ -61,10 +62,31 @@ fn multiscale(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<(Str
     Some((path, axes))
 }
 
+/// The pixel size the first multiscale dataset's `scale` gives, where its y and x axes have a unit.
+fn ngff_pixel_size(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<PixelSize> {
+    let ms = attrs.get("multiscales").or_else(|| attrs.get("ome")?.get("multiscales"))?.get(0)?;
+    let axes = ms.get("axes")?.as_array()?;
+    let scale = ms
+        .get("datasets")?
+        .get(0)?
+        .get("coordinateTransformations")?
+        .as_array()?
+        .iter()
+        .find(|t| t.get("type").and_then(|v| v.as_str()) == Some("scale"))?
+        .get("scale")?
+        .as_array()?;
+    let along = |name: &str| {
+        let i = axes.iter().position(|a| a.get("name").and_then(|n| n.as_str()) == Some(name))?;
+        PixelSize::to_um(scale.get(i)?.as_f64()?, axes[i].get("unit")?.as_str()?)
+    };
+    PixelSize::new(along("x")?, along("y")?)
+}
+
 impl ZarrSource {
     pub fn open(path: &Path) -> Result<ZarrSource> {
         let err = |m: String| input_err(path, m);
         let store = Arc::new(Store::new(path).map_err(|e| Error::codec(Side::Input, path, "cannot open", e))?);
+        let mut pixel_size = None;
         let (array, axes, array_dir) = match Array::open(store.clone(), "/") {
             Ok(a) => (a, None, path.to_path_buf()),
             Err(_) => {
@@ -73,6 +95,7 @@ impl ZarrSource {
                 })?;
                 let (ds, axes) = multiscale(group.attributes())
                     .ok_or_else(|| err("a Zarr group without OME-NGFF 'multiscales' metadata".into()))?;
+                pixel_size = ngff_pixel_size(group.attributes());
                 let a = Array::open(store, &format!("/{}", ds.trim_start_matches('/')))
                     .map_err(|e| Error::codec(Side::Input, path, format!("cannot open dataset '{ds}'"), e))?;
                 (a, axes, path.join(ds.trim_start_matches('/')))
@@ -131,7 +154,7 @@ impl ZarrSource {
                 shape.iter().product::<u64>()
             )));
         }
-        Ok(ZarrSource { array, path: path.to_path_buf(), y, x, c, shape, sample, chunks: (stored, grid) })
+        Ok(ZarrSource { array, path: path.to_path_buf(), y, x, c, shape, sample, chunks: (stored, grid), pixel_size })
     }
 }
 
@@ -205,6 +228,10 @@ impl Source for ZarrSource {
         self.sample
     }
 
+    fn pixel_size(&self) -> Option<PixelSize> {
+        self.pixel_size
+    }
+
     fn warnings(&self) -> Vec<String> {
         let (stored, grid) = self.chunks;
         if stored >= grid {
@@ -251,23 +278,72 @@ impl ZarrSink {
             .build(store.clone(), "/0")
             .map_err(failed(path, "cannot create array"))?;
         array.store_metadata().map_err(failed(path, "cannot write metadata"))?;
-        let ome = serde_json::json!({
-            "version": "0.5",
-            "multiscales": [{
-                "name": "seamless",
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space"},
-                    {"name": "x", "type": "space"}
-                ],
-                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]
-            }]
-        });
-        let mut group = GroupBuilder::new().build(store, "/").map_err(failed(path, "cannot create group"))?;
-        group.attributes_mut().insert("ome".into(), ome);
-        group.store_metadata().map_err(failed(path, "cannot write metadata"))?;
+        write_group_metadata(path, &spec, 1, None)?;
         Ok(ZarrSink { array, path: path.to_path_buf(), spec })
     }
+}
+
+/// A distinct colour per class for viewers (`image-label`): the background (0) transparent, the
+/// others spread around the hue circle by the golden angle.
+fn label_colours(classes: usize) -> Vec<serde_json::Value> {
+    (0..classes)
+        .map(|k| {
+            let rgba = if k == 0 {
+                [0, 0, 0, 0]
+            } else {
+                let h = (k as f64 * 137.507_764) % 360.0 / 60.0;
+                let x = (1.0 - (h % 2.0 - 1.0).abs()) * 255.0;
+                let (r, g, b) = match h as u32 {
+                    0 => (255.0, x, 0.0),
+                    1 => (x, 255.0, 0.0),
+                    2 => (0.0, 255.0, x),
+                    3 => (0.0, x, 255.0),
+                    4 => (x, 0.0, 255.0),
+                    _ => (255.0, 0.0, x),
+                };
+                [r.round() as u32, g.round() as u32, b.round() as u32, 255]
+            };
+            serde_json::json!({"label-value": k, "rgba": rgba})
+        })
+        .collect()
+}
+
+/// The OME-NGFF 0.5 group metadata of an output with `levels` levels (`/0`, `/1`, ...: each half
+/// the size of the one before): axes, the input's pixel size as each level's scale (micrometres;
+/// pixels, with no unit, where the input did not say), and for labels `image-label` with a colour
+/// of the `classes` (known once the run is complete).
+pub fn write_group_metadata(path: &Path, spec: &OutSpec, levels: usize, classes: Option<usize>) -> Result<()> {
+    let store = Arc::new(Store::new(path).map_err(failed(path, "cannot open"))?);
+    let unit = spec.pixel_size.map(|_| "micrometer");
+    let space = |name: &str| match unit {
+        Some(u) => serde_json::json!({"name": name, "type": "space", "unit": u}),
+        None => serde_json::json!({"name": name, "type": "space"}),
+    };
+    let (sy, sx) = spec.pixel_size.map_or((1.0, 1.0), |p| (p.y_um, p.x_um));
+    let datasets: Vec<serde_json::Value> = (0..levels)
+        .map(|k| {
+            let f = (1u64 << k) as f64;
+            serde_json::json!({
+                "path": k.to_string(),
+                "coordinateTransformations": [{"type": "scale", "scale": [1.0, sy * f, sx * f]}]
+            })
+        })
+        .collect();
+    let mut ome = serde_json::json!({
+        "version": "0.5",
+        "multiscales": [{
+            "name": "seamless",
+            "axes": [{"name": "c", "type": "channel"}, space("y"), space("x")],
+            "datasets": datasets,
+            "type": if levels > 1 { "2x2 mode for labels, mean for probabilities" } else { "none" }
+        }]
+    });
+    if let (OutType::U8 | OutType::U16, Some(classes)) = (spec.out, classes) {
+        ome["image-label"] = serde_json::json!({"version": "0.5", "colors": label_colours(classes)});
+    }
+    let mut group = GroupBuilder::new().build(store, "/").map_err(failed(path, "cannot create group"))?;
+    group.attributes_mut().insert("ome".into(), ome);
+    group.store_metadata().map_err(failed(path, "cannot write metadata"))
 }
 
 impl Sink for ZarrSink {
