@@ -17,8 +17,11 @@ use crate::error::{Error, Result, Side};
 /// Levels are added until both sides are at most this.
 pub const SMALLEST_SIDE: usize = 512;
 
-/// Rows of the level being read per band (a multiple of 2).
+/// Rows of the level being read per band (a multiple of 2), at most.
 const BAND_ROWS: usize = 512;
+
+/// Values per band at most (64 MiB as f32), so a wide image of many classes stays bounded too.
+const BAND_VALUES: usize = 16 << 20;
 
 /// The (height, width) of every level, level 0 first.
 pub fn level_sizes(height: usize, width: usize) -> Vec<(usize, usize)> {
@@ -126,8 +129,9 @@ pub fn build(path: &Path, spec: &OutSpec) -> Result<Vec<(usize, usize)>> {
         .build(store.clone(), &format!("/{}", k + 1))
         .map_err(|e| Error::codec(Side::Output, path, "cannot create a pyramid level", e))?;
         level.store_metadata().map_err(|e| Error::codec(Side::Output, path, "cannot write metadata", e))?;
-        for y0 in (0..h).step_by(BAND_ROWS) {
-            let rows = BAND_ROWS.min(h - y0);
+        let band_rows = (BAND_VALUES / (w * spec.channels).max(1)).clamp(2, BAND_ROWS) & !1;
+        for y0 in (0..h).step_by(band_rows) {
+            let rows = band_rows.min(h - y0);
             let band = ArraySubset::new_with_ranges(&[0..c, y0 as u64..(y0 + rows) as u64, 0..w as u64]);
             let v = read_f32(&above, &band, spec.out).map_err(fail("cannot read a level"))?;
             let r = reduce(&v, spec.channels, rows, w, labels);
