@@ -598,6 +598,13 @@ fn outputs_carry_the_pixel_size_and_zarr_outputs_have_a_pyramid() {
             assert_eq!(l["sum"].as_f64(), Some(sum(ours)), "zarr reads other values at level {k}: {seen}");
         }
         assert_eq!(seen["zarr"]["units"], serde_json::json!([null, "micrometer", "micrometer"]), "{seen}");
+        // The OME-TIFF's SubIFD pyramid holds the same levels as the OME-Zarr's.
+        let tl = tif["levels"].as_array().unwrap();
+        assert_eq!(tl.len(), levels.len(), "{seen}");
+        for (k, (l, ours)) in tl.iter().zip(&levels).enumerate() {
+            assert_eq!(l["shape"], serde_json::json!([ours.h, ours.w]), "TIFF level {k}: {seen}");
+            assert_eq!(l["sum"].as_f64(), Some(sum(ours)), "TIFF level {k} differs from the Zarr's: {seen}");
+        }
         assert_eq!(seen["zarr"]["colors"], 2, "{seen}");
     }
 

@@ -4,7 +4,7 @@
     python tools/read_outputs.py OUT.tif OUT.zarr
 
 Prints one JSON object: for the OME-TIFF its array shape, whether tifffile takes it for OME, the
-physical pixel size from its OME-XML, the sum of its values; for the OME-Zarr each multiscale
+physical pixel size from its OME-XML, the sum of its values, each pyramid level's shape and sum; for the OME-Zarr each multiscale
 level's path, shape, scale and sum, the axis units, and the image-label colours. tests/inputs.rs
 compares this with what seamless wrote.
 """
@@ -21,12 +21,15 @@ def tiff(path):
     with tifffile.TiffFile(path) as t:
         data = t.asarray()
         ome = tifffile.xml2dict(t.ome_metadata) if t.is_ome else {}
+        levels = [{"shape": list(level.shape), "sum": float(np.asarray(level.asarray(), dtype=np.float64).sum())}
+                  for level in t.series[0].levels]
     pixels = ome.get("OME", {}).get("Image", {}).get("Pixels", {})
     return {
         "shape": list(data.shape),
         "is_ome": bool(ome),
         "physical_size": [pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeY")],
         "sum": float(np.asarray(data, dtype=np.float64).sum()),
+        "levels": levels,
     }
 
 

@@ -477,7 +477,8 @@ impl TiffSink {
         // Resuming reopens without truncating, then cuts back to what the journal says is durable.
         let file = match journal {
             Some(_) => std::fs::OpenOptions::new().read(true).write(true).open(path),
-            None => File::create(path),
+            // Read too: the pyramid is made from the tiles written.
+            None => std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path),
         }
         .map_err(err)?;
         let mut sink = TiffSink {
@@ -574,6 +575,119 @@ impl Sink for TiffSink {
         if let Some(i) = self.counts.iter().position(|&n| n == 0) {
             return Err(output_err(&self.path, format!("internal: TIFF tile {i} was never written")));
         }
+        // The pyramid's tiles, then one IFD per level (reduced-resolution SubIFDs), then the main
+        // IFD that lists them: viewers open the image at any zoom without reading level 0.
+        let sizes = super::pyramid::level_sizes(self.spec.height, self.spec.width);
+        let mut levels = vec![(self.offsets.clone(), self.counts.clone())];
+        for k in 1..sizes.len() {
+            let level = self.reduce_level(&levels[k - 1], sizes[k - 1], sizes[k])?;
+            levels.push(level);
+        }
+        let mut sub_ifds = Vec::new();
+        for (k, (offsets, counts)) in levels.iter().enumerate().skip(1) {
+            let (h, w) = sizes[k];
+            sub_ifds.push(self.write_ifd(h, w, offsets, counts, Some(1), None, &[])?);
+        }
+        let (offsets, counts) = (self.offsets.clone(), self.counts.clone());
+        let description = ome_xml(&self.spec);
+        let ifd_at =
+            self.write_ifd(self.spec.height, self.spec.width, &offsets, &counts, None, Some(&description), &sub_ifds)?;
+        let err = |e: std::io::Error| Error::io(Side::Output, &self.path, "write failed", e);
+        self.file.seek(SeekFrom::Start(8)).and_then(|_| self.file.write_all(&ifd_at.to_le_bytes())).map_err(err)?;
+        self.file.sync_all().map_err(err)
+    }
+}
+
+impl TiffSink {
+    /// Tile bytes at `offset` (`count` of them, as written by this sink) as ct x ct x c
+    /// interleaved values.
+    fn read_tile(&mut self, offset: u64, count: u64) -> Result<Vec<f32>> {
+        use std::io::Read;
+        let err = |e: std::io::Error| Error::io(Side::Output, &self.path, "cannot read back a tile", e);
+        let mut packed = vec![0u8; count as usize];
+        self.file.seek(SeekFrom::Start(offset)).and_then(|_| self.file.read_exact(&mut packed)).map_err(err)?;
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(&packed[..]).read_to_end(&mut raw).map_err(err)?;
+        Ok(match self.spec.out {
+            OutType::U8 => raw.into_iter().map(f32::from).collect(),
+            OutType::U16 => raw.chunks_exact(2).map(|b| f32::from(u16::from_le_bytes([b[0], b[1]]))).collect(),
+            OutType::F16 => raw.chunks_exact(2).map(|b| f32::from(half::f16::from_le_bytes([b[0], b[1]]))).collect(),
+            OutType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        })
+    }
+
+    /// The next pyramid level (`size`, rows x columns) from the tiles of the level above
+    /// (`above`, of `above_size`), 2x2 -> 1 as `pyramid::reduce` does for OME-Zarr, four tiles
+    /// in memory at a time. Returns the new level's tile offsets and byte counts.
+    fn reduce_level(
+        &mut self,
+        above: &(Vec<u64>, Vec<u64>),
+        (ph, pw): (usize, usize),
+        (lh, lw): (usize, usize),
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        let (ct, c) = (self.spec.chunk, self.spec.channels);
+        let labels = matches!(self.spec.out, OutType::U8 | OutType::U16);
+        let (p_across, across, down) = (pw.div_ceil(ct), lw.div_ceil(ct), lh.div_ceil(ct));
+        let (mut offsets, mut counts) = (vec![0; across * down], vec![0; across * down]);
+        for ty in 0..down {
+            for tx in 0..across {
+                // The level above's region under this tile, inside that level's image.
+                let (r0, r1) = (2 * ty * ct, (2 * (ty + 1) * ct).min(ph));
+                let (c0, c1) = (2 * tx * ct, (2 * (tx + 1) * ct).min(pw));
+                let (rows, cols) = (r1 - r0, c1 - c0);
+                let mut region = vec![0f32; c * rows * cols];
+                for (py, px) in [(2 * ty, 2 * tx), (2 * ty, 2 * tx + 1), (2 * ty + 1, 2 * tx), (2 * ty + 1, 2 * tx + 1)]
+                {
+                    if py * ct >= r1 || px * ct >= c1 {
+                        continue;
+                    }
+                    let i = py * p_across + px;
+                    let tile = self.read_tile(above.0[i], above.1[i])?;
+                    for y in py * ct..((py + 1) * ct).min(r1) {
+                        for x in px * ct..((px + 1) * ct).min(c1) {
+                            for ch in 0..c {
+                                region[(ch * rows + y - r0) * cols + x - c0] =
+                                    tile[((y - py * ct) * ct + x - px * ct) * c + ch];
+                            }
+                        }
+                    }
+                }
+                let (rh, rw) = (rows.div_ceil(2), cols.div_ceil(2));
+                let reduced = super::pyramid::reduce(&region, c, rows, cols, labels);
+                let mut raw = Vec::with_capacity(ct * ct * c * self.spec.out.bytes());
+                for y in 0..ct {
+                    for x in 0..ct {
+                        for ch in 0..c {
+                            let v = if y < rh && x < rw { reduced[(ch * rh + y) * rw + x] } else { 0.0 };
+                            encode(v, self.spec.out, &mut raw);
+                        }
+                    }
+                }
+                let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
+                let compressing = |e| Error::codec(Side::Output, &self.path, "compressing", e);
+                z.write_all(&raw).map_err(compressing)?;
+                let packed = z.finish().map_err(compressing)?;
+                offsets[ty * across + tx] = self.append(&packed)?;
+                counts[ty * across + tx] = packed.len() as u64;
+            }
+        }
+        Ok((offsets, counts))
+    }
+
+    /// Append an IFD for an image of `h x w` with these tiles, and return where it starts.
+    /// `subfile`: NewSubfileType (1 for a reduced-resolution level); `description`: the OME-XML;
+    /// `sub_ifds`: the levels' IFDs, for the main image.
+    #[allow(clippy::too_many_arguments)]
+    fn write_ifd(
+        &mut self,
+        h: usize,
+        w: usize,
+        offsets: &[u64],
+        counts: &[u64],
+        subfile: Option<u32>,
+        description: Option<&str>,
+        sub_ifds: &[u64],
+    ) -> Result<u64> {
         let s = self.spec;
         let c = s.channels as u64;
         let (bits, format) = match s.out {
@@ -582,18 +696,12 @@ impl Sink for TiffSink {
             OutType::F16 => (16, 3),
             OutType::F32 => (32, 3),
         };
-        let arrays = |this: &mut TiffSink, bytes: Vec<u8>| -> Result<u64> {
-            if this.pos % 2 == 1 {
-                this.append(&[0])?;
-            }
-            this.append(&bytes)
-        };
         let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let le64 = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         // (tag, type, count, value bytes); values over 8 bytes go out of line.
         let mut entries: Vec<(u16, u16, u64, Vec<u8>)> = vec![
-            (256, 4, 1, (s.width as u32).to_le_bytes().to_vec()),
-            (257, 4, 1, (s.height as u32).to_le_bytes().to_vec()),
+            (256, 4, 1, (w as u32).to_le_bytes().to_vec()),
+            (257, 4, 1, (h as u32).to_le_bytes().to_vec()),
             (258, 3, c, le16(&vec![bits; s.channels])),
             (259, 3, 1, le16(&[8])),
             (262, 3, 1, le16(&[if s.channels == 3 { 2 } else { 1 }])),
@@ -601,19 +709,27 @@ impl Sink for TiffSink {
             (284, 3, 1, le16(&[1])),
             (322, 4, 1, (s.chunk as u32).to_le_bytes().to_vec()),
             (323, 4, 1, (s.chunk as u32).to_le_bytes().to_vec()),
-            (324, 16, self.offsets.len() as u64, le64(&self.offsets.clone())),
-            (325, 16, self.counts.len() as u64, le64(&self.counts.clone())),
+            (324, 16, offsets.len() as u64, le64(offsets)),
+            (325, 16, counts.len() as u64, le64(counts)),
             (339, 3, c, le16(&vec![format; s.channels])),
         ];
         if s.channels > 1 && s.channels != 3 {
             entries.push((338, 3, c - 1, le16(&vec![0; s.channels - 1])));
         }
-        let description = ome_xml(&s);
-        entries.push((270, 2, description.len() as u64 + 1, [description.as_bytes(), b"\0"].concat()));
+        if let Some(kind) = subfile {
+            entries.push((254, 4, 1, kind.to_le_bytes().to_vec()));
+        }
+        if let Some(d) = description {
+            entries.push((270, 2, d.len() as u64 + 1, [d.as_bytes(), b"\0"].concat()));
+        }
+        if !sub_ifds.is_empty() {
+            entries.push((330, 18, sub_ifds.len() as u64, le64(sub_ifds)));
+        }
         if let Some(px) = s.pixel_size {
-            // Pixels per centimetre, as RATIONAL numerator/denominator (millionths).
+            // Pixels per centimetre at this level, as RATIONAL numerator/denominator (millionths).
+            let scale = s.width as f64 / w as f64;
             let rational = |um: f64| {
-                let per_cm = 10_000.0 / um;
+                let per_cm = 10_000.0 / (um * scale);
                 [((per_cm * 1e6).round().min(u32::MAX as f64) as u32).to_le_bytes(), 1_000_000u32.to_le_bytes()]
                     .concat()
             };
@@ -630,7 +746,7 @@ impl Sink for TiffSink {
                 v.resize(8, 0);
                 v
             } else {
-                arrays(&mut self, bytes)?.to_le_bytes().to_vec()
+                self.append_aligned(&bytes)?.to_le_bytes().to_vec()
             };
             ifd.extend_from_slice(&tag.to_le_bytes());
             ifd.extend_from_slice(&ty.to_le_bytes());
@@ -638,9 +754,14 @@ impl Sink for TiffSink {
             ifd.extend_from_slice(&value);
         }
         ifd.extend_from_slice(&0u64.to_le_bytes());
-        let ifd_at = arrays(&mut self, ifd)?;
-        let err = |e: std::io::Error| Error::io(Side::Output, &self.path, "write failed", e);
-        self.file.seek(SeekFrom::Start(8)).and_then(|_| self.file.write_all(&ifd_at.to_le_bytes())).map_err(err)?;
-        self.file.sync_all().map_err(err)
+        self.append_aligned(&ifd)
+    }
+
+    /// Append at an even offset, as TIFF wants for IFDs and their arrays.
+    fn append_aligned(&mut self, bytes: &[u8]) -> Result<u64> {
+        if self.pos % 2 == 1 {
+            self.append(&[0])?;
+        }
+        self.append(bytes)
     }
 }
