@@ -255,6 +255,146 @@ fn two_shards_fill_one_ome_zarr_like_one_run() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// The input of the concurrent shard tests: 600x500 in 64x64 tiles, 80 tiles (20 per shard of 4).
+const CLUSTER_INPUT: &str = "synth:600x500:3";
+
+impl Cli {
+    /// `seamless infer` on [`CLUSTER_INPUT`] into `out` (tile 64 unless `extra` gives one),
+    /// started and not waited for.
+    fn spawn(&self, out: &str, extra: &[&str]) -> std::process::Child {
+        let (m, o) = (self.p("m.safetensors"), self.p(out));
+        let tile: &[&str] = if extra.contains(&"--tile") { &[] } else { &["--tile", "64"] };
+        Command::new(env!("CARGO_BIN_EXE_seamless"))
+            .args(["infer", "--model", s(&m), "--input", CLUSTER_INPUT, "--output", s(&o), "-q"])
+            .args(tile)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs")
+    }
+
+    /// Names in the run's folder that a finished or refused run must not leave: partial stores,
+    /// lock files, stores renamed aside.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".partial") || n.contains(".lock") || n.contains(".replaced"))
+            .collect()
+    }
+}
+
+/// Every file under `dir` whose name contains `part`.
+fn files_named(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            found.extend(files_named(&p, part));
+        } else if p.file_name().unwrap().to_string_lossy().contains(part) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// Start shard `i/n` of `out` for each `(i, extra options)`, all at once.
+fn spawn_shards(c: &Cli, out: &str, n: usize, shards: &[(usize, &[&str])]) -> Vec<std::process::Child> {
+    shards
+        .iter()
+        .map(|&(i, extra)| {
+            let shard = format!("{i}/{n}");
+            let mut args = vec!["--shard", &shard];
+            args.extend_from_slice(extra);
+            c.spawn(out, &args)
+        })
+        .collect()
+}
+
+/// Four shard processes started at the same moment on one machine (as a job array starts them)
+/// fill one OME-Zarr: each exits 0, exactly one of them moves the store into place, nothing of
+/// the run is left beside it or in it, and it equals one unsharded run bit for bit.
+#[test]
+fn concurrent_shards_fill_one_ome_zarr_like_one_run() {
+    let c = Cli::new();
+    let o = c.spawn("one.zarr", &[]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let one = read_all(&c.p("one.zarr"));
+    for round in 0..3 {
+        let out = format!("four-{round}.zarr");
+        let sums: Vec<String> = (0..4).map(|i| s(&c.p(&format!("sum-{round}-{i}.json"))).to_string()).collect();
+        let extra: Vec<[&str; 2]> = sums.iter().map(|p| ["--summary", p.as_str()]).collect();
+        let shards: Vec<(usize, &[&str])> = (0..4).map(|i| (i, &extra[i][..])).collect();
+        for (i, child) in spawn_shards(&c, &out, 4, &shards).into_iter().enumerate() {
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "round {round}, shard {i}/4: {}", stderr(&o));
+        }
+        assert!(c.p(&out).is_dir(), "round {round}: the output is not in place");
+        assert_eq!(c.leftovers(), Vec::<String>::new(), "round {round}");
+        let inside = files_named(&c.p(&out), "seamless-");
+        assert!(inside.is_empty(), "round {round}: {inside:?}");
+        assert_eq!(read_all(&c.p(&out)), one, "round {round}: the shards' output differs from one run");
+        // Each shard computed its own quarter, and the shard that moved the store says so.
+        let sums: Vec<serde_json::Value> =
+            sums.iter().map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()).collect();
+        let computed: u64 = sums.iter().map(|v| v["tiles_computed"].as_u64().unwrap()).sum();
+        assert_eq!(computed, 80, "round {round}");
+        assert!(sums.iter().all(|v| v["tiles_total"] == 20), "round {round}");
+        assert!(sums.iter().any(|v| v["complete"] == true), "round {round}");
+    }
+}
+
+/// A shard started with other settings while the others run is refused (exit 5, naming the
+/// reason) and writes nothing; the output is never a mix of two runs. Whichever shard records the
+/// run first defines it: when the odd one wins the race, the others are the ones refused.
+#[test]
+fn a_concurrent_shard_with_other_settings_is_refused_and_never_mixed_in() {
+    let c = Cli::new();
+    let refused = |o: &Output, what: &str| {
+        assert_eq!(o.status.code(), Some(5), "{what}: {}", stderr(o));
+        assert!(stderr(o).contains("other shards of this output run with other settings"), "{what}: {}", stderr(o));
+    };
+    // The odd shard starts once the run is recorded, while the other three are computing.
+    let mut good = spawn_shards(&c, "halo.zarr", 4, &[(0, &[]), (1, &[]), (2, &[])]);
+    let run = c.p("halo.zarr.partial").join("seamless-run.json");
+    let t0 = std::time::Instant::now();
+    while !run.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no shard recorded the run");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let odd = c.spawn("halo.zarr", &["--shard", "3/4", "--halo", "0"]).wait_with_output().unwrap();
+    refused(&odd, "--halo 0");
+    for (i, child) in good.drain(..).enumerate() {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "shard {i}/4: {}", stderr(&o));
+    }
+    assert!(!c.p("halo.zarr").exists(), "three shards of four completed the output");
+    // The refused shard left nothing in the store: its own run completes it to one run's bytes.
+    let o = c.spawn("halo.zarr", &["--shard", "3/4"]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+    let o = c.spawn("one.zarr", &[]).wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_all(&c.p("halo.zarr")), read_all(&c.p("one.zarr")));
+
+    // All four at once, one with another tile: either the odd one is refused or, when it recorded
+    // the run first, every other one is; never both kinds write, and the output never completes.
+    let odd: &[&str] = &["--tile", "32"];
+    let out = spawn_shards(&c, "tile.zarr", 4, &[(0, &[]), (1, &[]), (2, &[]), (3, odd)]);
+    let out: Vec<Output> = out.into_iter().map(|ch| ch.wait_with_output().unwrap()).collect();
+    let ok: Vec<bool> = out.iter().map(|o| o.status.success()).collect();
+    if ok[3] {
+        for (i, o) in out[..3].iter().enumerate() {
+            refused(o, &format!("shard {i}/4 after the odd shard recorded the run"));
+        }
+    } else {
+        refused(&out[3], "--tile 32");
+        assert!(ok[..3].iter().all(|&k| k), "{ok:?}: {}", stderr(&out[0]));
+    }
+    assert!(!c.p("tile.zarr").exists(), "a refused shard's tiles were counted: {ok:?}");
+}
+
 #[test]
 fn memory_stays_bounded_on_a_20000_by_20000_image() {
     // A 400-megapixel tiled BigTIFF (zero tiles compress to almost nothing) through a tiny model;

@@ -518,19 +518,29 @@ fn commit(
     if !(0..n).all(|k| mark(k).exists()) {
         return Ok(false);
     }
+    // Shards finishing at the same moment may each see every mark: exactly one of them, the one
+    // that takes the commit lock, builds the pyramid and moves the store; the others leave it to
+    // that one (which may take a while: the pyramid reads the whole of level 0).
+    let moved = || out.exists() && !partial.exists();
+    let mut commit_lock = partial.as_os_str().to_owned();
+    commit_lock.push(".commit.lock");
+    let Ok(_lock) = Lock::acquire(Path::new(&commit_lock), out) else {
+        return Ok(moved());
+    };
+    if moved() {
+        return Ok(true); // by the shard that held the lock before this one
+    }
+    // Checked before the marks are removed: when something took the output's name meanwhile, a
+    // shard rerun with --resume (and --overwrite) can still complete the store.
+    check_destination(out, zarr, opts.existing, &[])?;
     pyramid()?;
     for k in 0..n {
         let _ = std::fs::remove_file(mark(k));
         let _ = std::fs::remove_file(partial.join(format!("seamless-shard-{k}-of-{n}.journal")));
     }
-    check_destination(out, zarr, opts.existing, &[])?;
     let _ = std::fs::remove_file(partial.join("seamless-run.json"));
-    match move_into_place(partial, out) {
-        Ok(()) => Ok(true),
-        // Another shard finished at the same moment and moved it already.
-        Err(_) if out.exists() && !partial.exists() => Ok(true),
-        Err(e) => Err(Error::io(Side::Output, out, "cannot move into place", e)),
-    }
+    move_into_place(partial, out).map_err(|e| Error::io(Side::Output, out, "cannot move into place", e))?;
+    Ok(true)
 }
 
 /// Write an image produced band by band (`band(y0, rows)` gives rows `y0..y0+rows`, all columns)
