@@ -65,10 +65,11 @@ pub trait MemoryModel: Sync {
 /// image's pixels) is at most `1 + AUTO_COMPUTE_SLACK` times the least compute of the tiles that
 /// fit the budget. Why 5%: past a few halos a tile's compute falls by a few percent per doubling
 /// of its side while its window's memory grows fourfold, and the memory costs time the compute
-/// count does not show (first-touch page faults, cache misses: on an 8192x8192 slide the largest
-/// tile that fit the default 4 GiB took GBs of memory and seconds of system time for 2% less
-/// compute than 2048x2048 tiles; docs/perf.md). 5% keeps the extra arithmetic below the noise
-/// of a run while dropping the window's memory several times over.
+/// count does not show (first-touch page faults, a larger resident set: on an 8192x8192 slide the
+/// demo U-Net's largest tile under the default 4 GiB, 4608x4608 for a TIFF, took 3.6 GB and 6.5 s
+/// of system time for 4.7% less compute than 2048x2048 tiles, which took 0.85 GB and 2.2 s in the
+/// same user time; docs/perf.md). 5% keeps the extra arithmetic near a run's noise while dropping
+/// the window's memory several times over.
 pub const AUTO_COMPUTE_SLACK: f64 = 0.05;
 
 /// Windows in flight in the streaming runner: one queued between each pair of its three threads
