@@ -9,7 +9,7 @@ use seamless::embed::{Cancel, Device, Engine, Error, Options, OutputKind, Progre
 
 fn main() -> Result<(), Error> {
     let model = std::env::args().nth(1).unwrap_or_else(|| "models/unet-demo.safetensors".into());
-    // The CPU with a 256 MiB budget: the planner cuts images into the largest tiles that fit.
+    // The CPU with a 256 MiB budget: the planner picks tiles that fit (as `--tile auto`).
     let options = Options { device: Device::Cpu, memory_budget: Some(256 << 20), ..Options::default() };
     let engine = Engine::open(&model, &options)?;
     println!("{} on {}", model, engine.backend_name());

@@ -45,7 +45,7 @@ uint32_t seamless_engine_classes(const struct SeamlessEngine *engine);
 
 // Softmax probabilities of an image in memory: `image` holds `channels x height x width` floats
 // (channel-major, raw values; z-scored over the whole image here), `probs` receives
-// `classes x height x width` floats. Exact tiling in the largest tiles that fit the budget.
+// `classes x height x width` floats. Exact tiling in the tiles `seamless infer --tile auto` picks for the budget.
 //
 // # Safety
 // `engine` is a live engine; `image` holds `channels * height * width` floats and `probs` room for `classes * height * width`; `error` as for `seamless_engine_open`.

@@ -53,7 +53,7 @@ pub struct Options {
     pub device: Device,
     /// f16 needs CUDA; the CPU computes in f32.
     pub precision: Precision,
-    /// Bytes the runs may use (the planner picks the largest tile that fits). Default: on the CPU
+    /// Bytes the runs may use (the planner picks a tile that fits, as `--tile auto`). Default: on the CPU
     /// half the memory available now, at most 4 GiB; on CUDA the device's free memory less 10%.
     pub memory_budget: Option<usize>,
     /// CPU worker threads (default: rayon's global pool, all cores). With a number, the engine's
@@ -176,15 +176,17 @@ impl Engine {
         self.budget
     }
 
-    /// The tile (rows, columns) the planner picks for an image of `h x w` under the budget.
+    /// The tile (rows, columns) the planner picks for an image of `h x w` under the budget: the
+    /// smallest within [`crate::planner::AUTO_COMPUTE_SLACK`] of the least compute among those
+    /// that fit, as `seamless infer --tile auto`.
     pub fn tile_for(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        let choice = TilePlanner::new(&self.model, h, w, self.backend.memory())?.choose(self.budget)?;
+        let choice = TilePlanner::new(&self.model, h, w, self.backend.memory())?.choose_auto(self.budget)?.choice;
         Ok((choice.tile_h, choice.tile_w))
     }
 
     /// Softmax probabilities (classes x H x W) of an image held in memory (channels x H x W, raw
-    /// values), z-scored over the whole image as `seamless infer` does by default, in the largest
-    /// tiles that fit the budget with the exact halo. `progress` hears of each tile; `cancel` stops
+    /// values), z-scored over the whole image as `seamless infer` does by default, in the tiles
+    /// `seamless infer --tile auto` picks for the budget, with the exact halo. `progress` hears of each tile; `cancel` stops
     /// the run with [`Error::Cancelled`].
     pub fn segment(
         &self,
@@ -221,7 +223,7 @@ impl Engine {
 
     /// Segment the image `input` (a TIFF, OME-Zarr, .npy or PNG file, or `synth:WxH`) into the
     /// file `output` (its format from its extension), streamed a tile at a time with the exact halo
-    /// in the largest tiles that fit the budget: what `seamless infer` does. `kind` says labels or
+    /// in the tiles `--tile auto` picks for the budget: what `seamless infer` does. `kind` says labels or
     /// probabilities; an existing output is replaced only with `overwrite`.
     pub fn run_file(
         &self,
@@ -244,7 +246,7 @@ impl Engine {
         if format == Format::Tiff {
             // Output TIFF tiles are multiples of 16.
             let planner = TilePlanner::new(&self.model, h, w, self.backend.memory())?.with_multiple(16);
-            let c = planner.choose(self.budget)?;
+            let c = planner.choose_auto(self.budget)?.choice;
             tile = (c.tile_h, c.tile_w);
         }
         let mut opts = StreamOptions::new(format, tile, self.model.exact_halo());

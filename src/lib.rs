@@ -3,9 +3,10 @@
 //! The data path: a [`slide::Source`] reads the image a window at a time (or [`image_io`] reads a
 //! small one whole), [`normalize`] computes statistics over the whole image, and the image, padded
 //! to a multiple of the alignment A, is cut into the [`tile_grid`] that the model's
-//! [`receptive_field`] allows (by default with the largest tile the memory [`planner`] fits in the
-//! budget). Each window runs through the [`graph`] on a [`backend::Backend`] — the CPU ([`cpu`])
-//! or a GPU ([`cuda`]) — and a [`slide::Sink`] writes each tile's interior, which equals the
+//! [`receptive_field`] allows (by default with the tile the memory [`planner`] picks for the budget:
+//! the smallest that fits with compute within a few percent of the least). Each window runs
+//! through the [`graph`] on a [`backend::Backend`] — the CPU ([`cpu`]) or a GPU ([`cuda`]) — and
+//! a [`slide::Sink`] writes each tile's interior, which equals the
 //! whole-image result bit for bit. [`slide::stream`] runs this for images of any size, reading,
 //! computing and writing on three threads; [`pipeline`] runs it for an image held in memory. The
 //! method, the exactness contract and a map of these modules: `docs/design.md`.

@@ -35,8 +35,8 @@ pub struct DemoArgs {
     /// Tile size: N, WxH (width x height) or auto.
     #[arg(long, default_value = "auto")]
     tile: String,
-    /// Memory the run may use; `--tile auto` picks the largest tile that fits. The small default
-    /// makes the demo tile even on a large machine.
+    /// Memory the run may use; `--tile auto` picks among the tiles that fit it (see `seamless infer
+    /// --help`). The small default makes the demo tile even on a large machine.
     #[arg(long, default_value = "256MiB")]
     memory_budget: String,
     /// Compute backend. `auto` uses CUDA when a GPU and NVRTC are found, else the CPU (and says why).

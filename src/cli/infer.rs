@@ -10,7 +10,7 @@ use seamless::normalize::{NormSpec, Normalize};
 use seamless::output::{Existing, check_destination};
 use seamless::pipeline::{self, PadMode, Progress, Tiling};
 use seamless::planner::tile_plan::parse_bytes;
-use seamless::planner::{Precision, TilePlanner};
+use seamless::planner::{AUTO_COMPUTE_SLACK, Precision, TilePlanner};
 use seamless::slide::Cancel;
 use seamless::slide::select::Channels;
 use seamless::slide::stream::{self, OutputKind, StreamOptions};
@@ -78,11 +78,14 @@ pub struct InferArgs {
     /// tiles, time (read, statistics, compute, write), throughput and peak memory.
     #[arg(long)]
     pub summary: Option<PathBuf>,
-    /// Output tile size: N (square), WxH (width x height, like every size in seamless), or auto.
+    /// Output tile size: N (square), WxH (width x height, like every size in seamless), or auto:
+    /// among the tiles that fit --memory-budget, the smallest whose compute (pixels of all windows,
+    /// halos included) is within 5% of the least; the line starting `plan:` says which and why.
     /// Must be a multiple of the model's down-sampling factor A (see `seamless info`).
     #[arg(long, default_value = "auto")]
     pub tile: String,
-    /// Memory the run may use (e.g. 4GiB, 512MiB); `--tile auto` picks the largest tile that fits.
+    /// Memory the run may use (e.g. 4GiB, 512MiB); `--tile auto` picks, among the tiles that fit,
+    /// the smallest whose compute (pixels of all windows) is within 5% of the least.
     /// Default: on the CPU half the memory available now, at most 4 GiB; on CUDA the device's free
     /// memory minus 10% (at least 256 MiB).
     #[arg(long)]
@@ -151,7 +154,8 @@ pub enum Backend {
     Cuda,
 }
 
-/// Tile size to use when the user says `auto`: the largest that fits the budget (the planner).
+/// Tile size to use when the user says `auto`: the smallest whose compute is within
+/// [`AUTO_COMPUTE_SLACK`] of the least among the tiles that fit the budget (the planner).
 pub fn auto_tile(
     backend: &dyn Compute,
     model: &Model,
@@ -161,24 +165,35 @@ pub fn auto_tile(
     quiet: bool,
 ) -> Result<(usize, usize)> {
     let mut planner = TilePlanner::new(model, h, w, backend.memory())?.with_multiple(multiple);
-    let choice = match planner.choose(budget) {
+    let auto = match planner.choose_auto(budget) {
         Err(Error::OutOfMemory { .. }) if multiple > 16 => {
             planner.set_multiple(16);
-            planner.choose(budget)?
+            planner.choose_auto(budget)?
         }
         other => other?,
     };
+    let (choice, largest) = (&auto.choice, &auto.largest);
     if !quiet {
+        let versus = if (largest.tile_h, largest.tile_w) == (choice.tile_h, choice.tile_w) {
+            "also the largest that fits".to_string()
+        } else {
+            format!(
+                "the largest that fits, {}x{}, would do {:.2}x",
+                largest.tile_w, largest.tile_h, largest.relative_compute
+            )
+        };
         eprintln!(
-            "plan: tile {}x{} (window {}x{}), peak {} of a {} budget, {} tile(s), {:.2}x the pixels of one whole pass",
+            "plan: tile {}x{} (auto: smallest within {:.0}% of the least compute, {:.2}x the pixels of one pass; \
+             {versus}), window {}x{}, peak {} of a {} budget, {} tile(s)",
             choice.tile_w,
             choice.tile_h,
+            AUTO_COMPUTE_SLACK * 100.0,
+            choice.relative_compute,
             choice.window_w,
             choice.window_h,
             human(choice.peak.total()),
             human(budget),
             choice.tiles,
-            choice.relative_compute
         );
     }
     Ok((choice.tile_h, choice.tile_w))
@@ -202,7 +217,7 @@ fn explicit_tile_fits(
         if need > budget {
             return Err(Error::Backend(format!(
                 "--tile {}x{}: a {ww}x{wh} window needs {}, more than the memory budget of {}; give a smaller \
-                 --tile, --tile auto (the largest that fits), or a larger --memory-budget",
+                 --tile, --tile auto (one that fits), or a larger --memory-budget",
                 tile.1,
                 tile.0,
                 human(need),
@@ -213,7 +228,7 @@ fn explicit_tile_fits(
     Ok(())
 }
 
-/// `--tile`: `auto` (the largest tile that fits the budget), `N` or `WxH`. (rows, columns).
+/// `--tile`: `auto` ([`auto_tile`]), `N` or `WxH`. (rows, columns).
 #[allow(clippy::too_many_arguments)]
 pub fn parse_tile(
     s: &str,

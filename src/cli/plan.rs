@@ -1,10 +1,11 @@
-//! `seamless plan`: how a model tiles an image under several memory budgets.
+//! `seamless plan`: how a model tiles an image under several memory budgets: the tile `--tile
+//! auto` takes, and the largest that fits.
 
 use seamless::Model;
 use seamless::error::{Error, Result};
 use seamless::planner::arena::liveness_peak;
 use seamless::planner::tile_plan::parse_bytes;
-use seamless::planner::{MemoryModel, Precision, TileChoice, TilePlanner};
+use seamless::planner::{AUTO_COMPUTE_SLACK, MemoryModel, Precision, TileChoice, TilePlanner};
 
 /// Whose memory `seamless plan` counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,8 +55,11 @@ pub struct PlanArgs {
 #[derive(serde::Serialize)]
 struct Row {
     budget_bytes: usize,
+    /// The tile `--tile auto` takes.
     #[serde(flatten)]
     choice: Option<TileChoice>,
+    /// The largest tile that fits.
+    largest: Option<TileChoice>,
     error: Option<String>,
 }
 
@@ -83,10 +87,12 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let planner = TilePlanner::new(&model, h, w, mem.as_ref())?;
     let rows: Vec<Row> = budgets
         .iter()
-        .map(|&b| match planner.choose(b) {
-            Ok(c) => Row { budget_bytes: b, choice: Some(c), error: None },
-            Err(Error::OutOfMemory { what, .. }) => Row { budget_bytes: b, choice: None, error: Some(what) },
-            Err(e) => Row { budget_bytes: b, choice: None, error: Some(e.to_string()) },
+        .map(|&b| match planner.choose_auto(b) {
+            Ok(c) => Row { budget_bytes: b, choice: Some(c.choice), largest: Some(c.largest), error: None },
+            Err(Error::OutOfMemory { what, .. }) => {
+                Row { budget_bytes: b, choice: None, largest: None, error: Some(what) }
+            }
+            Err(e) => Row { budget_bytes: b, choice: None, largest: None, error: Some(e.to_string()) },
         })
         .collect();
     if a.json {
@@ -103,13 +109,13 @@ pub fn run(a: PlanArgs) -> Result<()> {
         model.align()
     );
     println!(
-        "{:>10}  {:>13}  {:>5}  {:>13}  {:>11}  {:>8}  {:>8}  {:>9}  {:>5}",
-        "budget", "tile", "halo", "window", "peak", "overhead", "tiles", "compute", "batch"
+        "{:>10}  {:>13}  {:>5}  {:>13}  {:>11}  {:>8}  {:>8}  {:>9}  {:>5}  {:>24}",
+        "budget", "tile", "halo", "window", "peak", "overhead", "tiles", "compute", "batch", "largest that fits"
     );
     for r in &rows {
-        match &r.choice {
-            Some(c) => println!(
-                "{:>10}  {:>13}  {:>5}  {:>13}  {:>11}  {:>7.2}x  {:>8}  {:>8.3}x  {:>5}",
+        match (&r.choice, &r.largest) {
+            (Some(c), Some(l)) => println!(
+                "{:>10}  {:>13}  {:>5}  {:>13}  {:>11}  {:>7.2}x  {:>8}  {:>8.3}x  {:>5}  {:>24}",
                 human(r.budget_bytes),
                 format!("{}x{}", c.tile_w, c.tile_h),
                 c.halo,
@@ -118,16 +124,19 @@ pub fn run(a: PlanArgs) -> Result<()> {
                 c.halo_overhead,
                 c.tiles,
                 c.relative_compute,
-                c.batch
+                c.batch,
+                format!("{}x{}, {:.3}x, {}", l.tile_w, l.tile_h, l.relative_compute, human(l.peak.total()))
             ),
-            None => println!("{:>10}  does not fit: {}", human(r.budget_bytes), r.error.as_deref().unwrap_or("")),
+            _ => println!("{:>10}  does not fit: {}", human(r.budget_bytes), r.error.as_deref().unwrap_or("")),
         }
     }
     println!(
-        "overhead = ((T+2H)/T)^2 for an interior tile; compute = input pixels processed / image pixels \
-         (1.0 = whole image at once); batch = windows that fit at once"
+        "tile = what --tile auto takes: the smallest within {:.0}% of the least compute among the tiles that fit; \
+         overhead = ((T+2H)/T)^2 for an interior tile; compute = input pixels processed / image pixels \
+         (1.0 = whole image at once); batch = windows that fit at once",
+        AUTO_COMPUTE_SLACK * 100.0
     );
-    if let Some(c) = rows.iter().filter_map(|r| r.choice.as_ref()).next_back() {
+    if let Some(c) = rows.iter().filter_map(|r| r.largest.as_ref()).next_back() {
         let plain = liveness_peak(planner.graph(), c.window_h, c.window_w)? * a.precision.bytes();
         println!(
             "for the {}x{} window: planned arena {}; one buffer per activation, freed after its last reader, \

@@ -1,9 +1,17 @@
-//! The largest tile that fits a memory budget, with its exact halo.
+//! The tile for a memory budget, with its exact halo: the largest that fits, and the one
+//! `--tile auto` takes, the smallest whose compute is within [`AUTO_COMPUTE_SLACK`] of the least.
 //!
 //! Peak memory of a tiled run = weights + the arena of the largest window the grid produces +
 //! the backend's workspace and staging for it, counted for the graph the backend really runs. Tiles are multiples of A; the search finds a tile that fits
 //! while the next larger aligned one does not, square first, then stretched along the image's
 //! longer side when the image is narrower than the square tile.
+//!
+//! Compute is deterministic: the input pixels of every window of the grid (tile + halo on each
+//! side, clipped to the image) over the pixels of the padded image. It falls quickly as tiles grow
+//! past a few halos and then hardly at all, while a window's memory grows with its area; so
+//! `--tile auto` weighs every candidate tile that fits (the squares, multiples of the step, up to
+//! the largest, clipped to the image and then stretched along its longer side, as the search
+//! grows them) and takes the smallest within the slack of the least compute among them.
 
 use std::borrow::Cow;
 
@@ -52,6 +60,17 @@ pub trait MemoryModel: Sync {
     /// Peak memory of one forward pass of the lowered `graph` with `plan`.
     fn peak(&self, graph: &Graph, plan: &ArenaPlan) -> Peak;
 }
+
+/// `--tile auto` takes the smallest tile whose compute (input pixels of all windows over the
+/// image's pixels) is at most `1 + AUTO_COMPUTE_SLACK` times the least compute of the tiles that
+/// fit the budget. Why 5%: past a few halos a tile's compute falls by a few percent per doubling
+/// of its side while its window's memory grows fourfold, and the memory costs time the compute
+/// count does not show (first-touch page faults, a larger resident set: on an 8192x8192 slide the
+/// demo U-Net's largest tile under the default 4 GiB, 4608x4608 for a TIFF, took 3.6 GB and 6.5 s
+/// of system time for 4.7% less compute than 2048x2048 tiles, which took 0.85 GB and 2.2 s in the
+/// same user time; docs/perf.md). 5% keeps the extra arithmetic near a run's noise while dropping
+/// the window's memory several times over.
+pub const AUTO_COMPUTE_SLACK: f64 = 0.05;
 
 /// Windows in flight in the streaming runner: one queued between each pair of its three threads
 /// (reader -> compute -> writer), beside the one each thread holds. One is enough for the threads
@@ -110,6 +129,19 @@ pub struct TileChoice {
     pub relative_compute: f64,
     /// How many windows of this size would fit at once (a batch), at most the number of tiles.
     pub batch: usize,
+}
+
+/// What `--tile auto` picks ([`TilePlanner::choose_auto`]), and what it was weighed against.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutoChoice {
+    /// The smallest candidate tile within [`AUTO_COMPUTE_SLACK`] of the least compute.
+    pub choice: TileChoice,
+    /// The largest tile that fits ([`TilePlanner::choose`]).
+    pub largest: TileChoice,
+    /// The least compute (`relative_compute`) among the candidates that fit.
+    pub least_compute: f64,
+    /// How many candidate tiles fit and were weighed.
+    pub candidates: usize,
 }
 
 /// Plans for one image under one budget.
@@ -230,6 +262,57 @@ impl<'a> TilePlanner<'a> {
             th = self.search(th, hp, &|t| self.fits(t, tw, budget))?;
         }
         self.describe(th, tw, budget)
+    }
+
+    /// The tiles `--tile auto` weighs below `largest` (rows, columns), smallest first, `largest`
+    /// last: squares of side k x step clipped to the padded image (so along a narrow image's
+    /// longer side they grow as the search does), each once, none larger than `largest` in
+    /// either side. Whether they fit is the caller's to check.
+    pub fn candidates(&self, largest: (usize, usize)) -> Vec<(usize, usize)> {
+        let (hp, wp) = (self.padded_h, self.padded_w);
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        let mut s = self.step;
+        while s < hp.max(wp) + self.step {
+            let t = (s.min(hp), s.min(wp));
+            if t.0 > largest.0 || t.1 > largest.1 {
+                break;
+            }
+            if out.last() != Some(&t) {
+                out.push(t);
+            }
+            s += self.step;
+        }
+        if out.last() != Some(&largest) {
+            out.retain(|&t| t != largest);
+            out.push(largest);
+        }
+        out
+    }
+
+    /// Input pixels of every window of the grid of `th x tw` tiles over the padded image's pixels
+    /// (1.0: the whole image in one pass).
+    pub fn relative_compute(&self, th: usize, tw: usize) -> Result<f64> {
+        Ok(self.grid(th, tw)?.window_pixels() as f64 / (self.padded_h * self.padded_w) as f64)
+    }
+
+    /// What `--tile auto` takes: among the candidate tiles that fit `budget` ([`Self::candidates`]
+    /// up to [`Self::choose`]'s largest), the smallest whose compute is within
+    /// [`AUTO_COMPUTE_SLACK`] of the least. Compute is counted, not timed, so the choice is
+    /// the same on every run.
+    pub fn choose_auto(&self, budget: usize) -> Result<AutoChoice> {
+        let largest = self.choose(budget)?;
+        let top = (largest.tile_h, largest.tile_w);
+        let mut weighed = Vec::new();
+        for t in self.candidates(top) {
+            if t == top || self.fits(t.0, t.1, budget)? {
+                weighed.push((t, self.relative_compute(t.0, t.1)?));
+            }
+        }
+        let least = weighed.iter().map(|&(_, c)| c).fold(f64::INFINITY, f64::min);
+        let &((th, tw), _) =
+            weighed.iter().find(|&&(_, c)| c <= least * (1.0 + AUTO_COMPUTE_SLACK)).expect("the least is weighed");
+        let choice = if (th, tw) == top { largest.clone() } else { self.describe(th, tw, budget)? };
+        Ok(AutoChoice { choice, largest, least_compute: least, candidates: weighed.len() })
     }
 
     pub fn describe(&self, th: usize, tw: usize, budget: usize) -> Result<TileChoice> {

@@ -64,7 +64,7 @@ pub struct StreamOptions {
 }
 
 impl StreamOptions {
-    /// The defaults of `seamless infer` for `format`: the exact halo and the largest tile that fits
+    /// The defaults of `seamless infer` for `format`: the exact halo and the tile `--tile auto` picks
     /// are the caller's to fill in (`tile`, `halo`).
     pub fn new(format: Format, tile: (usize, usize), halo: usize) -> StreamOptions {
         StreamOptions {
