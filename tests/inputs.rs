@@ -156,13 +156,15 @@ enum TileCoding {
     DeflatePredictor,
     /// Uncompressed, one plane per channel (planar configuration 2).
     Planar,
+    /// Marked Aperio JPEG 2000 (33003) but holding no valid codestream.
+    BrokenJpeg2000,
 }
 
 /// One stored tile of `raw` (tile x tile interleaved RGB) in `coding`; planar gives three.
 fn encode_tile(raw: &[u8], tile: usize, coding: TileCoding) -> Vec<Vec<u8>> {
     use std::io::Write;
     match coding {
-        TileCoding::Raw => vec![raw.to_vec()],
+        TileCoding::Raw | TileCoding::BrokenJpeg2000 => vec![raw.to_vec()],
         TileCoding::JpegYcbcr => {
             let mut out = Vec::new();
             let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
@@ -233,6 +235,7 @@ fn write_tiled_tiff(path: &Path, levels: &[Tensor], tile: usize, description: &s
             TileCoding::Zstd => (50000, 2, 1),
             TileCoding::WebP => (50001, 2, 1),
             TileCoding::DeflatePredictor => (8, 2, 1),
+            TileCoding::BrokenJpeg2000 => (33003, 2, 1),
         };
         let mut extra: Vec<u8> = Vec::new();
         // (tag, type, count, value or bytes): type 3 SHORT, 4 LONG, 2 ASCII.
@@ -408,6 +411,13 @@ fn tiled_tiffs_in_every_scanner_compression_read_back_and_stream_exactly() {
         let back = read_whole(&path);
         assert_eq!(difference(&back, &rgb).0, 0.0, "{coding:?}: lossless, yet the pixels differ");
     }
+
+    // JPEG 2000 (Aperio) goes to OpenSlide; one it cannot read is refused saying so.
+    let j2k = d.p("j2k.tif");
+    write_tiled_tiff(&j2k, std::slice::from_ref(&rgb), 64, "seamless test", TileCoding::BrokenJpeg2000);
+    let o = d.infer(&j2k, "x.npy", &["--channels", "grey"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("JPEG 2000") && stderr(&o).contains("OpenSlide"), "{}", stderr(&o));
 
     // JPEG in YCbCr 4:2:0: the usual whole-slide compression. Near the original (quality 95)...
     let jpeg = d.p("jpeg.tif");

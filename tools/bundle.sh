@@ -151,7 +151,7 @@ step() {  # step NAME LOGFILE SECONDS COMMAND...: run, log, record PASS/FAIL/TIM
   pack
 }
 pack() {
-  [ -n "${PACK:-}" ] && tar czf "$PACK.tmp" -C "$results" --exclude=./work --exclude=./kernel-cache . 2>/dev/null \
+  [ -n "${PACK:-}" ] && tar czf "$PACK.tmp" -C "$results" --exclude=./work --exclude=./kernel-cache --exclude='*.png' . 2>/dev/null \
     && mv "$PACK.tmp" "$PACK"
   return 0
 }
@@ -201,6 +201,15 @@ for name in sys.argv[2:]:
 sys.exit(1 if bad else 0)
 ' "$work/cpu.npy" "$work/whole-f32.npy" "$work/whole-f16.npy"
 rm -f "$work"/*.npy
+
+# QUICK=1: correctness only (a re-check after a change); the speed and memory steps are skipped.
+if [ "${QUICK:-0}" = 1 ]; then
+  say "SKIP  speed and memory steps (QUICK=1)"
+  say ""
+  if [ $failed = 0 ]; then say "ALL PASSED"; else say "SOME CHECKS FAILED (see the logs above)"; fi
+  pack
+  exit $failed
+fi
 
 # Speed and memory of the CUDA backend: per-layer table with the device's tensor-core rate, for
 # both families at both precisions.

@@ -273,10 +273,18 @@ impl<'a> TilePlanner<'a> {
         let mut out: Vec<(usize, usize)> = Vec::new();
         let mut s = self.step;
         while s < hp.max(wp) + self.step {
-            let t = (s.min(hp), s.min(wp));
-            if t.0 > largest.0 || t.1 > largest.1 {
+            let clipped = (s.min(hp), s.min(wp));
+            if clipped.0 > largest.0 || clipped.1 > largest.1 {
                 break;
             }
+            // Unless the tile is the whole image, a side clipped to the image is rounded up to the
+            // step again: tiles beside it must stay multiples of it (TIFF tiles of 16 or 256 px),
+            // and the grid clips its last windows to the image anyway.
+            let t = if clipped == (hp, wp) {
+                clipped
+            } else {
+                (round_up(clipped.0, self.step), round_up(clipped.1, self.step))
+            };
             if out.last() != Some(&t) {
                 out.push(t);
             }

@@ -88,6 +88,12 @@ fn pages(path: &Path) -> Result<(Vec<Page>, Option<String>)> {
     Ok((pages, description))
 }
 
+/// Whether page 0's tiles are Aperio JPEG 2000 (compression 33003 or 33005).
+fn jpeg2000(path: &Path) -> Result<bool> {
+    let mut dec = decoder(path)?;
+    Ok(matches!(dec.find_tag_unsigned::<u16>(Tag::Compression), Ok(Some(33003 | 33005))))
+}
+
 /// Whether an OME-XML `description` says the full-size pages are the channels of one plane
 /// (SizeC of them, one Z, one T): how OME-TIFF stores multi-channel (fluorescence) images. The
 /// other case it describes, Z or T planes, is refused by the caller unless one page is picked.
@@ -102,6 +108,20 @@ fn ome_channel_pages(description: &str, full_pages: usize) -> Option<bool> {
 /// OME-TIFF's channel pages as one image. Several full-size pages of another kind (a z-stack, a
 /// time series, unrelated images) are refused, never cut silently to the first.
 pub fn open(path: &Path, page: Option<usize>) -> Result<Box<dyn Source>> {
+    if jpeg2000(path)? {
+        // Aperio's JPEG 2000 (33003 YCbCr, 33005 RGB): decoded by OpenSlide, which reads these.
+        return match super::openslide::OpenSlideSource::open(path, 0) {
+            Ok(src) if page.is_none_or(|p| p == 0) => Ok(Box::new(src)),
+            Ok(_) => Err(Error::Usage("--page: a JPEG 2000 slide is read through OpenSlide; use --level".into())),
+            Err(e) => Err(input_err(
+                path,
+                format!(
+                    "its tiles are JPEG 2000 (Aperio), which seamless reads through OpenSlide, and OpenSlide \
+                     could not read it: {e}"
+                ),
+            )),
+        };
+    }
     let (pages, description) = pages(path)?;
     if let Some(p) = page {
         if p >= pages.len() {
