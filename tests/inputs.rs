@@ -158,6 +158,8 @@ enum TileCoding {
     Planar,
     /// Marked Aperio JPEG 2000 (33003) but holding no valid codestream.
     BrokenJpeg2000,
+    /// JPEG (JFIF, so YCbCr inside) in a page that says RGB, as Aperio writes them.
+    JpegInRgbPage,
 }
 
 /// One stored tile of `raw` (tile x tile interleaved RGB) in `coding`; planar gives three.
@@ -165,7 +167,7 @@ fn encode_tile(raw: &[u8], tile: usize, coding: TileCoding) -> Vec<Vec<u8>> {
     use std::io::Write;
     match coding {
         TileCoding::Raw | TileCoding::BrokenJpeg2000 => vec![raw.to_vec()],
-        TileCoding::JpegYcbcr => {
+        TileCoding::JpegYcbcr | TileCoding::JpegInRgbPage => {
             let mut out = Vec::new();
             let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
             enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
@@ -236,6 +238,7 @@ fn write_tiled_tiff(path: &Path, levels: &[Tensor], tile: usize, description: &s
             TileCoding::WebP => (50001, 2, 1),
             TileCoding::DeflatePredictor => (8, 2, 1),
             TileCoding::BrokenJpeg2000 => (33003, 2, 1),
+            TileCoding::JpegInRgbPage => (7, 2, 1),
         };
         let mut extra: Vec<u8> = Vec::new();
         // (tag, type, count, value or bytes): type 3 SHORT, 4 LONG, 2 ASCII.
@@ -426,6 +429,10 @@ fn tiled_tiffs_in_every_scanner_compression_read_back_and_stream_exactly() {
     let (max, mean) = difference(&back, &rgb);
     eprintln!("JPEG YCbCr 4:2:0 q95 vs original: max {max}, mean {mean}");
     assert!(mean < 2.5 && max < 24.0, "JPEG YCbCr read back off by {max} at most, {mean} on average");
+    // The same tiles in a page that says RGB (Aperio's way) read the same.
+    let rgb_page = d.p("jpeg-rgb-page.tif");
+    write_tiled_tiff(&rgb_page, std::slice::from_ref(&rgb), 64, "seamless test", TileCoding::JpegInRgbPage);
+    assert!(read_whole(&rgb_page) == back, "JPEG in an RGB page reads differently from the YCbCr page");
     // ... any window reads the same values as the whole image ...
     let mut src = seamless::slide::open_source(s(&jpeg), None).unwrap();
     let win = src.read(37, 50, 80, 101).unwrap();

@@ -259,7 +259,7 @@ impl TiffSource {
             }
         };
         let planar = c > 1 && matches!(dec.find_tag_unsigned::<u16>(Tag::PlanarConfiguration), Ok(Some(2)));
-        let ycbcr = matches!(dec.colortype(), Ok(ColorType::YCbCr(_)));
+        let mut ycbcr = matches!(dec.colortype(), Ok(ColorType::YCbCr(_)));
         let tiled = dec.get_chunk_type() == ChunkType::Tile;
         // The header may claim any size (a 186-byte file claimed 10^12 pixels): every chunk must lie
         // inside the file, and the pixels must fit what its bytes can decompress to.
@@ -272,6 +272,17 @@ impl TiffSource {
             || offsets.iter().zip(&counts).any(|(&o, &n)| o.checked_add(n).is_none_or(|end| end > file_len))
         {
             return Err(input_err(path, "its chunk table points past the end of the file (truncated or corrupt?)"));
+        }
+        // JPEG tiles in a page that says RGB may still hold YCbCr (Aperio's do): the decoder hands
+        // the stream's own colours back, so look at the stream as libjpeg does.
+        let jpeg = matches!(dec.find_tag_unsigned::<u16>(Tag::Compression), Ok(Some(7)));
+        if jpeg && matches!(dec.colortype(), Ok(ColorType::RGB(8))) && !counts.is_empty() {
+            let mut head = vec![0u8; counts[0].min(1 << 16) as usize];
+            let mut f = File::open(path).map_err(|e| Error::io(Side::Input, path, "cannot open", e))?;
+            f.seek(SeekFrom::Start(offsets[0]))
+                .and_then(|_| std::io::Read::read_exact(&mut f, &mut head))
+                .map_err(|e| Error::io(Side::Input, path, "cannot read", e))?;
+            ycbcr = jpeg_is_ycbcr(&head);
         }
         let stored: u64 = counts.iter().sum();
         let bits = dec.colortype().map_err(bad)?.bit_depth() as u64;
@@ -376,6 +387,28 @@ impl TiffSource {
         }
         Ok(&self.cache[&index])
     }
+}
+
+/// Whether a 3-component JPEG stream holds YCbCr, decided as libjpeg does: an Adobe marker says
+/// (transform 0: RGB), else a JFIF marker means YCbCr, else component ids 'R', 'G', 'B' mean RGB,
+/// else YCbCr. `head` is the start of the stream (its markers come before the scan).
+fn jpeg_is_ycbcr(head: &[u8]) -> bool {
+    let (mut i, mut jfif, mut ids) = (2usize, false, None);
+    while i + 4 <= head.len() && head[i] == 0xFF {
+        let marker = head[i + 1];
+        let len = u16::from_be_bytes([head[i + 2], head[i + 3]]) as usize;
+        let body = &head[(i + 4).min(head.len())..(i + 2 + len).min(head.len())];
+        match marker {
+            0xE0 if body.starts_with(b"JFIF") => jfif = true,
+            0xEE if body.starts_with(b"Adobe") && body.len() >= 12 => return body[11] != 0,
+            // Start of frame: 3 components, each (id, sampling, table).
+            0xC0..=0xC3 if body.len() >= 15 && body[5] == 3 => ids = Some([body[6], body[9], body[12]]),
+            0xDA => break,
+            _ => {}
+        }
+        i += 2 + len;
+    }
+    jfif || ids != Some(*b"RGB")
 }
 
 /// JPEG's YCbCr (full range, ITU-R BT.601, the JFIF convention that TIFF's default reference
