@@ -151,7 +151,7 @@ step() {  # step NAME LOGFILE SECONDS COMMAND...: run, log, record PASS/FAIL/TIM
   pack
 }
 pack() {
-  [ -n "${PACK:-}" ] && tar czf "$PACK.tmp" -C "$results" --exclude=./work --exclude=./kernel-cache --exclude='*.png' . 2>/dev/null \
+  [ -n "${PACK:-}" ] && tar czf "$PACK.tmp" -C "$results" --exclude=./scratch --exclude=./kernel-cache --exclude='*.png' . 2>/dev/null \
     && mv "$PACK.tmp" "$PACK"
   return 0
 }
@@ -169,7 +169,7 @@ done
 
 # Exactness through the CLI on a full-size U-Net (64 filters, 4 poolings), and CUDA f32 against the
 # CPU backend on the same image.
-work="$results/work"
+work="$results/scratch"
 mkdir -p "$work"
 "$bin" synth --width 3000 --height 2500 --seed 5 --image "$work/slide.npy" >/dev/null 2>&1
 "$bin" random-model --arch unet --config '{"in_channels":1,"classes":2,"base_filters":64,"depth":4}' --seed 1 \
