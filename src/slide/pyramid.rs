@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use zarrs::array::{Array, ArrayBuilder, ArraySubset};
+use zarrs::array::{Array, ArraySubset};
 use zarrs::filesystem::FilesystemStore as Store;
 
 use super::{OutSpec, OutType};
@@ -88,22 +88,6 @@ fn read_f32(array: &Array<Store>, subset: &ArraySubset, out: OutType) -> Result<
     })
 }
 
-fn write_f32(
-    array: &Array<Store>,
-    subset: &ArraySubset,
-    v: &[f32],
-    out: OutType,
-) -> Result<(), zarrs::array::ArrayError> {
-    match out {
-        OutType::U8 => array.store_array_subset(subset, v.iter().map(|&x| x as u8).collect::<Vec<u8>>()),
-        OutType::U16 => array.store_array_subset(subset, v.iter().map(|&x| x as u16).collect::<Vec<u16>>()),
-        OutType::F16 => {
-            array.store_array_subset(subset, v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<half::f16>>())
-        }
-        OutType::F32 => array.store_array_subset(subset, v.to_vec()),
-    }
-}
-
 /// Write levels 1.. of the store at `path`, whose level 0 (`/0`) is complete, and return the
 /// level sizes (for the multiscales metadata).
 pub fn build(path: &Path, spec: &OutSpec) -> Result<Vec<(usize, usize)>> {
@@ -117,19 +101,7 @@ pub fn build(path: &Path, spec: &OutSpec) -> Result<Vec<(usize, usize)>> {
     for (k, win) in sizes.windows(2).enumerate() {
         let ((h, w), (oh, ow)) = (win[0], win[1]);
         let chunk = (spec.chunk as u64).min(oh.max(ow) as u64).max(1);
-        let level = ArrayBuilder::new(
-            vec![c, oh as u64, ow as u64],
-            vec![c, chunk, chunk],
-            above.data_type().clone(),
-            above.fill_value().clone(),
-        )
-        .bytes_to_bytes_codecs(vec![Arc::new(
-            zarrs::array::codec::GzipCodec::new(1).map_err(|e| Error::codec(Side::Output, path, "gzip level", e))?,
-        )])
-        .dimension_names(["c", "y", "x"].into())
-        .build(store.clone(), &format!("/{}", k + 1))
-        .map_err(|e| Error::codec(Side::Output, path, "cannot create a pyramid level", e))?;
-        level.store_metadata().map_err(|e| Error::codec(Side::Output, path, "cannot write metadata", e))?;
+        let level = super::zarr_io::create_array(&store, path, &format!("/{}", k + 1), spec, (oh, ow), chunk)?;
         let band_rows = (BAND_VALUES / (w * spec.channels).max(1)).clamp(2, BAND_ROWS) & !1;
         for y0 in (0..h).step_by(band_rows) {
             let rows = band_rows.min(h - y0);
@@ -138,7 +110,7 @@ pub fn build(path: &Path, spec: &OutSpec) -> Result<Vec<(usize, usize)>> {
             let r = reduce(&v, spec.channels, rows, w, labels);
             let (oy, orows) = (y0 / 2, rows.div_ceil(2));
             let dst = ArraySubset::new_with_ranges(&[0..c, oy as u64..(oy + orows) as u64, 0..ow as u64]);
-            write_f32(&level, &dst, &r, spec.out).map_err(fail("cannot write a pyramid level"))?;
+            super::zarr_io::store_values(&level, &dst, &r, spec.out).map_err(fail("cannot write a pyramid level"))?;
         }
         above = level;
     }

@@ -67,11 +67,19 @@ fn decoder(path: &Path) -> Result<Decoder<BufReader<File>>> {
     Decoder::new(BufReader::new(file)).map_err(|e| Error::codec(Side::Input, path, "not a readable TIFF", e))
 }
 
-/// The pages of `path`, and page 0's ImageDescription (OME-XML, an Aperio header, ...).
-fn pages(path: &Path) -> Result<(Vec<Page>, Option<String>)> {
+/// What [`open`] decides by: the pages, page 0's ImageDescription (OME-XML, an Aperio header,
+/// ...), and whether page 0's tiles are Aperio JPEG 2000 (compression 33003 or 33005).
+struct Layout {
+    pages: Vec<Page>,
+    description: Option<String>,
+    jpeg2000: bool,
+}
+
+fn layout(path: &Path) -> Result<Layout> {
     let bad = |e: tiff::TiffError| Error::codec(Side::Input, path, "not a readable TIFF", e);
     let mut dec = decoder(path)?;
     let description = dec.get_tag_ascii_string(Tag::ImageDescription).ok();
+    let jpeg2000 = matches!(dec.find_tag_unsigned::<u16>(Tag::Compression), Ok(Some(33003 | 33005)));
     let mut pages = Vec::new();
     loop {
         let (w, h) = dec.dimensions().map_err(bad)?;
@@ -85,13 +93,7 @@ fn pages(path: &Path) -> Result<(Vec<Page>, Option<String>)> {
         }
         dec.next_image().map_err(bad)?;
     }
-    Ok((pages, description))
-}
-
-/// Whether page 0's tiles are Aperio JPEG 2000 (compression 33003 or 33005).
-fn jpeg2000(path: &Path) -> Result<bool> {
-    let mut dec = decoder(path)?;
-    Ok(matches!(dec.find_tag_unsigned::<u16>(Tag::Compression), Ok(Some(33003 | 33005))))
+    Ok(Layout { pages, description, jpeg2000 })
 }
 
 /// Whether an OME-XML `description` says the full-size pages are the channels of one plane
@@ -108,7 +110,8 @@ fn ome_channel_pages(description: &str, full_pages: usize) -> Option<bool> {
 /// OME-TIFF's channel pages as one image. Several full-size pages of another kind (a z-stack, a
 /// time series, unrelated images) are refused, never cut silently to the first.
 pub fn open(path: &Path, page: Option<usize>) -> Result<Box<dyn Source>> {
-    if jpeg2000(path)? {
+    let Layout { pages, description, jpeg2000 } = layout(path)?;
+    if jpeg2000 {
         // Aperio's JPEG 2000 (33003 YCbCr, 33005 RGB): decoded by OpenSlide, which reads these.
         return match super::openslide::OpenSlideSource::open(path, 0) {
             Ok(src) if page.is_none_or(|p| p == 0) => Ok(Box::new(src)),
@@ -122,7 +125,6 @@ pub fn open(path: &Path, page: Option<usize>) -> Result<Box<dyn Source>> {
             )),
         };
     }
-    let (pages, description) = pages(path)?;
     if let Some(p) = page {
         if p >= pages.len() {
             return Err(input_err(path, format!("--page {p}: the file has pages 0 to {}", pages.len() - 1)));
@@ -585,7 +587,7 @@ impl TiffSink {
 
 impl Sink for TiffSink {
     fn write(&mut self, y0: usize, x0: usize, t: &Tensor) -> Result<()> {
-        let (ct, c) = (self.spec.chunk, self.spec.channels);
+        let ct = self.spec.chunk;
         if !y0.is_multiple_of(ct) || !x0.is_multiple_of(ct) {
             return Err(output_err(
                 &self.path,
@@ -595,20 +597,11 @@ impl Sink for TiffSink {
         let hw = t.h * t.w;
         for ty in (0..t.h).step_by(ct) {
             for tx in (0..t.w).step_by(ct) {
-                let mut raw = Vec::with_capacity(ct * ct * c * self.spec.out.bytes());
-                for y in ty..ty + ct {
-                    for x in tx..tx + ct {
-                        for ch in 0..c {
-                            // TIFF tiles are full size; pixels past the image edge are zero.
-                            let v = if y < t.h && x < t.w { t.data[ch * hw + y * t.w + x] } else { 0.0 };
-                            encode(v, self.spec.out, &mut raw);
-                        }
-                    }
-                }
-                let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
-                let compressing = |e| Error::codec(Side::Output, &self.path, "compressing", e);
-                z.write_all(&raw).map_err(compressing)?;
-                let packed = z.finish().map_err(compressing)?;
+                let packed = self.pack_tile(|y, x, ch| {
+                    let (y, x) = (ty + y, tx + x);
+                    // TIFF tiles are full size; pixels past the image edge are zero.
+                    if y < t.h && x < t.w { t.data[ch * hw + y * t.w + x] } else { 0.0 }
+                })?;
                 let index = ((y0 + ty) / ct) * Self::across(&self.spec) + (x0 + tx) / ct;
                 let at = self.append(&packed)?;
                 self.offsets[index] = at;
@@ -652,6 +645,24 @@ impl Sink for TiffSink {
 }
 
 impl TiffSink {
+    /// One stored tile: `value(y, x, channel)` over the chunk x chunk tile, interleaved, in the
+    /// output type, Deflate-compressed.
+    fn pack_tile(&self, value: impl Fn(usize, usize, usize) -> f32) -> Result<Vec<u8>> {
+        let (ct, c) = (self.spec.chunk, self.spec.channels);
+        let mut raw = Vec::with_capacity(ct * ct * c * self.spec.out.bytes());
+        for y in 0..ct {
+            for x in 0..ct {
+                for ch in 0..c {
+                    encode(value(y, x, ch), self.spec.out, &mut raw);
+                }
+            }
+        }
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
+        let compressing = |e| Error::codec(Side::Output, &self.path, "compressing", e);
+        z.write_all(&raw).map_err(compressing)?;
+        z.finish().map_err(compressing)
+    }
+
     /// Tile bytes at `offset` (`count` of them, as written by this sink) as ct x ct x c
     /// interleaved values.
     fn read_tile(&mut self, offset: u64, count: u64) -> Result<Vec<f32>> {
@@ -707,19 +718,8 @@ impl TiffSink {
                 }
                 let (rh, rw) = (rows.div_ceil(2), cols.div_ceil(2));
                 let reduced = super::pyramid::reduce(&region, c, rows, cols, labels);
-                let mut raw = Vec::with_capacity(ct * ct * c * self.spec.out.bytes());
-                for y in 0..ct {
-                    for x in 0..ct {
-                        for ch in 0..c {
-                            let v = if y < rh && x < rw { reduced[(ch * rh + y) * rw + x] } else { 0.0 };
-                            encode(v, self.spec.out, &mut raw);
-                        }
-                    }
-                }
-                let mut z = ZlibEncoder::new(Vec::new(), Compression::fast());
-                let compressing = |e| Error::codec(Side::Output, &self.path, "compressing", e);
-                z.write_all(&raw).map_err(compressing)?;
-                let packed = z.finish().map_err(compressing)?;
+                let packed =
+                    self.pack_tile(|y, x, ch| if y < rh && x < rw { reduced[(ch * rh + y) * rw + x] } else { 0.0 })?;
                 offsets[ty * across + tx] = self.append(&packed)?;
                 counts[ty * across + tx] = packed.len() as u64;
             }

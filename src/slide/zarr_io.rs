@@ -49,9 +49,14 @@ fn stored_chunks(dir: &Path) -> u64 {
     n
 }
 
+/// The first multiscale of a group's OME-NGFF 0.4 (top level) or 0.5 (under `ome`) attributes.
+fn first_multiscale(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<&serde_json::Value> {
+    attrs.get("multiscales").or_else(|| attrs.get("ome")?.get("multiscales"))?.get(0)
+}
+
 /// Path of the first multiscale dataset and the axis names, from OME-NGFF 0.4 or 0.5 attributes.
 fn multiscale(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<(String, Option<Vec<String>>)> {
-    let ms = attrs.get("multiscales").or_else(|| attrs.get("ome")?.get("multiscales"))?.get(0)?;
+    let ms = first_multiscale(attrs)?;
     let path = ms.get("datasets")?.get(0)?.get("path")?.as_str()?.to_string();
     let axes = ms.get("axes").and_then(|a| {
         a.as_array()?
@@ -64,7 +69,7 @@ fn multiscale(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<(Str
 
 /// The pixel size the first multiscale dataset's `scale` gives, where its y and x axes have a unit.
 fn ngff_pixel_size(attrs: &serde_json::Map<String, serde_json::Value>) -> Option<PixelSize> {
-    let ms = attrs.get("multiscales").or_else(|| attrs.get("ome")?.get("multiscales"))?.get(0)?;
+    let ms = first_multiscale(attrs)?;
     let axes = ms.get("axes")?.as_array()?;
     let scale = ms
         .get("datasets")?
@@ -263,23 +268,54 @@ impl ZarrSink {
     pub fn create(path: &Path, spec: OutSpec) -> Result<ZarrSink> {
         std::fs::create_dir_all(path).map_err(|e| Error::io(Side::Output, path, "cannot create", e))?;
         let store = Arc::new(Store::new(path).map_err(failed(path, "cannot create"))?);
-        let (dt, fill) = match spec.out {
-            OutType::U8 => (data_type::uint8(), zarrs::array::FillValue::from(0u8)),
-            OutType::U16 => (data_type::uint16(), zarrs::array::FillValue::from(0u16)),
-            OutType::F16 => (data_type::float16(), zarrs::array::FillValue::from(half::f16::ZERO)),
-            OutType::F32 => (data_type::float32(), zarrs::array::FillValue::from(0f32)),
-        };
-        let (c, h, w, k) = (spec.channels as u64, spec.height as u64, spec.width as u64, spec.chunk as u64);
-        let array = ArrayBuilder::new(vec![c, h, w], vec![c, k, k], dt, fill)
-            .bytes_to_bytes_codecs(vec![Arc::new(
-                zarrs::array::codec::GzipCodec::new(1).map_err(failed(path, "gzip level"))?,
-            )])
-            .dimension_names(["c", "y", "x"].into())
-            .build(store.clone(), "/0")
-            .map_err(failed(path, "cannot create array"))?;
-        array.store_metadata().map_err(failed(path, "cannot write metadata"))?;
+        let array = create_array(&store, path, "/0", &spec, (spec.height, spec.width), spec.chunk as u64)?;
         write_group_metadata(path, &spec, 1, None)?;
         Ok(ZarrSink { array, path: path.to_path_buf(), spec })
+    }
+}
+
+/// The `(c, y, x)` array `node` of an output store, of `size` (rows, columns) in `k`-px chunks, in
+/// `spec`'s element type, gzip-compressed, its metadata written: level 0 and each pyramid level.
+pub(super) fn create_array(
+    store: &Arc<Store>,
+    path: &Path,
+    node: &str,
+    spec: &OutSpec,
+    (h, w): (usize, usize),
+    k: u64,
+) -> Result<Array<Store>> {
+    let (dt, fill) = match spec.out {
+        OutType::U8 => (data_type::uint8(), zarrs::array::FillValue::from(0u8)),
+        OutType::U16 => (data_type::uint16(), zarrs::array::FillValue::from(0u16)),
+        OutType::F16 => (data_type::float16(), zarrs::array::FillValue::from(half::f16::ZERO)),
+        OutType::F32 => (data_type::float32(), zarrs::array::FillValue::from(0f32)),
+    };
+    let c = spec.channels as u64;
+    let array = ArrayBuilder::new(vec![c, h as u64, w as u64], vec![c, k, k], dt, fill)
+        .bytes_to_bytes_codecs(vec![Arc::new(
+            zarrs::array::codec::GzipCodec::new(1).map_err(failed(path, "gzip level"))?,
+        )])
+        .dimension_names(["c", "y", "x"].into())
+        .build(store.clone(), node)
+        .map_err(failed(path, "cannot create array"))?;
+    array.store_metadata().map_err(failed(path, "cannot write metadata"))?;
+    Ok(array)
+}
+
+/// Store `values` (C order, as f32) into `subset` of `array`, converted to the element type `out`.
+pub(super) fn store_values(
+    array: &Array<Store>,
+    subset: &zarrs::array::ArraySubset,
+    values: &[f32],
+    out: OutType,
+) -> Result<(), zarrs::array::ArrayError> {
+    match out {
+        OutType::U8 => array.store_array_subset(subset, values.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
+        OutType::U16 => array.store_array_subset(subset, values.iter().map(|&v| v as u16).collect::<Vec<u16>>()),
+        OutType::F16 => {
+            array.store_array_subset(subset, values.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<half::f16>>())
+        }
+        OutType::F32 => array.store_array_subset(subset, values.to_vec()),
     }
 }
 
@@ -354,20 +390,9 @@ impl Sink for ZarrSink {
             y0 as u64..(y0 + t.h) as u64,
             x0 as u64..(x0 + t.w) as u64,
         ]);
-        let bad = |e: zarrs::array::ArrayError| Error::codec(Side::Output, &self.path, "write failed", e);
         // Tensor and array are both C-ordered (c, y, x).
-        match self.spec.out {
-            OutType::U8 => self.array.store_array_subset(&subset, t.data.iter().map(|&v| v as u8).collect::<Vec<u8>>()),
-            OutType::U16 => {
-                self.array.store_array_subset(&subset, t.data.iter().map(|&v| v as u16).collect::<Vec<u16>>())
-            }
-            OutType::F16 => self.array.store_array_subset(
-                &subset,
-                t.data.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<half::f16>>(),
-            ),
-            OutType::F32 => self.array.store_array_subset(&subset, t.data.clone()),
-        }
-        .map_err(bad)
+        store_values(&self.array, &subset, &t.data, self.spec.out)
+            .map_err(|e| Error::codec(Side::Output, &self.path, "write failed", e))
     }
 
     fn sync(&mut self) -> Result<serde_json::Value> {
