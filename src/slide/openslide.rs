@@ -268,9 +268,3 @@ impl Source for OpenSlideSource {
         super::PixelSize::new(x, y)
     }
 }
-
-/// Whether `path` is read through OpenSlide by default (by its extension).
-pub fn is_vendor_slide(path: &Path) -> bool {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    EXTENSIONS.iter().any(|e| name.ends_with(e))
-}

@@ -229,10 +229,6 @@ impl Source for PageChannels {
 }
 
 impl TiffSource {
-    pub fn open(path: &Path) -> Result<TiffSource> {
-        TiffSource::open_page(path, 0)
-    }
-
     /// Page `page` (0-based, in file order) of the TIFF at `path`.
     pub fn open_page(path: &Path, page: usize) -> Result<TiffSource> {
         let bad = |e: tiff::TiffError| Error::codec(Side::Input, path, "not a readable TIFF", e);
