@@ -65,7 +65,7 @@ fn reporter(progress: SeamlessProgress, user: *mut c_void, cancel: &Cancel) -> i
 
 /// Load a model file (or a preset name such as "unet-64", with random weights) onto a backend.
 /// `device`: -2 automatic (CUDA device 0 if usable, else the CPU), -1 the CPU, n >= 0 CUDA device
-/// n. `precision`: 0 f32, 1 f16 (CUDA only). `memory_budget`: bytes, 0 for the default. `threads`:
+/// n. `precision`: 0 f32, 1 f16 (CUDA only), 2 bf16 (CPU only). `memory_budget`: bytes, 0 for the default. `threads`:
 /// CPU worker threads, 0 for all cores. Returns NULL on failure, with the message in `*error`.
 ///
 /// # Safety
@@ -91,7 +91,8 @@ pub unsafe extern "C" fn seamless_engine_open(
             precision: match precision {
                 0 => Precision::F32,
                 1 => Precision::F16,
-                n => return Err(Error::Usage(format!("precision {n}: give 0 (f32) or 1 (f16)"))),
+                2 => Precision::Bf16,
+                n => return Err(Error::Usage(format!("precision {n}: give 0 (f32), 1 (f16) or 2 (bf16)"))),
             },
             memory_budget: (memory_budget > 0).then_some(memory_budget as usize),
             threads: (threads > 0).then_some(threads as usize),

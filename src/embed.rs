@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use crate::backend::Backend;
-use crate::cpu::{CPU_F32, CpuBackend};
+use crate::cpu::{CpuBackend, CpuMemory};
 use crate::cuda::CudaBackend;
 pub use crate::error::{Error, Result};
 use crate::model::Model;
@@ -51,7 +51,7 @@ pub enum Device {
 pub struct Options {
     /// Where to compute.
     pub device: Device,
-    /// f16 needs CUDA; the CPU computes in f32.
+    /// f16 needs CUDA; the CPU computes in f32 or bf16.
     pub precision: Precision,
     /// Bytes the runs may use (the planner picks a tile that fits, as `--tile auto`). Default: on the CPU
     /// half the memory available now, at most 4 GiB; on CUDA the device's free memory less 10%.
@@ -111,11 +111,11 @@ pub fn choose_backend(
     };
     let cpu = || -> Result<(Box<dyn Backend>, usize)> {
         if precision == Precision::F16 {
-            return Err(Error::Usage("f16 needs the CUDA backend; the CPU backend computes in f32".into()));
+            return Err(Error::Usage("f16 needs the CUDA backend; the CPU computes in f32 or bf16".into()));
         }
         let budget = cpu_memory_budget(budget)?;
-        let limit = budget.saturating_sub(CPU_F32.weight_bytes(&model.graph));
-        let backend = CpuBackend::with_limit(Some(limit));
+        let limit = budget.saturating_sub(CpuMemory { precision }.weight_bytes(&model.graph));
+        let backend = CpuBackend::with_limit(Some(limit)).with_precision(precision)?;
         let backend = match threads {
             Some(n) => backend.with_threads(n)?,
             None => backend,
@@ -125,6 +125,8 @@ pub fn choose_backend(
     match device {
         Device::Cuda(ordinal) => cuda(ordinal).map(|(b, m)| (b, m, None)),
         Device::Cpu => cpu().map(|(b, m)| (b, m, None)),
+        // bf16 is a CPU arithmetic: no GPU to try first.
+        Device::Auto if precision == Precision::Bf16 => cpu().map(|(b, m)| (b, m, None)),
         Device::Auto => match cuda(0) {
             Ok((b, m)) => Ok((b, m, None)),
             Err(e) => {

@@ -288,8 +288,8 @@ fn masked_unpadded_conv_matches_the_reference_bit_for_bit() {
             let y = cpu::conv::conv2d_isa(&x, &c, isa);
             assert_eq!(first_difference(&y, &want), None, "{isa:?} k {k} {}->{cout} {h}x{w}", c.cin);
         }
-        let mut packed = vec![0.0; cpu::conv::packed_elems(&c)];
-        cpu::conv::pack(&c, &mut packed);
+        let mut packed = vec![0.0; cpu::conv::packed_elems(&c, cpu::direct::Isa::Avx512)];
+        cpu::conv::pack(&c, &mut packed, cpu::direct::Isa::Avx512);
         let p = cpu::unpadded::Plain { data: &x.data, h, w, cin: c.cin, k, weights: &packed, bias: &c.bias, cout };
         let got = std::sync::Mutex::new(Tensor::zeros(cout, h, w));
         cpu::unpadded::run(&p, |co0, q0, n, blk| {

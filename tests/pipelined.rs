@@ -110,7 +110,7 @@ fn a_window_out_of_memory_inside_the_pipeline_is_retried_smaller() {
         // retried from inside `done`, with a later window already taken from the reader.
         let small = 16 + 2 * model.exact_halo();
         let plan = ArenaPlan::new(&model.graph, small, small).unwrap();
-        let limit = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4;
+        let limit = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan, cpu::direct::Isa::detect())) * 4;
         let backend = Lagging { inner: CpuBackend::with_limit(Some(limit)), overlapped: AtomicUsize::new(0) };
         let (got, retries) = stream_through(&backend, &model, &img, 64);
         assert_eq!(first_difference(&got, &whole), None, "retried tiles must still be exact");

@@ -89,8 +89,9 @@ fn planned_bytes_are_the_bytes_really_allocated() {
             let n = model.align() * size;
             let img = random_image(&mut rng, model.in_channels(), n, n + model.align());
             let plan = ArenaPlan::new(&model.graph, img.h, img.w).unwrap();
-            let planned = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4
-                + cpu::packed_weight_bytes(&model.graph);
+            let planned = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan, cpu::direct::Isa::detect()))
+                * 4
+                + cpu::packed_weight_bytes(&model.graph, cpu::direct::Isa::detect());
             let out_bytes = model.classes() * img.h * img.w * 4;
             let mut bufs = Buffers::default();
             let before = LIVE.load(Ordering::SeqCst);
@@ -207,7 +208,7 @@ fn tiles_that_run_out_of_memory_are_retried_smaller_and_the_result_stays_exact()
         // Memory for windows of tiles up to 16x16, as if another process took the rest.
         let small = 16 + 2 * model.exact_halo();
         let plan = ArenaPlan::new(&model.graph, small, small).unwrap();
-        let limit = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan)) * 4;
+        let limit = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan, cpu::direct::Isa::detect())) * 4;
         let backend = CpuBackend::with_limit(Some(limit));
         let mut notes = Vec::new();
         let out = infer_on(

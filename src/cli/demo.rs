@@ -42,7 +42,7 @@ pub struct DemoArgs {
     /// Compute backend. `auto` uses CUDA when a GPU and NVRTC are found, else the CPU (and says why).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
-    /// Arithmetic on the GPU: f32 or f16 (tensor cores). The CPU backend computes in f32.
+    /// Arithmetic: f32; f16 on the GPU (tensor cores); bf16 on the CPU.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
     /// CUDA device number (see `seamless doctor`).

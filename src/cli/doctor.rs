@@ -1,4 +1,5 @@
-//! `seamless doctor`: what CUDA this machine offers and whether every kernel compiles for it.
+//! `seamless doctor`: what CUDA this machine offers and whether every kernel compiles for it (and
+//! which CPU engines run f32 and bf16).
 
 use seamless::Tensor;
 use seamless::backend::Backend as _;
@@ -54,6 +55,9 @@ pub fn run(a: DoctorArgs) -> Result<()> {
         Ok(v) => println!("openslide       {v} (vendor slides: .svs, .ndpi, .mrxs, ...)"),
         Err(e) => println!("openslide       missing: {e}"),
     }
+    // The CPU engines: what --precision bf16 runs on here.
+    let bf16 = seamless::cpu::direct::Isa::detect_for(Precision::Bf16);
+    println!("cpu             f32 on {:?}, bf16 on {bf16:?}", seamless::cpu::direct::Isa::detect());
     match compile::cache_dir() {
         Some(d) => println!("kernel cache    {}", d.display()),
         None => println!("kernel cache    off"),
@@ -116,7 +120,7 @@ fn smoke_test(device: usize) -> Result<()> {
             .fold(0.0f32, f32::max);
         let tolerance = match precision {
             Precision::F32 => SMOKE_TOLERANCE_F32,
-            Precision::F16 => SMOKE_TOLERANCE_F16,
+            Precision::F16 | Precision::Bf16 => SMOKE_TOLERANCE_F16,
         };
         println!(
             "smoke test      random U-Net on 64x64, {}: max |gpu - cpu| = {diff:.2e} (tolerance {tolerance:.0e}, {:.1} ms)",

@@ -101,8 +101,10 @@ pub struct InferArgs {
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     #[serde(serialize_with = "cli_name")]
     pub backend: Backend,
-    /// Arithmetic on the GPU: f32 (exact f32, no TF32) or f16 (f16 storage, f32 accumulation,
-    /// tensor cores). The CPU backend computes in f32.
+    /// Arithmetic: f32 (exact f32, no TF32; the default); on the GPU f16 (f16 storage, f32
+    /// accumulation, tensor cores); on the CPU bf16 (convolutions on AVX512-BF16 where the CPU has
+    /// it, f32 accumulation; about 2x faster, labels within 0.1% of f32). Tiles equal the whole
+    /// image bit for bit in every precision.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     #[serde(serialize_with = "cli_name")]
     pub precision: Precision,
@@ -312,8 +314,14 @@ pub fn select_backend(
     if !quiet {
         match cuda_skipped {
             Some(why) => eprintln!("backend: {} in f32 (CUDA not used: {why})", backend.name()),
-            None if b != Backend::Cpu => eprintln!("backend: {}", backend.name()),
+            None if b != Backend::Cpu || precision == Precision::Bf16 => eprintln!("backend: {}", backend.name()),
             None => {}
+        }
+        if precision == Precision::Bf16 && !seamless::cpu::direct::Isa::detect_for(precision).is_bf16_hardware() {
+            eprintln!(
+                "warning: this CPU has no AVX512-BF16: bf16 runs on the portable path, slower than f32 here \
+                 (same bits as on a CPU that has it)"
+            );
         }
     }
     Ok((backend, budget))
@@ -646,7 +654,7 @@ impl<'a> Report<'a> {
             model: ModelReport { path: &a.model, blake3, description: &model.origin },
             backend: if cuda { "cuda" } else { "cpu" },
             device,
-            precision: if cuda { a.precision.name() } else { "f32" },
+            precision: a.precision.name(),
             input: InputReport {
                 path: &a.input,
                 width: image.width,

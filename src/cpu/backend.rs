@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::Buffers;
+use super::direct::Isa;
 use crate::backend::{Backend, Timings};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -15,15 +16,18 @@ use crate::tensor::Tensor;
 /// What the CPU executor holds inside the streaming runner: the arena, the convolution workspace
 /// (padded inputs, Winograd transforms), the weights plus their copy packed for the convolution
 /// engine, and the windows and outputs in flight between the runner's reader, compute and writer
-/// threads (all host memory, all under one budget). The backend computes in f32; other element
-/// sizes are for planning what storage in them would need.
+/// threads (all host memory, all under one budget). The backend computes in f32 or bf16, and keeps
+/// activations in f32 either way (bf16 packs its weights and rounds each convolution's input
+/// copy); f16 is for planning what 2-byte storage would need.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuMemory {
     pub precision: Precision,
 }
 
-/// The CPU backend's own memory model.
+/// The CPU backend's memory model at f32.
 pub const CPU_F32: CpuMemory = CpuMemory { precision: Precision::F32 };
+/// ... and at bf16.
+pub const CPU_BF16: CpuMemory = CpuMemory { precision: Precision::Bf16 };
 
 impl MemoryModel for CpuMemory {
     fn precision(&self) -> Precision {
@@ -36,8 +40,8 @@ impl MemoryModel for CpuMemory {
 
     fn peak(&self, graph: &Graph, plan: &ArenaPlan) -> Peak {
         Peak {
-            arena_bytes: plan.arena_elems * self.precision.bytes(),
-            workspace_bytes: super::workspace_elems(graph, plan) * std::mem::size_of::<f32>(),
+            arena_bytes: plan.arena_elems * self.activation_bytes(),
+            workspace_bytes: super::workspace_elems(graph, plan, self.isa()) * std::mem::size_of::<f32>(),
             weight_bytes: self.weight_bytes(graph),
             // Node 0 is the input (see `Graph`).
             staging_bytes: in_flight_bytes(plan.shapes[0].c, plan.shapes[graph.output].c, plan.h, plan.w),
@@ -48,11 +52,24 @@ impl MemoryModel for CpuMemory {
 impl CpuMemory {
     /// The parameters and their packed copy: what the model costs before any window.
     pub fn weight_bytes(&self, graph: &Graph) -> usize {
-        graph.params() * self.precision.bytes() + super::packed_weight_bytes(graph)
+        graph.params() * self.activation_bytes() + super::packed_weight_bytes(graph, self.isa())
+    }
+
+    /// The engine that runs this precision here.
+    fn isa(&self) -> Isa {
+        Isa::detect_for(self.precision)
+    }
+
+    /// Bytes per activation (and parameter) held: f32 but when planning f16 storage.
+    fn activation_bytes(&self) -> usize {
+        match self.precision {
+            Precision::F32 | Precision::Bf16 => 4,
+            Precision::F16 => 2,
+        }
     }
 }
 
-/// The multi-threaded f32 CPU backend.
+/// The multi-threaded CPU backend, in f32 (the default) or bf16.
 #[derive(Default)]
 pub struct CpuBackend {
     plans: Mutex<HashMap<(usize, usize), Arc<ArenaPlan>>>,
@@ -62,11 +79,32 @@ pub struct CpuBackend {
     pub limit_bytes: Option<usize>,
     /// Worker threads of its own (an embedding program's choice); else rayon's global pool.
     pool: Option<rayon::ThreadPool>,
+    memory: Option<CpuMemory>,
 }
 
 impl CpuBackend {
     pub fn with_limit(limit_bytes: Option<usize>) -> CpuBackend {
         CpuBackend { limit_bytes, ..CpuBackend::default() }
+    }
+
+    /// Computing in `precision`: f32, or bf16 on this CPU's fastest bf16 engine (AVX512-BF16, else
+    /// the portable one). f16 is a CUDA precision and is refused.
+    pub fn with_precision(mut self, precision: Precision) -> Result<CpuBackend> {
+        if precision == Precision::F16 {
+            return Err(Error::Usage("f16 needs the CUDA backend; the CPU computes in f32 or bf16".into()));
+        }
+        self.memory = Some(CpuMemory { precision });
+        *self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()) = Buffers::new(Isa::detect_for(precision));
+        Ok(self)
+    }
+
+    /// The engine the convolutions run on.
+    pub fn isa(&self) -> Isa {
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner()).isa()
+    }
+
+    fn mem(&self) -> &CpuMemory {
+        self.memory.as_ref().unwrap_or(&CPU_F32)
     }
 
     fn plan(&self, graph: &Graph, h: usize, w: usize) -> Result<Arc<ArenaPlan>> {
@@ -97,15 +135,19 @@ impl CpuBackend {
     }
 
     fn run_here(&self, graph: &Graph, input: &Tensor, per_node: Option<&mut [f64]>) -> Result<Tensor> {
+        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if bufs.prepare(graph)? {
+            // Another model: the plans cached by window size were made for the last one.
+            self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
         let plan = self.plan(graph, input.h, input.w)?;
-        let need = (plan.arena_elems + super::workspace_elems(graph, &plan)) * 4;
+        let need = (plan.arena_elems + super::workspace_elems(graph, &plan, bufs.isa())) * 4;
         if let Some(limit) = self.limit_bytes
             && need > limit
         {
             return Err(Error::OutOfMemory { what: format!("a {}x{} window", input.w, input.h), bytes: need });
         }
         // The buffers grow to the largest window seen and are reused, not reallocated per tile.
-        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         super::run_planned_timed(graph, &plan, input, &mut bufs, false, per_node)
     }
 }
@@ -113,11 +155,14 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         let threads = self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-        format!("cpu ({threads} threads)")
+        match self.mem().precision {
+            Precision::Bf16 => format!("cpu ({threads} threads, bf16 on {:?})", self.isa()),
+            _ => format!("cpu ({threads} threads)"),
+        }
     }
 
     fn memory(&self) -> &dyn MemoryModel {
-        &CPU_F32
+        self.mem()
     }
 
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {

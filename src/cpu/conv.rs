@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
-use super::{unpadded, winograd};
+use super::{bf16, unpadded, winograd};
 use crate::graph::{Conv2d, ConvAlgo, ScaleShift};
 use crate::tensor::{Tensor, View};
 
@@ -40,8 +40,8 @@ fn geometry(h: usize, w: usize, k: usize) -> Geometry {
     Geometry { r, row, plane: (h + 2 * r) * row + r }
 }
 
-fn padded_elems(c: usize, h: usize, w: usize, k: usize) -> usize {
-    c * geometry(h, w, k).plane + direct::slack()
+fn padded_elems(c: usize, h: usize, w: usize, k: usize, isa: Isa) -> usize {
+    isa.depth(c) * geometry(h, w, k).plane + direct::slack()
 }
 
 /// How a convolution reads its input.
@@ -51,7 +51,8 @@ enum Path {
     Pointwise,
     /// AVX-512: in place, padding lanes masked to zero ([`unpadded`]).
     Masked,
-    /// A zero-padded copy, with the fused input transform applied on the way.
+    /// A zero-padded copy, with the fused input transform applied on the way (and in bf16 the
+    /// rounding to channel pairs: every bf16 convolution reads such a copy).
     Padded,
 }
 
@@ -63,6 +64,7 @@ const MASKED_MIN_CIN: usize = 16;
 
 fn path(c: &Conv2d, w: usize, isa: Isa) -> Path {
     match (c.k, &c.pre) {
+        _ if isa.is_bf16() => Path::Padded,
         (1, None) => Path::Pointwise,
         (k, None) if isa == Isa::Avx512 && k <= unpadded::MAX_K && w >= MASKED_MIN_WIDTH && c.cin >= MASKED_MIN_CIN => {
             Path::Masked
@@ -73,45 +75,46 @@ fn path(c: &Conv2d, w: usize, isa: Isa) -> Path {
 
 /// Workspace elements the convolution needs for an input of `h x w` (the weights are packed once
 /// per model, see [`packed_elems`]).
-pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
-    workspace_elems_isa(c, h, w, Isa::detect())
-}
-
-fn workspace_elems_isa(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
+pub fn workspace_elems(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::workspace_elems(c, h, w);
+        return winograd::workspace_elems(c, h, w, isa);
     }
     match path(c, w, isa) {
         Path::Pointwise => direct::unpadded_tail_elems(c.cin),
         Path::Masked => 0,
-        Path::Padded => padded_elems(c.cin, h, w, c.k),
+        Path::Padded => padded_elems(c.cin, h, w, c.k, isa),
     }
 }
 
-/// Elements of the weights as [`pack`] regroups them for the engine.
-pub fn packed_elems(c: &Conv2d) -> usize {
+/// Elements of the weights as [`pack`] regroups them for `isa`'s engine.
+pub fn packed_elems(c: &Conv2d, isa: Isa) -> usize {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::packed_elems(c);
+        return winograd::packed_elems(c, isa);
     }
-    direct::packed_weight_elems(c.cout, c.cin, c.k * c.k)
+    direct::packed_weight_elems(c.cout, isa.depth(c.cin), c.k * c.k)
 }
 
-/// Regroup the weights for the engine into `dst` ([`packed_elems`] long).
-pub fn pack(c: &Conv2d, dst: &mut [f32]) {
+/// Regroup the weights for `isa`'s engine into `dst` ([`packed_elems`] long).
+pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::pack(c, dst);
+        return winograd::pack(c, dst, isa);
     }
     let taps = c.k * c.k;
     assert_eq!(c.weight.len(), c.cout * c.cin * taps, "conv2d weights");
-    direct::pack_weights(dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
+    direct::pack_weights_for(isa, dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
 }
 
 /// Copy `x` into the padded layout, applying the fused input transform if there is one (the
-/// padding stays zero: PyTorch pads the transformed map).
-fn pad(x: View, g: Geometry, pre: Option<&ScaleShift>, ws: &mut [f32]) {
+/// padding stays zero: PyTorch pads the transformed map); in bf16 as rounded channel pairs.
+fn pad(x: View, g: Geometry, pre: Option<&ScaleShift>, ws: &mut [f32], isa: Isa) {
     let (h, w, r) = (x.h, x.w, g.r);
-    let (planes, tail) = ws[..x.c * g.plane + direct::slack()].split_at_mut(x.c * g.plane);
+    let depth = isa.depth(x.c);
+    let (planes, tail) = ws[..depth * g.plane + direct::slack()].split_at_mut(depth * g.plane);
     tail.fill(0.0);
+    if isa.is_bf16() {
+        let layout = bf16::Layout { top: r, left: r, row: g.row, plane: g.plane };
+        return bf16::pair_planes(planes, x, layout, pre);
+    }
     planes.par_chunks_mut(g.plane).enumerate().for_each(|(c, dst)| {
         dst[..r * g.row].fill(0.0);
         dst[(h + r) * g.row..].fill(0.0);
@@ -144,31 +147,27 @@ pub fn conv2d_portable(x: &Tensor, c: &Conv2d) -> Tensor {
     conv2d_isa(x, c, Isa::Portable)
 }
 
-/// The convolution computed by one particular implementation (it must be in [`Isa::available`]).
+/// The convolution computed by one particular implementation (one this CPU has).
 pub fn conv2d_isa(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
-    assert!(Isa::available().contains(&isa), "{isa:?} is not supported by this CPU");
+    assert!(isa.is_available(), "{isa:?} is not supported by this CPU");
     let mut out = Tensor::zeros(c.cout, x.h, x.w);
-    let mut ws = vec![0.0; workspace_elems_isa(c, x.h, x.w, isa)];
-    let mut packed = vec![0.0; packed_elems(c)];
-    pack(c, &mut packed);
-    conv2d_into_isa(x.view(), c, &packed, &mut out.data, &mut ws, isa);
+    let mut ws = vec![0.0; workspace_elems(c, x.h, x.w, isa)];
+    let mut packed = vec![0.0; packed_elems(c, isa)];
+    pack(c, &mut packed, isa);
+    conv2d_into(x.view(), c, &packed, &mut out.data, &mut ws, isa);
     out
 }
 
-/// Convolve into `out` (`cout x h x w`) with the weights `packed` by [`pack`], using `ws` (see
-/// [`workspace_elems`]) for the padded input, on this CPU's fastest implementation.
-pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32]) {
-    conv2d_into_isa(x, c, packed, out, ws, Isa::detect())
-}
-
-fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
+/// Convolve into `out` (`cout x h x w`) with the weights `packed` by [`pack`] for `isa`, using
+/// `ws` (see [`workspace_elems`]) for the padded input.
+pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     if c.algo == ConvAlgo::Winograd2 {
         return winograd::conv2d_into(x, c, packed, out, ws, isa);
     }
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w, k) = (x.h, x.w, c.k);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
-    assert_eq!(packed.len(), packed_elems(c), "conv2d packed weights");
+    assert_eq!(packed.len(), packed_elems(c, isa), "conv2d packed weights");
     let ptr = DisjointOut::new(out);
     // Position q is pixel q: every position is stored.
     let store_flat = |co0: usize, q0: usize, n: usize, blk: &direct::Block| {
@@ -191,14 +190,14 @@ fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
         Path::Padded => {}
     }
     let g = geometry(h, w, k);
-    let ws_pad = &mut ws[..padded_elems(x.c, h, w, k)];
-    pad(x, g, c.pre.as_ref(), ws_pad);
+    let ws_pad = &mut ws[..padded_elems(x.c, h, w, k, isa)];
+    pad(x, g, c.pre.as_ref(), ws_pad, isa);
     let taps = k * k;
     let offsets: Vec<usize> = (0..taps).map(|t| (t / k) * g.row + t % k).collect();
     let spec = Taps {
         data: ws_pad,
         plane: g.plane,
-        cin: c.cin,
+        cin: isa.depth(c.cin),
         offsets: &offsets,
         weights: packed,
         bias: &c.bias,
@@ -225,6 +224,46 @@ fn conv2d_into_isa(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
             q = end;
         }
     });
+}
+
+/// The bf16 arithmetic of [`bf16`] one element at a time: input (after the fused transform) and
+/// weights rounded to bf16, channel pairs in ascending order, each pair tap by tap, one
+/// [`bf16::madd`] each, from the bias (subnormals flushed). The reference the bf16 engines are
+/// tested against bit for bit.
+pub fn conv2d_reference_bf16(x: &Tensor, c: &Conv2d) -> Tensor {
+    let (h, w, k) = (x.h as isize, x.w as isize, c.k as isize);
+    let r = k / 2;
+    let input = |ci: usize, iy: isize, ix: isize| -> f32 {
+        if ci >= c.cin || iy < 0 || iy >= h || ix < 0 || ix >= w {
+            return 0.0;
+        }
+        let v = x.at(ci, iy as usize, ix as usize);
+        match &c.pre {
+            None => v,
+            Some(ss) if ss.relu => (v * ss.scale[ci] + ss.shift[ci]).max(0.0),
+            Some(ss) => v * ss.scale[ci] + ss.shift[ci],
+        }
+    };
+    let weight =
+        |co: usize, ci: usize, t: usize| if ci < c.cin { c.weight[(co * c.cin + ci) * c.k * c.k + t] } else { 0.0 };
+    let mut out = Tensor::zeros(c.cout, x.h, x.w);
+    for co in 0..c.cout {
+        for y in 0..h {
+            for xx in 0..w {
+                let mut acc = bf16::flush(c.bias[co]);
+                for p in 0..bf16::depth(c.cin) {
+                    for t in 0..c.k * c.k {
+                        let (iy, ix) = (y + (t / c.k) as isize - r, xx + (t % c.k) as isize - r);
+                        let xv = bf16::pair(input(2 * p, iy, ix), input(2 * p + 1, iy, ix));
+                        let wv = bf16::pair(weight(co, 2 * p, t), weight(co, 2 * p + 1, t));
+                        acc = bf16::madd(acc, xv, wv);
+                    }
+                }
+                out.data[(co * x.h + y as usize) * x.w + xx as usize] = if c.relu { acc.max(0.0) } else { acc };
+            }
+        }
+    }
+    out
 }
 
 /// The plainest possible convolution, one element at a time, in the same summation order (zero

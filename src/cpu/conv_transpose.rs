@@ -10,8 +10,8 @@
 //! direct convolution (4, 2, 2 or 1 taps), where a tap that would read row or column -1 reads a
 //! zero padding row or column instead (`w·0`), for every tile alike.
 
-use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
+use super::{DisjointOut, bf16};
 use crate::graph::ConvTranspose2d;
 use crate::tensor::{Tensor, View};
 
@@ -25,11 +25,12 @@ fn class_taps(k: usize, py: usize, px: usize) -> Vec<(usize, usize)> {
 const CLASSES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
 
 /// Elements of the weights as [`pack`] regroups them for the engine.
-pub fn packed_elems(c: &ConvTranspose2d) -> usize {
+pub fn packed_elems(c: &ConvTranspose2d, isa: Isa) -> usize {
+    let depth = isa.depth(c.cin);
     if c.k == 2 {
-        direct::packed_weight_elems(4 * c.cout, c.cin, 1)
+        direct::packed_weight_elems(4 * c.cout, depth, 1)
     } else {
-        CLASSES.iter().map(|&(py, px)| direct::packed_weight_elems(c.cout, c.cin, class_taps(c.k, py, px).len())).sum()
+        CLASSES.iter().map(|&(py, px)| direct::packed_weight_elems(c.cout, depth, class_taps(c.k, py, px).len())).sum()
     }
 }
 
@@ -37,19 +38,19 @@ pub fn packed_elems(c: &ConvTranspose2d) -> usize {
 /// convolution with `4·cout` channels, channel `4·co + 2·ky + kx` being output pixel (2m + ky,
 /// 2n + kx) of channel co (each output element still sums only its own single tap per input
 /// channel). k = 3: the four parity classes one after the other.
-pub fn pack(c: &ConvTranspose2d, dst: &mut [f32]) {
+pub fn pack(c: &ConvTranspose2d, dst: &mut [f32], isa: Isa) {
     let k = c.k;
     assert!(k == 2 || k == 3, "conv_transpose2d: k must be 2 or 3");
     assert_eq!(c.weight.len(), c.cin * c.cout * k * k, "conv_transpose2d weights");
-    assert_eq!(dst.len(), packed_elems(c), "conv_transpose2d packed weights");
+    assert_eq!(dst.len(), packed_elems(c, isa), "conv_transpose2d packed weights");
     if k == 2 {
-        return direct::pack_weights(dst, 4 * c.cout, c.cin, 1, |co4, ci, _| c.weight[ci * c.cout * 4 + co4]);
+        return direct::pack_weights_for(isa, dst, 4 * c.cout, c.cin, 1, |co4, ci, _| c.weight[ci * c.cout * 4 + co4]);
     }
     let mut off = 0;
     for (py, px) in CLASSES {
         let taps = class_taps(k, py, px);
-        let len = direct::packed_weight_elems(c.cout, c.cin, taps.len());
-        direct::pack_weights(&mut dst[off..off + len], c.cout, c.cin, taps.len(), |co, ci, t| {
+        let len = direct::packed_weight_elems(c.cout, isa.depth(c.cin), taps.len());
+        direct::pack_weights_for(isa, &mut dst[off..off + len], c.cout, c.cin, taps.len(), |co, ci, t| {
             let (ky, kx) = taps[t];
             c.weight[((ci * c.cout + co) * k + ky) * k + kx]
         });
@@ -58,37 +59,38 @@ pub fn pack(c: &ConvTranspose2d, dst: &mut [f32]) {
 }
 
 /// Workspace elements for an input of `h x w`. k = 3: the input copy with one zero row above and
-/// one zero column left of every row (taps reach back by one); k = 2 reads its input in place.
-pub fn workspace_elems(c: &ConvTranspose2d, h: usize, w: usize) -> usize {
-    if c.k == 2 { direct::unpadded_tail_elems(c.cin) } else { c.cin * (h + 1) * (w + 1) + direct::slack() }
+/// one zero column left of every row (taps reach back by one); k = 2 reads its input in place in
+/// f32, and a copy rounded to channel pairs in bf16.
+pub fn workspace_elems(c: &ConvTranspose2d, h: usize, w: usize, isa: Isa) -> usize {
+    match (c.k, isa.is_bf16()) {
+        (2, false) => direct::unpadded_tail_elems(c.cin),
+        (2, true) => isa.depth(c.cin) * h * w + direct::slack(),
+        _ => isa.depth(c.cin) * (h + 1) * (w + 1) + direct::slack(),
+    }
 }
 
 pub fn conv_transpose2d(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
     conv_transpose2d_isa(x, c, Isa::detect())
 }
 
-/// The transposed convolution computed by one implementation (it must be in [`Isa::available`]).
+/// The transposed convolution computed by one implementation (one this CPU has).
 pub fn conv_transpose2d_isa(x: &Tensor, c: &ConvTranspose2d, isa: Isa) -> Tensor {
-    assert!(Isa::available().contains(&isa), "{isa:?} is not supported by this CPU");
+    assert!(isa.is_available(), "{isa:?} is not supported by this CPU");
     let mut out = Tensor::zeros(c.cout, 2 * x.h, 2 * x.w);
-    let mut ws = vec![0.0; workspace_elems(c, x.h, x.w)];
-    let mut packed = vec![0.0; packed_elems(c)];
-    pack(c, &mut packed);
-    conv_transpose2d_into_isa(x.view(), c, &packed, &mut out.data, &mut ws, isa);
+    let mut ws = vec![0.0; workspace_elems(c, x.h, x.w, isa)];
+    let mut packed = vec![0.0; packed_elems(c, isa)];
+    pack(c, &mut packed, isa);
+    conv_transpose2d_into(x.view(), c, &packed, &mut out.data, &mut ws, isa);
     out
 }
 
-/// Into `out` (`cout x 2h x 2w`) with the weights `packed` by [`pack`], using `ws` (see
+/// Into `out` (`cout x 2h x 2w`) with the weights `packed` by [`pack`] for `isa`, using `ws` (see
 /// [`workspace_elems`]).
-pub fn conv_transpose2d_into(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32]) {
-    conv_transpose2d_into_isa(x, c, packed, out, ws, Isa::detect())
-}
-
-fn conv_transpose2d_into_isa(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
+pub fn conv_transpose2d_into(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     assert_eq!(x.c, c.cin, "conv_transpose2d input channels");
     assert!(c.k == 2 || c.k == 3, "conv_transpose2d: k must be 2 or 3");
     assert_eq!(out.len(), c.cout * 4 * x.h * x.w, "conv_transpose2d output size");
-    assert_eq!(packed.len(), packed_elems(c), "conv_transpose2d packed weights");
+    assert_eq!(packed.len(), packed_elems(c, isa), "conv_transpose2d packed weights");
     if c.k == 2 { k2(x, c, packed, out, ws, isa) } else { k3(x, c, packed, out, ws, isa) }
 }
 
@@ -99,7 +101,7 @@ fn k2(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
     let ow = 2 * w;
     let ptr = DisjointOut::new(out);
     let bias4: Vec<f32> = c.bias.iter().flat_map(|&b| [b; 4]).collect();
-    direct::run_unpadded(x.data, h * w, c.cin, packed, &bias4, 4 * c.cout, isa, ws, |co0, q0, n, blk| {
+    let store = |co0: usize, q0: usize, n: usize, blk: &direct::Block| {
         // A block holds whole channels: 8 engine channels = 2 output channels x (ky, kx).
         debug_assert!(co0.is_multiple_of(4));
         let mut q = q0;
@@ -120,7 +122,27 @@ fn k2(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
             }
             q = end;
         }
-    });
+    };
+    if !isa.is_bf16() {
+        return direct::run_unpadded(x.data, h * w, c.cin, packed, &bias4, 4 * c.cout, isa, ws, store);
+    }
+    // bf16: the planes rounded to pairs, with the slack the engine's last block reads.
+    let n = h * w;
+    let depth = isa.depth(c.cin);
+    let (planes, tail) = ws[..depth * n + direct::slack()].split_at_mut(depth * n);
+    tail.fill(0.0);
+    bf16::pair_planes(planes, x, bf16::Layout { top: 0, left: 0, row: w, plane: n }, None);
+    let spec = Taps {
+        data: &ws[..depth * n + direct::slack()],
+        plane: n,
+        cin: depth,
+        offsets: &[0],
+        weights: packed,
+        bias: &bias4,
+        cout: 4 * c.cout,
+        n_q: n,
+    };
+    direct::run(&spec, isa, store);
 }
 
 /// k = 3: the output crop's four parity classes, each a small direct convolution (4, 2, 2, 1 taps)
@@ -129,19 +151,24 @@ fn k3(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
     let (h, w, k) = (x.h, x.w, c.k);
     let (oh, ow) = (2 * h, 2 * w);
     let (row, plane) = (w + 1, (h + 1) * (w + 1));
-    let ws_in = &mut ws[..c.cin * plane + direct::slack()];
+    let depth = isa.depth(c.cin);
+    let ws_in = &mut ws[..depth * plane + direct::slack()];
     {
         use rayon::prelude::*;
-        let (planes, tail) = ws_in.split_at_mut(c.cin * plane);
+        let (planes, tail) = ws_in.split_at_mut(depth * plane);
         tail.fill(0.0);
-        planes.par_chunks_mut(plane).enumerate().for_each(|(ci, dst)| {
-            dst[..row].fill(0.0);
-            for y in 0..h {
-                let d = &mut dst[(y + 1) * row..(y + 2) * row];
-                d[0] = 0.0;
-                d[1..].copy_from_slice(&x.plane(ci)[y * w..(y + 1) * w]);
-            }
-        });
+        if isa.is_bf16() {
+            bf16::pair_planes(planes, x, bf16::Layout { top: 1, left: 1, row, plane }, None);
+        } else {
+            planes.par_chunks_mut(plane).enumerate().for_each(|(ci, dst)| {
+                dst[..row].fill(0.0);
+                for y in 0..h {
+                    let d = &mut dst[(y + 1) * row..(y + 2) * row];
+                    d[0] = 0.0;
+                    d[1..].copy_from_slice(&x.plane(ci)[y * w..(y + 1) * w]);
+                }
+            });
+        }
     }
     let ptr = DisjointOut::new(out);
     let mut woff = 0;
@@ -150,11 +177,11 @@ fn k3(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
         // Tap (ky, kx) reads input (m - ky/2, n - kx/2) for class pixel (m, n): flat offset
         // (1 - ky/2)·row + (1 - kx/2) in the padded copy.
         let offsets: Vec<usize> = taps.iter().map(|&(ky, kx)| (1 - ky / 2) * row + (1 - kx / 2)).collect();
-        let wlen = direct::packed_weight_elems(c.cout, c.cin, taps.len());
+        let wlen = direct::packed_weight_elems(c.cout, depth, taps.len());
         let spec = Taps {
             data: ws_in,
             plane,
-            cin: c.cin,
+            cin: depth,
             offsets: &offsets,
             weights: &packed[woff..woff + wlen],
             bias: &c.bias,

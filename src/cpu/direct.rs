@@ -22,6 +22,9 @@
 
 use rayon::prelude::*;
 
+use super::bf16;
+use crate::planner::Precision;
+
 /// Output channels per register block (and per packed weight block).
 pub const MR: usize = 8;
 /// The most positions any implementation computes per block.
@@ -30,16 +33,22 @@ pub const NR_MAX: usize = 48;
 /// One block of results: `MR` channels x up to `NR_MAX` positions.
 pub type Block = [[f32; NR_MAX]; MR];
 
-/// Which implementation runs the blocks.
+/// Which implementation runs the blocks, and so in which arithmetic: three of f32 (all give the
+/// same bits) and two of bf16 (see [`bf16`]: the same bits as each other, other bits than f32).
+/// A model's precision picks the family ([`Isa::detect_for`]) once, for every layer and window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Portable,
     Avx2Fma,
     Avx512,
+    /// bf16 pairs, one [`bf16::madd`] at a time.
+    Bf16Portable,
+    /// bf16 pairs on `VDPBF16PS`: 8 channels x 48 positions, as [`Isa::Avx512`].
+    Avx512Bf16,
 }
 
 impl Isa {
-    /// The fastest implementation this CPU supports.
+    /// The fastest f32 implementation this CPU supports.
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
@@ -53,27 +62,65 @@ impl Isa {
         Isa::Portable
     }
 
-    /// Every implementation this CPU can run (for tests and benches).
-    pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2Fma);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
+    /// The fastest implementation of `precision`'s arithmetic on this CPU (f16 is not a CPU
+    /// arithmetic: it plans like f32).
+    pub fn detect_for(precision: Precision) -> Isa {
+        match precision {
+            Precision::Bf16 => *Isa::available_for(precision).last().expect("the portable path"),
+            Precision::F32 | Precision::F16 => Isa::detect(),
         }
-        v
+    }
+
+    /// Every f32 implementation this CPU can run (for tests and benches).
+    pub fn available() -> Vec<Isa> {
+        Isa::available_for(Precision::F32)
+    }
+
+    /// Every implementation of `precision`'s arithmetic this CPU can run, slowest first.
+    pub fn available_for(precision: Precision) -> Vec<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        let has = |f: &str| match f {
+            "avx2" => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bf16" => {
+                std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+            _ => false,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = |_: &str| false;
+        let candidates: &[(Isa, &str)] = match precision {
+            Precision::Bf16 => &[(Isa::Bf16Portable, ""), (Isa::Avx512Bf16, "avx512bf16")],
+            Precision::F32 | Precision::F16 => &[(Isa::Portable, ""), (Isa::Avx2Fma, "avx2"), (Isa::Avx512, "avx512f")],
+        };
+        candidates.iter().filter(|(_, f)| f.is_empty() || has(f)).map(|&(isa, _)| isa).collect()
+    }
+
+    /// Whether this CPU can run this implementation.
+    pub fn is_available(self) -> bool {
+        Isa::available_for(if self.is_bf16() { Precision::Bf16 } else { Precision::F32 }).contains(&self)
+    }
+
+    /// Whether this is a bf16 implementation on bf16 hardware (not the portable emulation).
+    pub fn is_bf16_hardware(self) -> bool {
+        self.is_bf16() && self != Isa::Bf16Portable
+    }
+
+    /// Whether this implementation computes in bf16 (its inputs and weights are channel pairs).
+    pub fn is_bf16(self) -> bool {
+        matches!(self, Isa::Bf16Portable | Isa::Avx512Bf16)
+    }
+
+    /// Elements per position of a `cin`-channel input in this arithmetic's layout.
+    pub fn depth(self, cin: usize) -> usize {
+        if self.is_bf16() { bf16::depth(cin) } else { cin }
     }
 
     /// Positions per block.
     pub fn nr(self) -> usize {
         match self {
-            Isa::Portable => 16,
-            Isa::Avx2Fma => 16,
-            Isa::Avx512 => 48,
+            Isa::Portable | Isa::Avx2Fma | Isa::Bf16Portable => 16,
+            Isa::Avx512 | Isa::Avx512Bf16 => 48,
         }
     }
 }
@@ -125,6 +172,22 @@ pub fn pack_weights(
             }
         }
     });
+}
+
+/// [`pack_weights`] for a bf16 implementation: the `cin` input channels as [`bf16::depth`] pairs.
+pub fn pack_weights_for(
+    isa: Isa,
+    dst: &mut [f32],
+    cout: usize,
+    cin: usize,
+    taps: usize,
+    w: impl Fn(usize, usize, usize) -> f32 + Sync,
+) {
+    if !isa.is_bf16() {
+        return pack_weights(dst, cout, cin, taps, w);
+    }
+    let of = |co: usize, ci: usize, t: usize| if ci < cin { w(co, ci, t) } else { 0.0 };
+    pack_weights(dst, cout, bf16::depth(cin), taps, |co, p, t| bf16::pair(of(co, 2 * p, t), of(co, 2 * p + 1, t)))
 }
 
 /// Compute every block and hand it to `store(co0, q0, n, block)`: channels `co0..co0 + MR` (those
@@ -191,11 +254,13 @@ pub(crate) fn schedule(nqb: usize, ncb: usize, k: usize, f: impl Fn(usize, usize
     });
 }
 
-pub(crate) fn bias_of(bias: &[f32], cout: usize, cb: usize) -> [f32; MR] {
+/// The biases of channel block `cb` (zero past `cout`); for bf16 with subnormals flushed, as the
+/// hardware reads its accumulators, so that every bf16 path starts from the same values.
+pub(crate) fn bias_of(bias: &[f32], cout: usize, cb: usize, isa: Isa) -> [f32; MR] {
     let mut b = [0.0; MR];
     for (j, v) in b.iter_mut().enumerate() {
         if cb * MR + j < cout {
-            *v = bias[cb * MR + j];
+            *v = if isa.is_bf16() { bf16::flush(bias[cb * MR + j]) } else { bias[cb * MR + j] };
         }
     }
     b
@@ -213,6 +278,10 @@ pub(crate) fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], bl
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, with AVX2 and FMA.
         Isa::Avx2Fma => unsafe { block_avx2(t, cb, q0, blk) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, with AVX512-BF16 (`available_for`).
+        Isa::Avx512Bf16 => unsafe { block_avx512_bf16(t, cb, q0, runs, blk) },
+        Isa::Bf16Portable => block_bf16_portable(t, cb, q0, blk),
         _ => {
             let _ = runs;
             block_portable(t, cb, q0, blk)
@@ -224,7 +293,7 @@ pub(crate) fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], bl
 fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
     const N: usize = 16;
     let ntaps = t.offsets.len();
-    let bias = bias_of(t.bias, t.cout, cb);
+    let bias = bias_of(t.bias, t.cout, cb, Isa::Portable);
     let mut acc = [[0.0f32; N]; MR];
     for (a, b) in acc.iter_mut().zip(bias) {
         *a = [b; N];
@@ -247,13 +316,80 @@ fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
     }
 }
 
+/// The bf16 arithmetic ([`bf16::madd`] per pair), written plainly: `t` holds channel pairs.
+fn block_bf16_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
+    const N: usize = 16;
+    let ntaps = t.offsets.len();
+    let bias = bias_of(t.bias, t.cout, cb, Isa::Bf16Portable);
+    let mut acc = [[0.0f32; N]; MR];
+    for (a, b) in acc.iter_mut().zip(bias) {
+        *a = [b; N];
+    }
+    let w = &t.weights[cb * t.cin * ntaps * MR..(cb + 1) * t.cin * ntaps * MR];
+    for p in 0..t.cin {
+        for (ti, &off) in t.offsets.iter().enumerate() {
+            let s = p * t.plane + q0 + off;
+            let src = &t.data[s..s + N];
+            let wt = &w[(p * ntaps + ti) * MR..][..MR];
+            for (a, &wv) in acc.iter_mut().zip(wt) {
+                for (o, &v) in a.iter_mut().zip(src) {
+                    *o = bf16::madd(*o, v, wv);
+                }
+            }
+        }
+    }
+    for (o, a) in blk.iter_mut().zip(&acc) {
+        o[..N].copy_from_slice(a);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
     use std::arch::x86_64::*;
+    // SAFETY: AVX-512F is this function's own precondition, passed on (see `block`).
+    unsafe { padded_avx512(t, cb, q0, runs, blk, Isa::Avx512, |w, x, acc| _mm512_fmadd_ps(w, x, acc)) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn block_avx512_bf16(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut Block) {
+    use std::arch::x86_64::*;
+    // One step: `acc` plus the pair products of `x` and the broadcast pair `w`, as `bf16::madd`
+    // computes them; the casts only relabel 512 bits (pairs of bf16 held in f32 lanes).
+    let madd = |w: __m512, x: __m512, acc: __m512| {
+        // SAFETY: both are 512 bits of plain data; any bit pattern is a valid value of either.
+        let (x, w) =
+            unsafe { (std::mem::transmute::<__m512, __m512bh>(x), std::mem::transmute::<__m512, __m512bh>(w)) };
+        _mm512_dpbf16_ps(acc, x, w)
+    };
+    // SAFETY: AVX-512F and AVX512-BF16 are this function's own precondition (see `block`).
+    unsafe { padded_avx512(t, cb, q0, runs, blk, Isa::Avx512Bf16, madd) }
+}
+
+/// The padded engine's AVX-512 block, in f32 or bf16 by `madd` (`isa` says which, for the bias).
+///
+/// # Safety
+/// The CPU has AVX-512F and whatever `madd` needs; `check` passed for `t`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn padded_avx512(
+    t: &Taps,
+    cb: usize,
+    q0: usize,
+    runs: &[usize],
+    blk: &mut Block,
+    isa: Isa,
+    madd: impl Fn(
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
     let ntaps = t.offsets.len();
-    // SAFETY: AVX-512F is this function's own precondition (see `block`); all pointer arithmetic
-    // below, and every load `avx512_block` makes through `load`, is in bounds by `check`.
+    // SAFETY: the CPU features are the caller's promise; all pointer arithmetic below, and every
+    // load `avx512_block` makes through `load`, is in bounds by `check`.
     unsafe {
         let base = t.data.as_ptr().add(q0);
         let channel = |ci: usize| {
@@ -273,12 +409,13 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut
             [_mm512_loadu_ps(s), _mm512_loadu_ps(s.add(16)), _mm512_loadu_ps(s.add(32))]
         };
         let w = t.weights.as_ptr().add(cb * t.cin * ntaps * MR);
-        avx512_block(bias_of(t.bias, t.cout, cb), w, t.cin, ntaps, channel, load, blk)
+        avx512_block(bias_of(t.bias, t.cout, cb, isa), w, t.cin, ntaps, channel, load, madd, blk)
     }
 }
 
 /// The AVX-512F block of both engines (this padded one and [`super::unpadded`]): 8 channels x 48
-/// positions in 24 zmm accumulators, starting from the bias, one fused multiply-add per term,
+/// positions in 24 zmm accumulators, starting from the bias, one `madd` per term (a fused
+/// multiply-add in f32; a bf16 pair step in bf16),
 /// input channel by input channel and tap by tap (the packed weights' order). Only where a tap's
 /// inputs come from differs: `channel(ci)` starts input channel `ci` (and prefetches) and returns
 /// what `load(that, tap)` needs to give the tap's 48 inputs. Always inlined into its callers, so
@@ -289,6 +426,7 @@ unsafe fn block_avx512(t: &Taps, cb: usize, q0: usize, runs: &[usize], blk: &mut
 /// and `load` are sound for every input channel and tap.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn avx512_block<C: Copy>(
     bias: [f32; MR],
     weights: *const f32,
@@ -296,6 +434,11 @@ pub(crate) unsafe fn avx512_block<C: Copy>(
     taps: usize,
     channel: impl Fn(usize) -> C,
     load: impl Fn(C, usize) -> [std::arch::x86_64::__m512; 3],
+    madd: impl Fn(
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512,
     blk: &mut Block,
 ) {
     use std::arch::x86_64::*;
@@ -316,7 +459,7 @@ pub(crate) unsafe fn avx512_block<C: Copy>(
                 for (j, a) in acc.iter_mut().enumerate() {
                     let wv = _mm512_set1_ps(*w.add(j));
                     for (av, &xv) in a.iter_mut().zip(&x) {
-                        *av = _mm512_fmadd_ps(wv, xv, *av);
+                        *av = madd(wv, xv, *av);
                     }
                 }
                 w = w.add(MR);
@@ -337,7 +480,7 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
     const V: usize = 2;
     const H: usize = MR / 2;
     let ntaps = t.offsets.len();
-    let bias = bias_of(t.bias, t.cout, cb);
+    let bias = bias_of(t.bias, t.cout, cb, Isa::Avx2Fma);
     // Two passes over the taps, 4 channels x 16 positions each (8 accumulators, leaving registers
     // for the loads and the broadcast among the 16 ymm).
     for half in 0..2 {

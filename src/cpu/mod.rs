@@ -3,6 +3,7 @@
 //! element is accumulated by one thread in one fixed order whatever the tile's extent or position.
 
 mod backend;
+pub mod bf16;
 pub mod concat;
 pub mod conv;
 pub mod conv_transpose;
@@ -15,7 +16,7 @@ pub mod unpadded;
 pub mod upsample;
 pub mod winograd;
 
-pub use backend::{CPU_F32, CpuBackend, CpuMemory};
+pub use backend::{CPU_BF16, CPU_F32, CpuBackend, CpuMemory};
 
 use std::marker::PhantomData;
 
@@ -24,6 +25,7 @@ use crate::graph::{Graph, Op, Shape};
 use crate::planner::steps::Steps;
 use crate::planner::{Action, ArenaPlan, Slot};
 use crate::tensor::{Tensor, View};
+use direct::Isa;
 
 /// One output buffer that parallel tasks write in disjoint parts through a shared raw pointer
 /// (the parts interleave, so the buffer cannot be split into `&mut` chunks up front). It borrows
@@ -75,19 +77,20 @@ pub struct RunStats {
     pub peak_activation_bytes: usize,
 }
 
-/// Workspace elements the CPU ops need for the largest of their calls in this plan.
-pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan) -> usize {
+/// Workspace elements the CPU ops need on `isa`'s engine for the largest of their calls in this
+/// plan.
+pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan, isa: Isa) -> usize {
     graph
         .nodes
         .iter()
         .map(|n| match &n.op {
             Op::Conv2d(c) => {
                 let s = plan.shapes[n.inputs[0]];
-                conv::workspace_elems(c, s.h, s.w)
+                conv::workspace_elems(c, s.h, s.w, isa)
             }
             Op::ConvTranspose2d(c) => {
                 let s = plan.shapes[n.inputs[0]];
-                conv_transpose::workspace_elems(c, s.h, s.w)
+                conv_transpose::workspace_elems(c, s.h, s.w, isa)
             }
             _ => 0,
         })
@@ -96,19 +99,27 @@ pub fn workspace_elems(graph: &Graph, plan: &ArenaPlan) -> usize {
 }
 
 /// Model-level memory of the CPU executor on top of the parameters: the convolution weights
-/// packed once for the engine (see [`packed`]).
-pub fn packed_weight_bytes(graph: &Graph) -> usize {
-    packed::elems(graph) * 4
+/// packed once for `isa`'s engine (see [`packed`]).
+pub fn packed_weight_bytes(graph: &Graph, isa: Isa) -> usize {
+    packed::elems(graph, isa) * 4
 }
 
 /// Arena and workspace of the planned executor, kept between tiles and grown only when a larger
 /// plan needs it, and the packed weights of the model it last ran (packed again only when the
-/// model changes).
-#[derive(Default)]
+/// model changes); and the engine every convolution runs on, fixed for the buffers' life so that
+/// every window of a model computes the same arithmetic.
 pub struct Buffers {
     arena: Vec<f32>,
     workspace: Vec<f32>,
     packed: packed::Packed,
+    isa: Isa,
+}
+
+impl Default for Buffers {
+    /// f32 on this CPU's fastest implementation.
+    fn default() -> Self {
+        Buffers::new(Isa::detect())
+    }
 }
 
 fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
@@ -144,6 +155,22 @@ fn advise_huge_pages(ptr: *mut f32, bytes: usize) {
 }
 
 impl Buffers {
+    /// Empty buffers for convolutions on `isa` (one of [`Isa::available_for`] some precision).
+    pub fn new(isa: Isa) -> Buffers {
+        Buffers { arena: Vec::new(), workspace: Vec::new(), packed: packed::Packed::default(), isa }
+    }
+
+    /// The engine the convolutions run on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Pack `graph`'s weights unless they are packed already; true when it packed (a model
+    /// other than the last one run).
+    pub fn prepare(&mut self, graph: &Graph) -> Result<bool> {
+        self.packed.prepare(graph, self.isa)
+    }
+
     /// Bytes of the arena, the workspace and the packed weights.
     pub fn allocated_bytes(&self) -> usize {
         (self.arena.capacity() + self.workspace.capacity()) * 4 + self.packed.allocated_bytes()
@@ -175,9 +202,10 @@ pub fn run_planned_timed(
 ) -> Result<Tensor> {
     assert_eq!((plan.h, plan.w), (input.h, input.w), "plan made for another size");
     reserve(&mut bufs.arena, plan.arena_elems, "activation arena")?;
-    reserve(&mut bufs.workspace, workspace_elems(graph, plan), "convolution workspace")?;
-    bufs.packed.prepare(graph)?;
-    let Buffers { arena, workspace, packed } = bufs;
+    let isa = bufs.isa;
+    reserve(&mut bufs.workspace, workspace_elems(graph, plan, isa), "convolution workspace")?;
+    bufs.prepare(graph)?;
+    let Buffers { arena, workspace, packed, .. } = bufs;
     let arena = &mut arena[..plan.arena_elems];
     if poison {
         arena.fill(f32::NAN);
@@ -209,7 +237,7 @@ pub fn run_planned_timed(
                     let (x, out) = apart(arena, src, dst);
                     check(x)?;
                     let xs = plan.shapes[node.inputs[0]];
-                    launch(&node.op, View::new(xs.c, xs.h, xs.w, x), out, sh, packed.of(i), workspace);
+                    launch(&node.op, View::new(xs.c, xs.h, xs.w, x), out, sh, packed.of(i), workspace, isa);
                 }
                 Action::InPlace { slot } => {
                     let data = &mut arena[slot.range()];
@@ -250,10 +278,11 @@ fn apart(arena: &mut [f32], src: Slot, dst: Slot) -> (&[f32], &mut [f32]) {
 }
 
 /// Run a one-input op reading `x` and writing all of `out` (of shape `sh`).
-fn launch(op: &Op, x: View, out: &mut [f32], sh: Shape, packed: &[f32], ws: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn launch(op: &Op, x: View, out: &mut [f32], sh: Shape, packed: &[f32], ws: &mut [f32], isa: Isa) {
     match op {
-        Op::Conv2d(c) => conv::conv2d_into(x, c, packed, out, ws),
-        Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, packed, out, ws),
+        Op::Conv2d(c) => conv::conv2d_into(x, c, packed, out, ws, isa),
+        Op::ConvTranspose2d(c) => conv_transpose::conv_transpose2d_into(x, c, packed, out, ws, isa),
         Op::MaxPool2 => pool::max_pool2_into(x, out),
         Op::Upsample2(mode) => upsample::upsample2_into(x, *mode, out),
         Op::Softmax => softmax::softmax_into(x, out),

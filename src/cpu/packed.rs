@@ -3,28 +3,30 @@
 //! pass. They are model-level memory (counted with the weights, see [`elems`]), kept in the
 //! executor's [`super::Buffers`] next to the arena.
 
+use super::direct::Isa;
 use super::{conv, conv_transpose};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeId, Op};
 
 /// Packed elements of one node (0 for ops without weights).
-fn node_elems(op: &Op) -> usize {
+fn node_elems(op: &Op, isa: Isa) -> usize {
     match op {
-        Op::Conv2d(c) => conv::packed_elems(c),
-        Op::ConvTranspose2d(c) => conv_transpose::packed_elems(c),
+        Op::Conv2d(c) => conv::packed_elems(c, isa),
+        Op::ConvTranspose2d(c) => conv_transpose::packed_elems(c, isa),
         _ => 0,
     }
 }
 
-/// Packed elements of the whole graph.
-pub fn elems(graph: &Graph) -> usize {
-    graph.nodes.iter().map(|n| node_elems(&n.op)).sum()
+/// Packed elements of the whole graph for `isa`'s engine.
+pub fn elems(graph: &Graph, isa: Isa) -> usize {
+    graph.nodes.iter().map(|n| node_elems(&n.op, isa)).sum()
 }
 
-/// Identifies the weights a pack was made from: their addresses and lengths, each convolution's
-/// algorithm, and a sample of their values (so a model dropped and another loaded at the same addresses is still told apart).
-fn fingerprint(graph: &Graph) -> blake3::Hash {
+/// Identifies the weights a pack was made from: the engine it was made for, their addresses and
+/// lengths, each convolution's algorithm, and a sample of their values (so a model dropped and another loaded at the same addresses is still told apart).
+fn fingerprint(graph: &Graph, isa: Isa) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
+    h.update(format!("{isa:?}").as_bytes());
     let mut mix = |v: u64| {
         h.update(&v.to_le_bytes());
     };
@@ -57,14 +59,15 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Pack `graph`'s weights unless this already holds them.
-    pub fn prepare(&mut self, graph: &Graph) -> Result<()> {
-        let key = fingerprint(graph);
+    /// Pack `graph`'s weights for `isa` unless this already holds them; true when it packed
+    /// (another model, or the first).
+    pub fn prepare(&mut self, graph: &Graph, isa: Isa) -> Result<bool> {
+        let key = fingerprint(graph, isa);
         if self.key == Some(key) {
-            return Ok(());
+            return Ok(false);
         }
         self.key = None;
-        let total = elems(graph);
+        let total = elems(graph, isa);
         if self.data.len() != total {
             self.data = Vec::new();
             self.data.try_reserve_exact(total).map_err(|_| {
@@ -78,18 +81,18 @@ impl Packed {
         let mut off = 0;
         for n in &graph.nodes {
             self.start.push(off);
-            let len = node_elems(&n.op);
+            let len = node_elems(&n.op, isa);
             let dst = &mut self.data[off..off + len];
             match &n.op {
-                Op::Conv2d(c) => conv::pack(c, dst),
-                Op::ConvTranspose2d(c) => conv_transpose::pack(c, dst),
+                Op::Conv2d(c) => conv::pack(c, dst, isa),
+                Op::ConvTranspose2d(c) => conv_transpose::pack(c, dst, isa),
                 _ => {}
             }
             off += len;
         }
         self.start.push(off);
         self.key = Some(key);
-        Ok(())
+        Ok(true)
     }
 
     /// Node `i`'s packed weights (after [`Packed::prepare`] with its graph).

@@ -146,6 +146,15 @@ unsafe fn block(p: &Plain, cb: usize, q0: usize, offsets: &[isize], masks: &[[u1
             [load(0), load(1), load(2)]
         };
         let w = p.weights.as_ptr().add(cb * p.cin * taps * MR);
-        direct::avx512_block(direct::bias_of(p.bias, p.cout, cb), w, p.cin, taps, channel, load, blk)
+        direct::avx512_block(
+            direct::bias_of(p.bias, p.cout, cb, direct::Isa::Avx512),
+            w,
+            p.cin,
+            taps,
+            channel,
+            load,
+            |w, x, a| _mm512_fmadd_ps(w, x, a),
+            blk,
+        )
     }
 }

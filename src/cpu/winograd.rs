@@ -30,8 +30,8 @@
 
 use rayon::prelude::*;
 
-use super::DisjointOut;
 use super::direct::{self, Isa, MR, Taps};
+use super::{DisjointOut, bf16};
 use crate::graph::Conv2d;
 use crate::tensor::{Tensor, View};
 
@@ -61,15 +61,16 @@ fn band_rows(c: &Conv2d, th: usize, tw: usize) -> usize {
 
 /// Workspace: a band of transformed input (`16 x cin` planes plus the engine's slack), a band of
 /// products (`16 x cout` planes) and `cout` zeros (the products' "bias").
-pub fn workspace_elems(c: &Conv2d, h: usize, w: usize) -> usize {
+pub fn workspace_elems(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let nb = band_rows(c, th, tw) * tw;
-    T * c.cin * nb + direct::slack() + T * c.cout * nb + c.cout
+    T * isa.depth(c.cin) * nb + direct::slack() + T * c.cout * nb + c.cout
 }
 
-/// Elements of the transformed, packed weights: 16 packs of `cout x cin` 1-tap weights.
-pub fn packed_elems(c: &Conv2d) -> usize {
-    T * direct::packed_weight_elems(c.cout, c.cin, 1)
+/// Elements of the transformed, packed weights: 16 packs of `cout x cin` 1-tap weights (in bf16,
+/// of `cout x` [`bf16::depth`] pairs).
+pub fn packed_elems(c: &Conv2d, isa: Isa) -> usize {
+    T * direct::packed_weight_elems(c.cout, isa.depth(c.cin), 1)
 }
 
 /// `U = G g Gᵀ` of one 3 x 3 kernel (row-major), computed in f64 and rounded once.
@@ -91,23 +92,33 @@ pub fn transform_kernel(g: &[f32]) -> [f32; T] {
 }
 
 /// Transform the weights and pack them for the engine: transform element `t`'s pack is the
-/// engine's `[cout / MR][cin][MR]` layout of `U[t]`.
-pub fn pack(c: &Conv2d, dst: &mut [f32]) {
+/// engine's `[cout / MR][cin][MR]` layout of `U[t]` (in bf16, `U` rounded once from its f32
+/// value, input channels in pairs).
+pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     assert_eq!(c.k, 3, "Winograd F(2x2, 3x3) needs a 3 x 3 kernel");
     assert_eq!(c.weight.len(), c.cout * c.cin * 9, "conv2d weights");
-    let per = direct::packed_weight_elems(c.cout, c.cin, 1);
+    let depth = isa.depth(c.cin);
+    let per = direct::packed_weight_elems(c.cout, depth, 1);
     let dst = &mut dst[..T * per];
     dst.fill(0.0);
     let out = DisjointOut::new(dst);
     // In place, channel block by channel block: a transformed copy of a large model's weights
     // would briefly double its weight memory.
     (0..c.cout.div_ceil(MR)).into_par_iter().for_each(|cb| {
+        let u = |co: usize, ci: usize| {
+            if ci < c.cin { transform_kernel(&c.weight[(co * c.cin + ci) * 9..][..9]) } else { [0.0; T] }
+        };
         for co in cb * MR..(cb * MR + MR).min(c.cout) {
-            for ci in 0..c.cin {
-                let u = transform_kernel(&c.weight[(co * c.cin + ci) * 9..][..9]);
-                for (t, &v) in u.iter().enumerate() {
-                    // SAFETY: element (t, co, ci) lies in channel block cb, written by this task alone.
-                    unsafe { out.write(t * per + (cb * c.cin + ci) * MR + co % MR, v) };
+            for d in 0..depth {
+                let v: [f32; T] = if isa.is_bf16() {
+                    let (lo, hi) = (u(co, 2 * d), u(co, 2 * d + 1));
+                    std::array::from_fn(|t| bf16::pair(lo[t], hi[t]))
+                } else {
+                    u(co, d)
+                };
+                for (t, &v) in v.iter().enumerate() {
+                    // SAFETY: element (t, co, d) lies in channel block cb, written by this task alone.
+                    unsafe { out.write(t * per + (cb * depth + d) * MR + co % MR, v) };
                 }
             }
         }
@@ -121,15 +132,15 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w) = (x.h, x.w);
     assert_eq!(out.len(), c.cout * h * w, "conv2d output size");
-    assert_eq!(packed.len(), packed_elems(c), "conv2d packed weights");
+    assert_eq!(packed.len(), packed_elems(c, isa), "conv2d packed weights");
     if h == 0 || w == 0 {
         return;
     }
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let rows = band_rows(c, th, tw);
     let nb_max = rows * tw;
-    let ws = &mut ws[..workspace_elems(c, h, w)];
-    let (v, rest) = ws.split_at_mut(T * c.cin * nb_max + direct::slack());
+    let ws = &mut ws[..workspace_elems(c, h, w, isa)];
+    let (v, rest) = ws.split_at_mut(T * isa.depth(c.cin) * nb_max + direct::slack());
     let (m, zeros) = rest.split_at_mut(T * c.cout * nb_max);
     zeros.fill(0.0);
     let out = DisjointOut::new(out);
@@ -137,7 +148,7 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
     while i0 < th {
         let i1 = (i0 + rows).min(th);
         let nb = (i1 - i0) * tw;
-        input_transform(x, c, i0, i1, nb, v);
+        input_transform(x, c, i0, i1, nb, v, isa);
         products(v, c, packed, zeros, nb, isa, m);
         output_transform(m, c, h, w, i0, i1, nb, out);
         i0 = i1;
@@ -169,47 +180,38 @@ fn load_row(x: View, c: &Conv2d, ci: usize, y: isize, j0: usize, n: usize, row: 
 }
 
 /// `V = Bᵀ d B` for every tile of tile rows `i0..i1` and every input channel, into `v` as
-/// `[t][ci][tile]` planes of `nb` tiles: columns first (`d B`), then rows (`Bᵀ ·`).
-#[allow(clippy::needless_range_loop)]
-fn input_transform(x: View, c: &Conv2d, i0: usize, i1: usize, nb: usize, v: &mut [f32]) {
+/// `[t][ci][tile]` planes of `nb` tiles (in bf16, `[t][pair][tile]` planes of rounded channel
+/// pairs): columns first (`d B`), then rows (`Bᵀ ·`).
+fn input_transform(x: View, c: &Conv2d, i0: usize, i1: usize, nb: usize, v: &mut [f32], isa: Isa) {
     let tw = x.w.div_ceil(2);
+    let depth = isa.depth(c.cin);
     let dst = DisjointOut::new(v);
-    (0..c.cin).into_par_iter().for_each(|ci| {
-        let mut row = [0.0f32; 2 * CHUNK + 2];
-        // hz[r][b][j]: patch row r of tile j after the column transform.
-        let mut hz = [[[0.0f32; CHUNK]; 4]; 4];
+    (0..depth).into_par_iter().for_each(|d| {
+        let mut vt = [[[0.0f32; CHUNK]; T]; 2];
         for i in i0..i1 {
             for j0 in (0..tw).step_by(CHUNK) {
                 let n = CHUNK.min(tw - j0);
-                for (r, hr) in hz.iter_mut().enumerate() {
-                    load_row(x, c, ci, 2 * i as isize - 1 + r as isize, j0, n, &mut row);
-                    for j in 0..n {
-                        let (d0, d1, d2, d3) = (row[2 * j], row[2 * j + 1], row[2 * j + 2], row[2 * j + 3]);
-                        hr[0][j] = d0 - d2;
-                        hr[1][j] = d1 + d2;
-                        hr[2][j] = d2 - d1;
-                        hr[3][j] = d1 - d3;
-                    }
-                }
                 let base = (i - i0) * tw + j0;
-                for b in 0..4 {
-                    let (h0, h1, h2, h3) = (&hz[0][b], &hz[1][b], &hz[2][b], &hz[3][b]);
-                    let plane = |a: usize| {
-                        // SAFETY: plane (t, ci) belongs to this channel's task alone, and tiles
-                        // base..base + n lie inside its nb.
-                        unsafe { dst.slice(((a * 4 + b) * c.cin + ci) * nb + base, n) }
-                    };
-                    for (j, o) in plane(0).iter_mut().enumerate() {
-                        *o = h0[j] - h2[j];
+                // SAFETY: plane (t, d) belongs to this task alone, and tiles base..base + n lie
+                // inside its nb.
+                let plane = |t: usize| unsafe { dst.slice((t * depth + d) * nb + base, n) };
+                if !isa.is_bf16() {
+                    transform_chunk(x, c, d, i, j0, n, &mut vt[0]);
+                    for (t, vt) in vt[0].iter().enumerate() {
+                        plane(t).copy_from_slice(&vt[..n]);
                     }
-                    for (j, o) in plane(1).iter_mut().enumerate() {
-                        *o = h1[j] + h2[j];
-                    }
-                    for (j, o) in plane(2).iter_mut().enumerate() {
-                        *o = h2[j] - h1[j];
-                    }
-                    for (j, o) in plane(3).iter_mut().enumerate() {
-                        *o = h1[j] - h3[j];
+                    continue;
+                }
+                let [lo, hi] = &mut vt;
+                transform_chunk(x, c, 2 * d, i, j0, n, lo);
+                if 2 * d + 1 < c.cin {
+                    transform_chunk(x, c, 2 * d + 1, i, j0, n, hi);
+                } else {
+                    *hi = [[0.0; CHUNK]; T];
+                }
+                for t in 0..T {
+                    for ((o, &a), &b) in plane(t).iter_mut().zip(&lo[t]).zip(&hi[t]) {
+                        *o = bf16::pair(a, b);
                     }
                 }
             }
@@ -217,14 +219,42 @@ fn input_transform(x: View, c: &Conv2d, i0: usize, i1: usize, nb: usize, v: &mut
     });
 }
 
+/// `V` of channel `ci` for tiles `j0..j0 + n` of tile row `i`: `vt[t][j]`.
+#[allow(clippy::needless_range_loop)]
+fn transform_chunk(x: View, c: &Conv2d, ci: usize, i: usize, j0: usize, n: usize, vt: &mut [[f32; CHUNK]; T]) {
+    let mut row = [0.0f32; 2 * CHUNK + 2];
+    // hz[r][b][j]: patch row r of tile j after the column transform.
+    let mut hz = [[[0.0f32; CHUNK]; 4]; 4];
+    for (r, hr) in hz.iter_mut().enumerate() {
+        load_row(x, c, ci, 2 * i as isize - 1 + r as isize, j0, n, &mut row);
+        for j in 0..n {
+            let (d0, d1, d2, d3) = (row[2 * j], row[2 * j + 1], row[2 * j + 2], row[2 * j + 3]);
+            hr[0][j] = d0 - d2;
+            hr[1][j] = d1 + d2;
+            hr[2][j] = d2 - d1;
+            hr[3][j] = d1 - d3;
+        }
+    }
+    for b in 0..4 {
+        let (h0, h1, h2, h3) = (&hz[0][b], &hz[1][b], &hz[2][b], &hz[3][b]);
+        for j in 0..n {
+            vt[b][j] = h0[j] - h2[j];
+            vt[4 + b][j] = h1[j] + h2[j];
+            vt[8 + b][j] = h2[j] - h1[j];
+            vt[12 + b][j] = h1[j] - h3[j];
+        }
+    }
+}
+
 /// `M[t] = U[t] · V[t]` for the 16 transform elements, as 1-tap convolutions over the band's
 /// `nb` tiles on the direct engine (starting from the zero "bias"), in one parallel pass.
 fn products(v: &[f32], c: &Conv2d, packed: &[f32], zeros: &[f32], nb: usize, isa: Isa, m: &mut [f32]) {
-    let per = direct::packed_weight_elems(c.cout, c.cin, 1);
+    let depth = isa.depth(c.cin);
+    let per = direct::packed_weight_elems(c.cout, depth, 1);
     let taps: [Taps; T] = std::array::from_fn(|t| Taps {
-        data: &v[t * c.cin * nb..],
+        data: &v[t * depth * nb..],
         plane: nb,
-        cin: c.cin,
+        cin: depth,
         offsets: &[0],
         weights: &packed[t * per..(t + 1) * per],
         bias: zeros,
@@ -237,7 +267,7 @@ fn products(v: &[f32], c: &Conv2d, packed: &[f32], zeros: &[f32], nb: usize, isa
         direct::check(tp, nr);
     }
     let dst = DisjointOut::new(m);
-    direct::schedule(nqb, T * ncb, c.cin, |x, qb, blk| {
+    direct::schedule(nqb, T * ncb, depth, |x, qb, blk| {
         let (t, cb) = (x / ncb, x % ncb);
         let q0 = qb * nr;
         direct::block(&taps[t], isa, cb, q0, &[0], blk);
@@ -303,8 +333,18 @@ fn output_transform(m: &[f32], c: &Conv2d, h: usize, w: usize, i0: usize, i1: us
 
 /// The same arithmetic written as plainly as possible, one tile and one element at a time: the
 /// reference the banded, vectorised path is tested against bit for bit.
-#[allow(clippy::needless_range_loop)]
 pub fn conv2d_reference(x: &Tensor, c: &Conv2d) -> Tensor {
+    reference(x, c, false)
+}
+
+/// [`conv2d_reference`] in bf16: `V` and `U` rounded to bf16, the products summed over channel
+/// pairs with [`bf16::madd`], from zero.
+pub fn conv2d_reference_bf16(x: &Tensor, c: &Conv2d) -> Tensor {
+    reference(x, c, true)
+}
+
+#[allow(clippy::needless_range_loop)]
+fn reference(x: &Tensor, c: &Conv2d, in_bf16: bool) -> Tensor {
     assert_eq!(c.k, 3);
     let (h, w) = (x.h, x.w);
     let u: Vec<[f32; T]> = c.weight.chunks_exact(9).map(transform_kernel).collect();
@@ -345,8 +385,18 @@ pub fn conv2d_reference(x: &Tensor, c: &Conv2d) -> Tensor {
                 for a in 0..4 {
                     for b in 0..4 {
                         let mut acc = 0.0f32;
-                        for (ci, vv) in v.iter().enumerate() {
-                            acc = u[co * c.cin + ci][a * 4 + b].mul_add(vv[a][b], acc);
+                        if in_bf16 {
+                            let uu = |ci: usize| if ci < c.cin { u[co * c.cin + ci][a * 4 + b] } else { 0.0 };
+                            let vv = |ci: usize| if ci < c.cin { v[ci][a][b] } else { 0.0 };
+                            for p in 0..bf16::depth(c.cin) {
+                                let (xv, wv) =
+                                    (bf16::pair(vv(2 * p), vv(2 * p + 1)), bf16::pair(uu(2 * p), uu(2 * p + 1)));
+                                acc = bf16::madd(acc, xv, wv);
+                            }
+                        } else {
+                            for (ci, vv) in v.iter().enumerate() {
+                                acc = u[co * c.cin + ci][a * 4 + b].mul_add(vv[a][b], acc);
+                            }
                         }
                         mm[a][b] = acc;
                     }

@@ -75,6 +75,9 @@ impl CudaBackend {
 
     /// [`CudaBackend::new`] with the f16 conv variants chosen as `tune` says.
     pub fn with_tuning(ordinal: usize, precision: Precision, tune: TuneMode) -> Result<CudaBackend> {
+        if precision == Precision::Bf16 {
+            return Err(Error::Usage("bf16 is a CPU arithmetic (--backend cpu); on CUDA use --precision f16".into()));
+        }
         libs::require_cuda()?;
         let (ctx, info) = device::open(ordinal)?;
         // SAFETY: buffers shared between streams (the staging buffers) are ordered by this
@@ -87,7 +90,7 @@ impl CudaBackend {
         let (kernels, reports) = Kernels::load(&ctx, &info.arch(), &info.name, tune)?;
         let state = match precision {
             Precision::F32 => PrecisionState::F32(Mutex::new(Exec::new(&ctx)?)),
-            Precision::F16 => PrecisionState::F16(Mutex::new(Exec::new(&ctx)?)),
+            Precision::F16 | Precision::Bf16 => PrecisionState::F16(Mutex::new(Exec::new(&ctx)?)),
         };
         Ok(CudaBackend {
             precision,
@@ -186,7 +189,9 @@ impl CudaBackend {
     pub fn conv_variant(&self, c: &Conv2d, h: usize, w: usize) -> Option<&'static str> {
         match self.precision {
             Precision::F32 => Some("v1_f32_direct"),
-            Precision::F16 => self.kernels.tune.chosen(&ConvSignature::new(c, h, w, Precision::F16)).map(|v| v.tag),
+            Precision::F16 | Precision::Bf16 => {
+                self.kernels.tune.chosen(&ConvSignature::new(c, h, w, Precision::F16)).map(|v| v.tag)
+            }
         }
     }
 

@@ -43,7 +43,7 @@ impl<T: Storage> Conv<'_, '_, T> {
         }
         let variant = match T::PRECISION {
             Precision::F32 => None,
-            Precision::F16 => {
+            Precision::F16 | Precision::Bf16 => {
                 // Before tuning, which launches on these buffers; an empty output is not tuned.
                 self.check_sizes()?;
                 let Shape { h, w, .. } = self.xs;
@@ -89,7 +89,7 @@ impl<T: Storage> Conv<'_, '_, T> {
         let (c, hw) = (self.c, self.xs.h * self.xs.w);
         let weights = match T::PRECISION {
             Precision::F32 => c.weight.len(),
-            Precision::F16 => packed_len(c),
+            Precision::F16 | Precision::Bf16 => packed_len(c),
         };
         check(self.x.len() == c.cin * hw && self.out.len() == c.cout * hw, "conv2d activations")?;
         check(self.weight.len() == weights && self.bias.len() == c.cout, "conv2d weights")

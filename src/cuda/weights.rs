@@ -114,7 +114,8 @@ pub fn op_device_bytes(op: &Op, precision: crate::planner::Precision) -> usize {
         Op::Conv2d(c) => {
             let w = match precision {
                 crate::planner::Precision::F32 => c.weight.len(),
-                crate::planner::Precision::F16 => packed_len(c),
+                // bf16 is no CUDA arithmetic; planned as the 2-byte storage it would be.
+                crate::planner::Precision::F16 | crate::planner::Precision::Bf16 => packed_len(c),
             };
             w * elem + c.bias.len() * 4
         }

@@ -30,6 +30,9 @@ pub enum Precision {
     F32,
     /// f16 storage, f32 accumulation; convolutions on tensor cores (CUDA only).
     F16,
+    /// Convolutions in bf16 with f32 accumulation, activations kept in f32 (CPU only: AVX512-BF16
+    /// where the CPU has it, else a portable path).
+    Bf16,
 }
 
 impl Precision {
@@ -37,13 +40,14 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
         }
     }
 
     pub fn bytes(self) -> usize {
         match self {
             Precision::F32 => 4,
-            Precision::F16 => 2,
+            Precision::F16 | Precision::Bf16 => 2,
         }
     }
 }

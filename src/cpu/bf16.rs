@@ -1,0 +1,129 @@
+//! bf16 arithmetic for the CPU engines: what `--precision bf16` computes, written plainly.
+//!
+//! Activations stay f32 in the arena; a convolution rounds its input (after any fused input
+//! transform) and its weights to bf16 (round to nearest even) and accumulates in f32. Input
+//! channels are taken in pairs: one f32-sized element holds channel `2p` in its low half and
+//! `2p + 1` in its high half, for both the input planes and the packed weights, so the engines'
+//! layouts and loops are those of f32 with half as many "channels" ([`depth`]). An odd last
+//! channel is paired with a zero.
+//!
+//! One pair updates an f32 accumulator exactly as `VDPBF16PS` does (Intel SDM): the high halves'
+//! product is added first, then the low halves', each addition rounded to nearest even; bf16
+//! inputs that are subnormal count as zero and subnormal sums are flushed to zero. The products of
+//! two bf16 values are exact in f32, so each step is one fused multiply-add. [`madd`] is that
+//! step; the AVX512-BF16 engine gives the same bits (checked by the tests on every CPU that has
+//! it), so tiles and whole images agree on every path, and the portable and vector paths agree
+//! with each other.
+
+use crate::graph::ScaleShift;
+use crate::tensor::View;
+
+/// Elements a `cin`-channel input occupies per position: channel pairs.
+pub const fn depth(cin: usize) -> usize {
+    cin.div_ceil(2)
+}
+
+/// `v` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its bits.
+#[inline(always)]
+pub fn round(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+/// The f32 value of a bf16.
+#[inline(always)]
+pub fn widen(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// Channels `lo` and `hi` rounded and packed into one pair element (`lo` in the low half), held
+/// in an f32 slot as raw bits (never used as a number: only moved).
+#[inline(always)]
+pub fn pair(lo: f32, hi: f32) -> f32 {
+    f32::from_bits(u32::from(round(lo)) | (u32::from(round(hi)) << 16))
+}
+
+/// A subnormal as zero of the same sign (the hardware's DAZ and FTZ).
+#[inline(always)]
+pub fn flush(v: f32) -> f32 {
+    if v.is_subnormal() { 0.0f32.copysign(v) } else { v }
+}
+
+/// `acc` plus the products of the pair elements `x` and `w`: high halves first, then low, each
+/// one correctly rounded fused multiply-add with subnormals flushed, as `VDPBF16PS` does.
+#[inline(always)]
+pub fn madd(acc: f32, x: f32, w: f32) -> f32 {
+    let (x, w) = (x.to_bits(), w.to_bits());
+    let half = |v: u32, hi: bool| flush(widen(if hi { (v >> 16) as u16 } else { v as u16 }));
+    let acc = flush(half(x, true).mul_add(half(w, true), acc));
+    flush(half(x, false).mul_add(half(w, false), acc))
+}
+
+/// Where a map's pixels sit in a padded plane: pixel (y, x) at `(y + top)·row + left + x`, every
+/// other element of the `plane` zero.
+#[derive(Clone, Copy)]
+pub struct Layout {
+    pub top: usize,
+    pub left: usize,
+    pub row: usize,
+    pub plane: usize,
+}
+
+/// Write `x`'s channels as pair planes in `layout` into `dst` (at least [`depth`] planes), after
+/// the fused input transform `pre` if there is one (the padding stays zero: PyTorch pads the
+/// transformed map). In one pass, with no scratch memory.
+pub fn pair_planes(dst: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>) {
+    use rayon::prelude::*;
+    let Layout { top, left, row, plane } = layout;
+    assert!(left + x.w <= row && (top + x.h) * row <= plane, "pixels outside the padded plane");
+    let value = |ci: usize, v: f32| match pre {
+        None => v,
+        Some(ss) => {
+            let t = v * ss.scale[ci] + ss.shift[ci];
+            if ss.relu { t.max(0.0) } else { t }
+        }
+    };
+    dst[..depth(x.c) * plane].par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
+        out.fill(0.0);
+        let (lo, hi) = (2 * p, 2 * p + 1);
+        for y in 0..x.h {
+            let d = &mut out[(y + top) * row + left..][..x.w];
+            let a = &x.plane(lo)[y * x.w..][..x.w];
+            if hi < x.c {
+                let b = &x.plane(hi)[y * x.w..][..x.w];
+                for ((o, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                    *o = pair(value(lo, a), value(hi, b));
+                }
+            } else {
+                for (o, &a) in d.iter_mut().zip(a) {
+                    *o = pair(value(lo, a), 0.0);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa, 1.
+        assert_eq!(widen(round(1.0 + 2f32.powi(-8))), 1.0);
+        assert_eq!(widen(round(1.0 + 3.0 * 2f32.powi(-8))), 1.0 + 2f32.powi(-6));
+        assert!(widen(round(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn a_pair_adds_the_high_product_first() {
+        // Each product 2^-8 is added to 1 on its own and lost (a tie, to even): one rounding
+        // per product, not one for their sum 2^-7.
+        let x = pair(2f32.powi(-8), 2f32.powi(-8));
+        let w = pair(1.0, 1.0);
+        assert_eq!(madd(1.0, x, w), 1.0);
+        assert_eq!(madd(0.0, x, w), 2f32.powi(-7));
+        // Subnormal inputs count as zero.
+        let tiny = pair(f32::from_bits(1 << 16), 0.0);
+        assert_eq!(madd(0.0, tiny, pair(1.0, 0.0)), 0.0);
+    }
+}

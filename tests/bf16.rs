@@ -1,0 +1,322 @@
+//! `--precision bf16` on the CPU: every bf16 engine this CPU has gives the bits of the plain
+//! element-by-element bf16 references (direct, transposed and Winograd convolutions, subnormals
+//! included); tiles equal the whole image bit for bit at bf16 for both model families, on random
+//! geometries; bf16 stays close to f32; the planned memory is what is allocated; and the CLI
+//! refuses precisions a backend does not have.
+
+mod common;
+
+use common::*;
+use seamless::Tensor;
+use seamless::backend::Backend;
+use seamless::cpu::{self, CpuBackend, bf16, direct::Isa};
+use seamless::graph::{Conv2d, ConvAlgo, ConvTranspose2d, ScaleShift};
+use seamless::model::weights::SplitMix64;
+use seamless::pipeline::{PadMode, Tiling, infer_on};
+use seamless::planner::Precision;
+
+fn randv(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32 * scale).collect()
+}
+
+fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+}
+
+fn bf16_engines() -> Vec<Isa> {
+    let v = Isa::available_for(Precision::Bf16);
+    assert!(v.contains(&Isa::Bf16Portable) && v.iter().all(|i| i.is_bf16()), "{v:?}");
+    v
+}
+
+fn conv_layer(rng: &mut SplitMix64, cin: usize, cout: usize, k: usize, case: usize, algo: ConvAlgo) -> Conv2d {
+    Conv2d {
+        cin,
+        cout,
+        k,
+        weight: randv(rng, cout * cin * k * k, 1.0 / (k * k * cin) as f32),
+        bias: randv(rng, cout, 0.5),
+        relu: case.is_multiple_of(2),
+        pre: case.is_multiple_of(3).then(|| ScaleShift {
+            scale: randv(rng, cin, 1.0),
+            shift: randv(rng, cin, 0.5),
+            relu: case % 2 == 1,
+        }),
+        algo,
+    }
+}
+
+/// Odd and even channel counts (an odd last channel is paired with zero), maps narrower and wider
+/// than a block, every kernel size.
+#[test]
+fn direct_convolution_equals_the_bf16_reference_bit_for_bit() {
+    let mut rng = SplitMix64(0xBF16);
+    for case in 0..40 {
+        let (cin, cout) = (pick(&mut rng, 1, 21), pick(&mut rng, 1, 19));
+        let k = [1, 3, 5][case % 3];
+        let (h, w) = (pick(&mut rng, 1, 13), pick(&mut rng, 1, 130));
+        let c = conv_layer(&mut rng, cin, cout, k, case, ConvAlgo::Direct);
+        let x = random_image(&mut rng, cin, h, w);
+        let want = cpu::conv::conv2d_reference_bf16(&x, &c);
+        for isa in bf16_engines() {
+            let got = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&got, &want), None, "{isa:?} case {case}: {cin}->{cout} k {k} {h}x{w}");
+        }
+    }
+}
+
+#[test]
+fn winograd_equals_the_bf16_reference_bit_for_bit() {
+    let mut rng = SplitMix64(0xB16);
+    for case in 0..24 {
+        let (cin, cout) = (pick(&mut rng, 1, 40), pick(&mut rng, 1, 40));
+        let (h, w) = (pick(&mut rng, 1, 20), pick(&mut rng, 1, 140));
+        let c = conv_layer(&mut rng, cin, cout, 3, case, ConvAlgo::Winograd2);
+        let x = random_image(&mut rng, cin, h, w);
+        let want = cpu::winograd::conv2d_reference_bf16(&x, &c);
+        for isa in bf16_engines() {
+            let got = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&got, &want), None, "{isa:?} case {case}: {cin}->{cout} {h}x{w}");
+        }
+    }
+}
+
+/// The transposed convolution in bf16, one element at a time: bias, then the input channel pairs
+/// ascending, each pair's taps of the output pixel's parity in ascending (ky, kx), one
+/// [`bf16::madd`] each; a tap reaching row or column -1 (k = 3) adds zero products.
+fn conv_transpose_bf16_reference(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
+    let (oh, ow) = (2 * x.h, 2 * x.w);
+    let mut out = Tensor::zeros(c.cout, oh, ow);
+    let input = |ci: usize, iy: isize, ix: isize| {
+        if ci >= c.cin || iy < 0 || ix < 0 { 0.0 } else { x.at(ci, iy as usize, ix as usize) }
+    };
+    let weight = |ci: usize, co: usize, ky: usize, kx: usize| {
+        if ci >= c.cin { 0.0 } else { c.weight[((ci * c.cout + co) * c.k + ky) * c.k + kx] }
+    };
+    for co in 0..c.cout {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = bf16::flush(c.bias[co]);
+                for p in 0..bf16::depth(c.cin) {
+                    for ky in (oy % 2..c.k).step_by(2) {
+                        for kx in (ox % 2..c.k).step_by(2) {
+                            let (iy, ix) = ((oy as isize - ky as isize) / 2, (ox as isize - kx as isize) / 2);
+                            let xv = bf16::pair(input(2 * p, iy, ix), input(2 * p + 1, iy, ix));
+                            let wv = bf16::pair(weight(2 * p, co, ky, kx), weight(2 * p + 1, co, ky, kx));
+                            acc = bf16::madd(acc, xv, wv);
+                        }
+                    }
+                }
+                out.data[(co * oh + oy) * ow + ox] = acc;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn transposed_convolution_equals_the_bf16_reference_bit_for_bit() {
+    let mut rng = SplitMix64(0xB17);
+    for k in [2, 3] {
+        for case in 0..12 {
+            let (cin, cout) = (pick(&mut rng, 1, 11), pick(&mut rng, 1, 13));
+            let (h, w) = (pick(&mut rng, 1, 9), pick(&mut rng, 1, 70));
+            let c = ConvTranspose2d {
+                cin,
+                cout,
+                k,
+                weight: randv(&mut rng, cin * cout * k * k, 1.0),
+                bias: randv(&mut rng, cout, 1.0),
+            };
+            let x = random_image(&mut rng, cin, h, w);
+            let want = conv_transpose_bf16_reference(&x, &c);
+            for isa in bf16_engines() {
+                let got = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, isa);
+                assert_eq!(first_difference(&got, &want), None, "{isa:?} k {k} case {case}: {cin}->{cout} {h}x{w}");
+            }
+        }
+    }
+}
+
+/// Inputs, weights and biases near and below the smallest normal f32: the hardware treats bf16
+/// subnormals as zero and flushes subnormal sums, and the reference does the same.
+#[test]
+fn subnormals_are_flushed_alike_on_every_engine() {
+    let mut rng = SplitMix64(0xB18);
+    for case in 0..8 {
+        let (cin, cout) = (pick(&mut rng, 2, 9), pick(&mut rng, 1, 9));
+        let mut c = conv_layer(&mut rng, cin, cout, 3, case, ConvAlgo::Direct);
+        c.pre = None;
+        let tiny = f32::MIN_POSITIVE;
+        for w in &mut c.weight {
+            *w *= 64.0;
+        }
+        for b in &mut c.bias {
+            *b *= tiny * 2.0;
+        }
+        let mut x = random_image(&mut rng, cin, 6, 37);
+        for v in &mut x.data {
+            *v *= tiny * 4.0;
+        }
+        let want = cpu::conv::conv2d_reference_bf16(&x, &c);
+        let subnormal = |v: &f32| bf16::widen(bf16::round(*v)).is_subnormal();
+        assert!(x.data.iter().any(subnormal) && c.bias.iter().any(|b| b.is_subnormal()), "case {case}: no subnormals");
+        for isa in bf16_engines() {
+            let got = cpu::conv::conv2d_isa(&x, &c, isa);
+            assert_eq!(first_difference(&got, &want), None, "{isa:?} case {case}");
+        }
+    }
+}
+
+fn bf16_backend() -> CpuBackend {
+    CpuBackend::default().with_precision(Precision::Bf16).unwrap()
+}
+
+/// A small model of the family, its architecture varied by the seed (as the f32 exactness tests).
+fn family_model(family: &str, rng: &mut SplitMix64) -> seamless::Model {
+    let seed = rng.next_u64();
+    let cfg = match family {
+        "unet" => {
+            let up = ["transpose", "bilinear", "nearest"][pick(rng, 0, 2)];
+            unet(pick(rng, 1, 3), pick(rng, 2, 3), 2 * pick(rng, 1, 3) + 1, pick(rng, 1, 3), rng.uniform() < 0.7, up)
+        }
+        _ => {
+            let levels = pick(rng, 1, 3);
+            let down: Vec<usize> = (0..levels).map(|_| pick(rng, 1, 2)).collect();
+            densenet(pick(rng, 1, 3), pick(rng, 2, 3), 5, pick(rng, 2, 3), &down, pick(rng, 1, 2))
+        }
+    };
+    random_model(cfg, seed)
+}
+
+/// The exactness contract at bf16: tiled == whole, bit for bit, for random models, images, tiles
+/// and halos (odd channel counts included), with and without Winograd.
+fn bf16_exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
+    let backend = bf16_backend();
+    let mut rng = SplitMix64(seed);
+    for case in 0..cases {
+        let model = family_model(family, &mut rng);
+        let model = if case % 2 == 1 { winograd_everywhere(model) } else { model };
+        let a = model.align();
+        let halo0 = model.exact_halo();
+        let h = pick(&mut rng, 1, 3 * a + halo0 + 20);
+        let w = pick(&mut rng, 1, 3 * a + halo0 + 20);
+        let tile = (a * pick(&mut rng, 1, 4), a * pick(&mut rng, 1, 4));
+        let halo = halo0 + a * pick(&mut rng, 0, 1);
+        let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
+        let img = random_image(&mut rng, model.in_channels(), h, w);
+        let run = |tiling| infer_on(&backend, &model, &img, pad, tiling, &mut |_| {}, None).unwrap();
+        let whole = run(Tiling::Whole);
+        let tiled = run(Tiling::Tiles { tile, halo });
+        assert_eq!(
+            first_difference(&whole, &tiled),
+            None,
+            "{family} case {case}: {} A={a} image {h}x{w} tile {tile:?} halo {halo} (exact {halo0}) {pad:?}",
+            model.config.config_json()
+        );
+    }
+}
+
+#[test]
+fn unet_bf16_tiled_equals_whole_over_random_geometries() {
+    bf16_exact_over_random_geometries("unet", 40, 0xB1F);
+}
+
+#[test]
+fn fcdensenet_bf16_tiled_equals_whole_over_random_geometries() {
+    bf16_exact_over_random_geometries("fcdensenet", 40, 0xB20);
+}
+
+/// bf16 keeps 8 bits of mantissa: on random models the class probabilities move by little and
+/// the labels hardly at all (the demo models are measured in docs/perf.md).
+#[test]
+fn bf16_stays_close_to_f32() {
+    let mut rng = SplitMix64(0xB21);
+    for family in ["unet", "fcdensenet"] {
+        let model = family_model(family, &mut rng);
+        let img = random_image(&mut rng, model.in_channels(), 96, 96);
+        let f32_out = CpuBackend::default().run(&model.graph, &img).unwrap();
+        let bf16_out = bf16_backend().run(&model.graph, &img).unwrap();
+        let diff = max_abs_diff(&f32_out, &bf16_out);
+        assert!(diff > 0.0, "{family}: bf16 gave the f32 bits: it did not run in bf16");
+        assert!(diff < 0.05, "{family}: max probability difference {diff}");
+        let (l32, l16) = (seamless::pipeline::labels(&f32_out), seamless::pipeline::labels(&bf16_out));
+        let same = l32.data.iter().zip(&l16.data).filter(|(a, b)| a == b).count();
+        assert!(same as f64 >= 0.99 * l32.data.len() as f64, "{family}: labels agree at {same} of {}", l32.data.len());
+    }
+}
+
+/// What the planner counts for bf16 (packed pairs, pair-plane workspace) is what the executor
+/// allocates.
+#[test]
+fn planned_bf16_bytes_are_the_bytes_allocated() {
+    use seamless::planner::ArenaPlan;
+    let isa = Isa::detect_for(Precision::Bf16);
+    let mut rng = SplitMix64(0xB22);
+    for family in ["unet", "fcdensenet"] {
+        let model = family_model(family, &mut rng);
+        let n = model.align() * 3;
+        let img = random_image(&mut rng, model.in_channels(), n, n + model.align());
+        let plan = ArenaPlan::new(&model.graph, img.h, img.w).unwrap();
+        let planned = (plan.arena_elems + cpu::workspace_elems(&model.graph, &plan, isa)) * 4
+            + cpu::packed_weight_bytes(&model.graph, isa);
+        let mut bufs = cpu::Buffers::new(isa);
+        cpu::run_planned(&model.graph, &plan, &img, &mut bufs, true).unwrap();
+        assert_eq!(bufs.allocated_bytes(), planned, "{family}");
+        // bf16 packs half the weights' f32 elements (pairs), plus the odd channels' zero halves.
+        assert!(cpu::packed_weight_bytes(&model.graph, isa) < cpu::packed_weight_bytes(&model.graph, Isa::detect()));
+    }
+}
+
+#[test]
+fn precisions_a_backend_lacks_are_usage_errors() {
+    let exe = env!("CARGO_BIN_EXE_seamless");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let ok = std::process::Command::new(exe)
+        .args(["random-model", "--preset", "unet-8-d2", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    for (backend, precision, says) in [("cuda", "bf16", "bf16 is a CPU arithmetic"), ("cpu", "f16", "f16 needs")] {
+        let out = std::process::Command::new(exe)
+            .args(["bench"])
+            .arg(&model)
+            .args(["--size", "64", "--runs", "1", "--backend", backend, "--precision", precision])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{backend} {precision}: {err}");
+        assert!(err.contains(says), "{backend} {precision}: {err}");
+    }
+}
+
+/// The demo models on a synthetic slide they were trained for, whole at f32 and at bf16: labels
+/// agree on at least 99.9% of the pixels. Prints the agreement and the largest probability
+/// difference (the figures in docs/perf.md: `cargo test --release --test bf16 demo -- --nocapture`).
+#[test]
+fn demo_models_keep_their_labels_at_bf16() {
+    use seamless::normalize::{self, Normalize};
+    let n = 1024;
+    let (raw, _) = seamless::synth::generate(7, 0, 0, n, n);
+    let mut img = Tensor::from_vec(1, n, n, raw.iter().map(|&v| v as f32).collect());
+    let stats = normalize::statistics(&img, Normalize::Zscore);
+    normalize::apply(&mut img, &stats);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in ["unet-demo", "fcdensenet-demo"] {
+        let model = seamless::model::file::load(&root.join(format!("{name}.safetensors"))).unwrap();
+        let f32_out = CpuBackend::default().run(&model.graph, &img).unwrap();
+        let bf16_out = bf16_backend().run(&model.graph, &img).unwrap();
+        let diff = max_abs_diff(&f32_out, &bf16_out);
+        let (l32, l16) = (seamless::pipeline::labels(&f32_out), seamless::pipeline::labels(&bf16_out));
+        let same = l32.data.iter().zip(&l16.data).filter(|(a, b)| a == b).count();
+        let agree = same as f64 / l32.data.len() as f64;
+        println!(
+            "{name}: {n}x{n} synthetic slide, bf16 on {:?}: labels agree at {:.4}% of pixels, max |p_bf16 - p_f32| = {diff:.2e}",
+            Isa::detect_for(Precision::Bf16),
+            100.0 * agree
+        );
+        assert!(agree >= 0.999, "{name}: labels agree at {:.4}%", 100.0 * agree);
+    }
+}
