@@ -13,7 +13,7 @@ typedef int32_t (*SeamlessProgress)(uint64_t done, uint64_t total, void *user);
 
 // Load a model file (or a preset name such as "unet-64", with random weights) onto a backend.
 // `device`: -2 automatic (CUDA device 0 if usable, else the CPU), -1 the CPU, n >= 0 CUDA device
-// n. `precision`: 0 f32, 1 f16 (CUDA only). `memory_budget`: bytes, 0 for the default. `threads`:
+// n. `precision`: 0 f32, 1 f16 (CUDA only), 2 bf16 (CPU only). `memory_budget`: bytes, 0 for the default. `threads`:
 // CPU worker threads, 0 for all cores. Returns NULL on failure, with the message in `*error`.
 //
 // # Safety

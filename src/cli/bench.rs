@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: usize,
-    /// CUDA: skip measuring the device's tensor-core rate (kernels/peak.cu, about a second).
+    /// Skip measuring the peak arithmetic rate: on CUDA the tensor cores' (kernels/peak.cu, about
+    /// a second), on the CPU its f32 FMA and bf16 rates (cpu/peak.rs, about half a second).
     #[arg(long)]
     pub(crate) no_peak: bool,
     /// Print machine-readable JSON (per-run times included) instead of the tables.
@@ -81,6 +82,12 @@ struct Report {
     /// CUDA: mma.sync.m16n8k16 f16->f32 rate of this device (kernels/peak.cu), TFLOP/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     mma_peak_tflops: Option<f64>,
+    /// CPU: the measured f32 FMA rate over all threads (GFLOP/s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_peak_f32_gflop_per_s: Option<f64>,
+    /// CPU: the measured bf16 pair rate (VDPBF16PS) over all threads, where the CPU has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_peak_bf16_gflop_per_s: Option<f64>,
     /// CUDA: device memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<Memory>,
@@ -113,6 +120,10 @@ struct LayerReport {
     /// CUDA f16: share of the measured mma.sync rate (layers with FLOPs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     percent_of_mma_peak: Option<f64>,
+    /// CPU: share of the measured peak of the precision (f32 FMA, or bf16 pairs), counting a
+    /// convolution's direct FLOPs (Winograd layers do fewer, so they can pass 100%).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    percent_of_cpu_peak: Option<f64>,
     /// CUDA: the conv kernel this layer ran (f16: the variant the autotuner kept).
     #[serde(skip_serializing_if = "Option::is_none")]
     variant: Option<&'static str>,
@@ -188,6 +199,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some(c) if !a.no_peak => Some(c.mma_peak_flops()?),
         _ => None,
     };
+    let cpu_peak = (cuda.is_none() && !a.no_peak).then(seamless::cpu::peak::measure);
+    let cpu_peak_of_precision = cpu_peak.and_then(|p| match a.precision {
+        Precision::Bf16 => p.bf16_flops,
+        _ => Some(p.f32_flops),
+    });
     let mut layers = Vec::new();
     if a.layers || a.json {
         let mut per_node = vec![Vec::new(); lowered.nodes.len()];
@@ -211,6 +227,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 gflop: flop / 1e9,
                 gflop_per_s: rate / 1e9,
                 percent_of_mma_peak: peak.filter(|_| f16 && flop > 0.0).map(|p| 100.0 * rate / p),
+                percent_of_cpu_peak: cpu_peak_of_precision.filter(|_| flop > 0.0).map(|p| 100.0 * rate / p),
                 variant: match (&cuda, &node.op) {
                     (Some(c), Op::Conv2d(conv)) => c.conv_variant(conv, s.h, s.w),
                     _ => None,
@@ -255,6 +272,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         wall_mpx_per_s: px / med / 1e6,
         device: cuda.as_ref().map(|c| c.info().name.clone()),
         mma_peak_tflops: peak.map(|p| p / 1e12),
+        cpu_peak_f32_gflop_per_s: cpu_peak.map(|p| p.f32_flops / 1e9),
+        cpu_peak_bf16_gflop_per_s: cpu_peak.and_then(|p| p.bf16_flops).map(|p| p / 1e9),
         memory,
         layers,
     };
@@ -277,7 +296,7 @@ fn print_text(a: &BenchArgs, r: &Report) {
             "ms",
             "GFLOP",
             "GFLOP/s",
-            if cuda { format!(" {:>7}  variant", "% mma") } else { String::new() }
+            if cuda { format!(" {:>7}  variant", "% mma") } else { format!(" {:>7}", "% peak") }
         );
         for l in &r.layers {
             let extra = if cuda {
@@ -287,7 +306,7 @@ fn print_text(a: &BenchArgs, r: &Report) {
                     l.variant.unwrap_or("")
                 )
             } else {
-                String::new()
+                format!(" {:>7}", l.percent_of_cpu_peak.map_or(String::new(), |p| format!("{p:.1}")))
             };
             println!(
                 "{:<44} {:<16} {:>16} {:>10.3} {:>8.2} {:>9.1}{extra}",
@@ -297,6 +316,13 @@ fn print_text(a: &BenchArgs, r: &Report) {
                 l.median_seconds * 1e3,
                 l.gflop,
                 l.gflop_per_s,
+            );
+        }
+        if let Some(p) = r.cpu_peak_f32_gflop_per_s {
+            let bf16 = r.cpu_peak_bf16_gflop_per_s.map_or("none".into(), |b| format!("{b:.1} GFLOP/s"));
+            println!(
+                "% peak = share of this CPU's measured rate for the precision: f32 FMA {p:.1} GFLOP/s, bf16 {bf16} \
+                 (direct-convolution FLOPs: Winograd layers can pass 100%)"
             );
         }
         if let Some(p) = r.mma_peak_tflops {
@@ -323,6 +349,10 @@ fn print_text(a: &BenchArgs, r: &Report) {
     }
     println!("throughput   {:.4} Mpx/s ({:.2} s per gigapixel)", r.mpx_per_s, r.seconds_per_gigapixel);
     println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", r.gflop_per_s, r.flop_per_pixel / 1e6);
+    if let Some(p) = r.cpu_peak_f32_gflop_per_s {
+        let bf16 = r.cpu_peak_bf16_gflop_per_s.map_or("no AVX512-BF16".into(), |b| format!("bf16 {b:.1} GFLOP/s"));
+        println!("cpu peak     f32 {p:.1} GFLOP/s, {bf16} (measured, all threads)");
+    }
     if let Some(p) = r.mma_peak_tflops {
         println!("mma peak     {p:.1} TFLOP/s (mma.sync m16n8k16 f16->f32 on this device)");
     }

@@ -9,7 +9,8 @@
 //!
 //! One pair updates an f32 accumulator exactly as `VDPBF16PS` does (Intel SDM): the high halves'
 //! product is added first, then the low halves', each addition rounded to nearest even; bf16
-//! inputs that are subnormal count as zero and subnormal sums are flushed to zero. The products of
+//! inputs that are subnormal count as zero and subnormal sums are flushed to zero (the rounding
+//! to bf16 already makes subnormal inputs zero, as the hardware conversions do). The products of
 //! two bf16 values are exact in f32, so each step is one fused multiply-add. [`madd`] is that
 //! step; the AVX512-BF16 engine gives the same bits (checked by the tests on every CPU that has
 //! it), so tiles and whole images agree on every path, and the portable and vector paths agree
@@ -23,10 +24,21 @@ pub const fn depth(cin: usize) -> usize {
     cin.div_ceil(2)
 }
 
-/// `v` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its bits.
+/// `v` rounded to bf16 (nearest, ties to even; NaN stays a quiet NaN; a subnormal is zero of
+/// its sign, as the hardware conversions and products treat them), as its bits. Branch-free, so
+/// that the conversion loops vectorise.
 #[inline(always)]
 pub fn round(v: f32) -> u16 {
-    half::bf16::from_f32(v).to_bits()
+    let b = v.to_bits();
+    let nearest = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    let r = if v.is_nan() {
+        (b >> 16) | 0x40
+    } else if b & 0x7F80_0000 == 0 {
+        (b >> 16) & 0x8000
+    } else {
+        nearest
+    };
+    r as u16
 }
 
 /// The f32 value of a bf16.
@@ -70,36 +82,79 @@ pub struct Layout {
 
 /// Write `x`'s channels as pair planes in `layout` into `dst` (at least [`depth`] planes), after
 /// the fused input transform `pre` if there is one (the padding stays zero: PyTorch pads the
-/// transformed map). In one pass, with no scratch memory.
+/// transformed map). In one pass, with no scratch memory, vectorised where the CPU has AVX-512.
 pub fn pair_planes(dst: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>) {
     use rayon::prelude::*;
     let Layout { top, left, row, plane } = layout;
     assert!(left + x.w <= row && (top + x.h) * row <= plane, "pixels outside the padded plane");
-    let value = |ci: usize, v: f32| match pre {
-        None => v,
-        Some(ss) => {
-            let t = v * ss.scale[ci] + ss.shift[ci];
-            if ss.relu { t.max(0.0) } else { t }
-        }
-    };
+    #[cfg(target_arch = "x86_64")]
+    let wide = std::arch::is_x86_feature_detected!("avx512f");
     dst[..depth(x.c) * plane].par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
-        out.fill(0.0);
-        let (lo, hi) = (2 * p, 2 * p + 1);
-        for y in 0..x.h {
-            let d = &mut out[(y + top) * row + left..][..x.w];
-            let a = &x.plane(lo)[y * x.w..][..x.w];
-            if hi < x.c {
-                let b = &x.plane(hi)[y * x.w..][..x.w];
-                for ((o, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                    *o = pair(value(lo, a), value(hi, b));
-                }
-            } else {
-                for (o, &a) in d.iter_mut().zip(a) {
-                    *o = pair(value(lo, a), 0.0);
-                }
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: AVX-512F was detected just above.
+            return unsafe { pair_plane_avx512(out, x, layout, pre, p) };
+        }
+        pair_plane(out, x, layout, pre, p)
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pair_plane_avx512(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, p: usize) {
+    pair_plane(out, x, layout, pre, p)
+}
+
+/// Pair plane `p` (channels `2p`, `2p + 1`) of [`pair_planes`]. Always inlined, so that it compiles
+/// with its caller's vector width.
+#[inline(always)]
+fn pair_plane(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, p: usize) {
+    let Layout { top, left, row, .. } = layout;
+    out.fill(0.0);
+    let (lo, hi) = (2 * p, 2 * p + 1);
+    let rows = |y: usize| {
+        let d = (y + top) * row + left;
+        (d, &x.plane(lo)[y * x.w..][..x.w], (hi < x.c).then(|| &x.plane(hi)[y * x.w..][..x.w]))
+    };
+    // One loop per case, each with its own straight-line body.
+    match pre {
+        None => {
+            for y in 0..x.h {
+                let (d, a, b) = rows(y);
+                pair_row(&mut out[d..d + x.w], a, b, |v| v, |v| v);
             }
         }
-    });
+        Some(ss) => {
+            let affine = |ci: usize| {
+                let (sc, sh, relu) = (ss.scale[ci], ss.shift[ci], ss.relu);
+                move |v: f32| {
+                    let t = v * sc + sh;
+                    if relu { t.max(0.0) } else { t }
+                }
+            };
+            let (fa, fb) = (affine(lo), affine(hi.min(x.c - 1)));
+            for y in 0..x.h {
+                let (d, a, b) = rows(y);
+                pair_row(&mut out[d..d + x.w], a, b, fa, fb);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn pair_row(out: &mut [f32], a: &[f32], b: Option<&[f32]>, fa: impl Fn(f32) -> f32, fb: impl Fn(f32) -> f32) {
+    match b {
+        Some(b) => {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = pair(fa(a), fb(b));
+            }
+        }
+        None => {
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = pair(fa(a), 0.0);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +167,10 @@ mod tests {
         assert_eq!(widen(round(1.0 + 2f32.powi(-8))), 1.0);
         assert_eq!(widen(round(1.0 + 3.0 * 2f32.powi(-8))), 1.0 + 2f32.powi(-6));
         assert!(widen(round(f32::NAN)).is_nan());
+        // Subnormals become zero of their sign, even the one next to the smallest normal.
+        assert_eq!(round(f32::from_bits(0x007F_FFFF)), 0);
+        assert_eq!(round(-f32::from_bits(1)), 0x8000);
+        assert_eq!(round(f32::MAX), 0x7F80);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod conv_transpose;
 pub mod direct;
 pub mod elementwise;
 pub mod packed;
+pub mod peak;
 pub mod pool;
 pub mod softmax;
 pub mod unpadded;
@@ -125,14 +126,33 @@ impl Default for Buffers {
 fn reserve(buf: &mut Vec<f32>, elems: usize, what: &str) -> Result<()> {
     if buf.len() < elems {
         *buf = Vec::new();
-        buf.try_reserve_exact(elems).map_err(|_| {
-            crate::out_of_memory::handled();
-            Error::OutOfMemory { what: what.to_string(), bytes: elems * 4 }
-        })?;
-        advise_huge_pages(buf.as_mut_ptr(), elems * 4);
-        buf.resize(elems, 0.0);
+        *buf = zeroed(elems, what)?;
     }
     Ok(())
+}
+
+/// `elems` zeros, or [`Error::OutOfMemory`] naming `what`. Allocated zeroed (large blocks come
+/// straight from the kernel, zero until written): no pass over the memory before the first
+/// convolution writes it, which for U-Net-64 would fault in hundreds of MB on one thread before
+/// any work starts. Backed by huge pages where Linux allows.
+pub(crate) fn zeroed(elems: usize, what: &str) -> Result<Vec<f32>> {
+    if elems == 0 {
+        return Ok(Vec::new());
+    }
+    let oom = || {
+        crate::out_of_memory::handled();
+        Error::OutOfMemory { what: what.to_string(), bytes: elems.saturating_mul(4) }
+    };
+    let layout = std::alloc::Layout::array::<f32>(elems).map_err(|_| oom())?;
+    // SAFETY: the layout has a non-zero size (elems > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+    if ptr.is_null() {
+        return Err(oom());
+    }
+    advise_huge_pages(ptr, elems * 4);
+    // SAFETY: allocated by the global allocator with exactly this layout (`elems` f32s, so length
+    // and capacity `elems`), and all-zero bits are a valid f32 (0.0) for every element.
+    Ok(unsafe { Vec::from_raw_parts(ptr, elems, elems) })
 }
 
 /// Ask Linux to back a large buffer with transparent huge pages (where THP is in `madvise` mode):

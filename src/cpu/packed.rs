@@ -5,7 +5,7 @@
 
 use super::direct::Isa;
 use super::{conv, conv_transpose};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::graph::{Graph, NodeId, Op};
 
 /// Packed elements of one node (0 for ops without weights).
@@ -70,11 +70,7 @@ impl Packed {
         let total = elems(graph, isa);
         if self.data.len() != total {
             self.data = Vec::new();
-            self.data.try_reserve_exact(total).map_err(|_| {
-                crate::out_of_memory::handled();
-                Error::OutOfMemory { what: "packed weights".into(), bytes: total * 4 }
-            })?;
-            self.data.resize(total, 0.0);
+            self.data = super::zeroed(total, "packed weights")?;
         }
         self.start.clear();
         self.start.reserve_exact(graph.nodes.len() + 1);

@@ -100,11 +100,16 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     let depth = isa.depth(c.cin);
     let per = direct::packed_weight_elems(c.cout, depth, 1);
     let dst = &mut dst[..T * per];
-    dst.fill(0.0);
     let out = DisjointOut::new(dst);
     // In place, channel block by channel block: a transformed copy of a large model's weights
     // would briefly double its weight memory.
     (0..c.cout.div_ceil(MR)).into_par_iter().for_each(|cb| {
+        // This block's part of every transform element's pack, zeroed first: channels past cout
+        // keep zero weights.
+        for t in 0..T {
+            // SAFETY: the block's span of pack t is written by this task alone.
+            unsafe { out.slice(t * per + cb * depth * MR, depth * MR) }.fill(0.0);
+        }
         let u = |co: usize, ci: usize| {
             if ci < c.cin { transform_kernel(&c.weight[(co * c.cin + ci) * 9..][..9]) } else { [0.0; T] }
         };
@@ -156,6 +161,7 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
 }
 
 /// The patch row `y` (zero outside the map), columns `2·j0 - 1 ..`, fused scale-shift applied.
+#[inline(always)]
 fn load_row(x: View, c: &Conv2d, ci: usize, y: isize, j0: usize, n: usize, row: &mut [f32; 2 * CHUNK + 2]) {
     let row = &mut row[..2 * n + 2];
     row.fill(0.0);
@@ -183,43 +189,76 @@ fn load_row(x: View, c: &Conv2d, ci: usize, y: isize, j0: usize, n: usize, row: 
 /// `[t][ci][tile]` planes of `nb` tiles (in bf16, `[t][pair][tile]` planes of rounded channel
 /// pairs): columns first (`d B`), then rows (`Bᵀ ·`).
 fn input_transform(x: View, c: &Conv2d, i0: usize, i1: usize, nb: usize, v: &mut [f32], isa: Isa) {
-    let tw = x.w.div_ceil(2);
     let depth = isa.depth(c.cin);
     let dst = DisjointOut::new(v);
+    #[cfg(target_arch = "x86_64")]
+    let wide = std::arch::is_x86_feature_detected!("avx512f");
     (0..depth).into_par_iter().for_each(|d| {
-        let mut vt = [[[0.0f32; CHUNK]; T]; 2];
-        for i in i0..i1 {
-            for j0 in (0..tw).step_by(CHUNK) {
-                let n = CHUNK.min(tw - j0);
-                let base = (i - i0) * tw + j0;
-                // SAFETY: plane (t, d) belongs to this task alone, and tiles base..base + n lie
-                // inside its nb.
-                let plane = |t: usize| unsafe { dst.slice((t * depth + d) * nb + base, n) };
-                if !isa.is_bf16() {
-                    transform_chunk(x, c, d, i, j0, n, &mut vt[0]);
-                    for (t, vt) in vt[0].iter().enumerate() {
-                        plane(t).copy_from_slice(&vt[..n]);
-                    }
-                    continue;
-                }
-                let [lo, hi] = &mut vt;
-                transform_chunk(x, c, 2 * d, i, j0, n, lo);
-                if 2 * d + 1 < c.cin {
-                    transform_chunk(x, c, 2 * d + 1, i, j0, n, hi);
-                } else {
-                    *hi = [[0.0; CHUNK]; T];
-                }
-                for t in 0..T {
-                    for ((o, &a), &b) in plane(t).iter_mut().zip(&lo[t]).zip(&hi[t]) {
-                        *o = bf16::pair(a, b);
-                    }
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: AVX-512F was detected just above.
+            return unsafe { input_task_avx512(x, c, i0, i1, nb, dst, isa, d) };
         }
+        input_task(x, c, i0, i1, nb, dst, isa, d)
     });
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_task_avx512(
+    x: View,
+    c: &Conv2d,
+    i0: usize,
+    i1: usize,
+    nb: usize,
+    dst: DisjointOut,
+    isa: Isa,
+    d: usize,
+) {
+    input_task(x, c, i0, i1, nb, dst, isa, d)
+}
+
+/// [`input_transform`]'s planes of channel `d` (in bf16, of channel pair `d`). Always inlined, so
+/// that it compiles with its caller's vector width (the transforms and the rounding vectorise).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn input_task(x: View, c: &Conv2d, i0: usize, i1: usize, nb: usize, dst: DisjointOut, isa: Isa, d: usize) {
+    let tw = x.w.div_ceil(2);
+    let depth = isa.depth(c.cin);
+    let mut vt = [[[0.0f32; CHUNK]; T]; 2];
+    for i in i0..i1 {
+        for j0 in (0..tw).step_by(CHUNK) {
+            let n = CHUNK.min(tw - j0);
+            let base = (i - i0) * tw + j0;
+            // SAFETY: plane (t, d) belongs to this task alone, and tiles base..base + n lie
+            // inside its nb.
+            let plane = |t: usize| unsafe { dst.slice((t * depth + d) * nb + base, n) };
+            if !isa.is_bf16() {
+                transform_chunk(x, c, d, i, j0, n, &mut vt[0]);
+                for (t, vt) in vt[0].iter().enumerate() {
+                    plane(t).copy_from_slice(&vt[..n]);
+                }
+                continue;
+            }
+            let [lo, hi] = &mut vt;
+            transform_chunk(x, c, 2 * d, i, j0, n, lo);
+            if 2 * d + 1 < c.cin {
+                transform_chunk(x, c, 2 * d + 1, i, j0, n, hi);
+            } else {
+                *hi = [[0.0; CHUNK]; T];
+            }
+            for t in 0..T {
+                for ((o, &a), &b) in plane(t).iter_mut().zip(&lo[t]).zip(&hi[t]) {
+                    *o = bf16::pair(a, b);
+                }
+            }
+        }
+    }
+}
+
 /// `V` of channel `ci` for tiles `j0..j0 + n` of tile row `i`: `vt[t][j]`.
+#[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn transform_chunk(x: View, c: &Conv2d, ci: usize, i: usize, j0: usize, n: usize, vt: &mut [[f32; CHUNK]; T]) {
     let mut row = [0.0f32; 2 * CHUNK + 2];
