@@ -103,8 +103,8 @@ pub struct InferArgs {
     pub backend: Backend,
     /// Arithmetic: f32 (exact f32, no TF32; the default); on the GPU f16 (f16 storage, f32
     /// accumulation, tensor cores); on the CPU bf16 (convolutions on AVX512-BF16 where the CPU has
-    /// it, f32 accumulation; about 2x faster, labels within 0.1% of f32). Tiles equal the whole
-    /// image bit for bit in every precision.
+    /// it, f32 accumulation; 1.4-1.8x faster than f32 there, labels within 0.01% of f32 on the
+    /// demo models: docs/perf.md). Tiles equal the whole image bit for bit in every precision.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     #[serde(serialize_with = "cli_name")]
     pub precision: Precision,

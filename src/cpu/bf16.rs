@@ -175,12 +175,13 @@ mod tests {
 
     #[test]
     fn a_pair_adds_the_high_product_first() {
-        // Each product 2^-8 is added to 1 on its own and lost (a tie, to even): one rounding
-        // per product, not one for their sum 2^-7.
-        let x = pair(2f32.powi(-8), 2f32.powi(-8));
+        // From 1: the high product 2^-24 is a tie and lost (to even), then the low product 2^-23
+        // lands exactly. Low first, 1 + 2^-23 + 2^-24 would tie the other way (to 1 + 2^-22), and
+        // so would one rounding of the whole sum.
+        let x = pair(2f32.powi(-23), 2f32.powi(-24));
         let w = pair(1.0, 1.0);
-        assert_eq!(madd(1.0, x, w), 1.0);
-        assert_eq!(madd(0.0, x, w), 2f32.powi(-7));
+        assert_eq!(madd(1.0, x, w), 1.0 + 2f32.powi(-23));
+        assert_eq!(madd(0.0, x, w), 3.0 * 2f32.powi(-24));
         // Subnormal inputs count as zero.
         let tiny = pair(f32::from_bits(1 << 16), 0.0);
         assert_eq!(madd(0.0, tiny, pair(1.0, 0.0)), 0.0);
