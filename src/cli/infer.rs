@@ -317,7 +317,9 @@ pub fn select_backend(
             None if b != Backend::Cpu || precision == Precision::Bf16 => eprintln!("backend: {}", backend.name()),
             None => {}
         }
-        if precision == Precision::Bf16 && !seamless::cpu::direct::Isa::detect_for(precision).is_bf16_hardware() {
+        if precision == Precision::Bf16
+            && seamless::cpu::direct::Isa::detect_for(precision) == seamless::cpu::direct::Isa::Bf16Portable
+        {
             eprintln!(
                 "warning: this CPU has no AVX512-BF16: bf16 runs on the portable path, slower than f32 here \
                  (same bits as on a CPU that has it)"

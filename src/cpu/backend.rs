@@ -56,7 +56,7 @@ impl CpuMemory {
     }
 
     /// The engine that runs this precision here.
-    fn isa(&self) -> Isa {
+    pub fn isa(&self) -> Isa {
         Isa::detect_for(self.precision)
     }
 
@@ -94,13 +94,13 @@ impl CpuBackend {
             return Err(Error::Usage("f16 needs the CUDA backend; the CPU computes in f32 or bf16".into()));
         }
         self.memory = Some(CpuMemory { precision });
-        *self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()) = Buffers::new(Isa::detect_for(precision));
+        *self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()) = Buffers::new(self.isa());
         Ok(self)
     }
 
     /// The engine the convolutions run on.
     pub fn isa(&self) -> Isa {
-        self.buffers.lock().unwrap_or_else(|e| e.into_inner()).isa()
+        self.mem().isa()
     }
 
     fn mem(&self) -> &CpuMemory {
@@ -141,7 +141,7 @@ impl CpuBackend {
             self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
         let plan = self.plan(graph, input.h, input.w)?;
-        let need = (plan.arena_elems + super::workspace_elems(graph, &plan, bufs.isa())) * 4;
+        let need = (plan.arena_elems + super::workspace_elems(graph, &plan, self.isa())) * 4;
         if let Some(limit) = self.limit_bytes
             && need > limit
         {

@@ -16,9 +16,6 @@
 //! it), so tiles and whole images agree on every path, and the portable and vector paths agree
 //! with each other.
 
-use crate::graph::ScaleShift;
-use crate::tensor::View;
-
 /// Elements a `cin`-channel input occupies per position: channel pairs.
 pub const fn depth(cin: usize) -> usize {
     cin.div_ceil(2)
@@ -68,93 +65,6 @@ pub fn madd(acc: f32, x: f32, w: f32) -> f32 {
     let half = |v: u32, hi: bool| flush(widen(if hi { (v >> 16) as u16 } else { v as u16 }));
     let acc = flush(half(x, true).mul_add(half(w, true), acc));
     flush(half(x, false).mul_add(half(w, false), acc))
-}
-
-/// Where a map's pixels sit in a padded plane: pixel (y, x) at `(y + top)·row + left + x`, every
-/// other element of the `plane` zero.
-#[derive(Clone, Copy)]
-pub struct Layout {
-    pub top: usize,
-    pub left: usize,
-    pub row: usize,
-    pub plane: usize,
-}
-
-/// Write `x`'s channels as pair planes in `layout` into `dst` (at least [`depth`] planes), after
-/// the fused input transform `pre` if there is one (the padding stays zero: PyTorch pads the
-/// transformed map). In one pass, with no scratch memory, vectorised where the CPU has AVX-512.
-pub fn pair_planes(dst: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>) {
-    use rayon::prelude::*;
-    let Layout { top, left, row, plane } = layout;
-    assert!(left + x.w <= row && (top + x.h) * row <= plane, "pixels outside the padded plane");
-    #[cfg(target_arch = "x86_64")]
-    let wide = std::arch::is_x86_feature_detected!("avx512f");
-    dst[..depth(x.c) * plane].par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            // SAFETY: AVX-512F was detected just above.
-            return unsafe { pair_plane_avx512(out, x, layout, pre, p) };
-        }
-        pair_plane(out, x, layout, pre, p)
-    });
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pair_plane_avx512(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, p: usize) {
-    pair_plane(out, x, layout, pre, p)
-}
-
-/// Pair plane `p` (channels `2p`, `2p + 1`) of [`pair_planes`]. Always inlined, so that it compiles
-/// with its caller's vector width.
-#[inline(always)]
-fn pair_plane(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, p: usize) {
-    let Layout { top, left, row, .. } = layout;
-    out.fill(0.0);
-    let (lo, hi) = (2 * p, 2 * p + 1);
-    let rows = |y: usize| {
-        let d = (y + top) * row + left;
-        (d, &x.plane(lo)[y * x.w..][..x.w], (hi < x.c).then(|| &x.plane(hi)[y * x.w..][..x.w]))
-    };
-    // One loop per case, each with its own straight-line body.
-    match pre {
-        None => {
-            for y in 0..x.h {
-                let (d, a, b) = rows(y);
-                pair_row(&mut out[d..d + x.w], a, b, |v| v, |v| v);
-            }
-        }
-        Some(ss) => {
-            let affine = |ci: usize| {
-                let (sc, sh, relu) = (ss.scale[ci], ss.shift[ci], ss.relu);
-                move |v: f32| {
-                    let t = v * sc + sh;
-                    if relu { t.max(0.0) } else { t }
-                }
-            };
-            let (fa, fb) = (affine(lo), affine(hi.min(x.c - 1)));
-            for y in 0..x.h {
-                let (d, a, b) = rows(y);
-                pair_row(&mut out[d..d + x.w], a, b, fa, fb);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn pair_row(out: &mut [f32], a: &[f32], b: Option<&[f32]>, fa: impl Fn(f32) -> f32, fb: impl Fn(f32) -> f32) {
-    match b {
-        Some(b) => {
-            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                *o = pair(fa(a), fb(b));
-            }
-        }
-        None => {
-            for (o, &a) in out.iter_mut().zip(a) {
-                *o = pair(fa(a), 0.0);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! positions and output channels, which never changes the order of any one element's sum, so the
 //! result is independent of the map's extent and of where a tile sits in the image.
 //!
-//! The input is copied once into zero-padded flat planes in the workspace (applying a fused input
-//! transform on the way; a plain 1 x 1 convolution needs no padding and reads its input in place);
+//! The input is copied once into zero-padded flat planes in the workspace ([`super::padded`],
+//! applying a fused input transform on the way; a plain 1 x 1 convolution needs no padding and
+//! reads its input in place);
 //! the register-blocked engine in [`super::direct`] then runs over every (channel block, position
 //! block) with the weights [`pack`]ed once per model.
 //!
@@ -16,32 +17,23 @@
 //! workspace, packing and arithmetic); every entry point here dispatches on that mark, so all
 //! executors compute the same thing for the layer.
 
-use rayon::prelude::*;
-
 use super::DisjointOut;
 use super::direct::{self, Isa, Taps};
-use super::{bf16, unpadded, winograd};
-use crate::graph::{Conv2d, ConvAlgo, ScaleShift};
+use super::{bf16, padded, unpadded, winograd};
+use crate::graph::{Conv2d, ConvAlgo};
 use crate::tensor::{Tensor, View};
 
 /// Flat layout of one padded plane: `r` zero rows above and below, and rows of `w + r` elements
 /// whose first `r` are zero (reading past a row's end lands in the next row's zeros, which are
-/// this row's right padding). `plane` has `r` more zeros at its end for the last row.
-#[derive(Clone, Copy)]
-struct Geometry {
-    r: usize,
-    row: usize,
-    plane: usize,
-}
-
-fn geometry(h: usize, w: usize, k: usize) -> Geometry {
+/// this row's right padding). The plane has `r` more zeros at its end for the last row.
+fn geometry(h: usize, w: usize, k: usize) -> padded::Layout {
     let r = k / 2;
     let row = w + r;
-    Geometry { r, row, plane: (h + 2 * r) * row + r }
+    padded::Layout { top: r, left: r, row, plane: (h + 2 * r) * row + r }
 }
 
 fn padded_elems(c: usize, h: usize, w: usize, k: usize, isa: Isa) -> usize {
-    isa.depth(c) * geometry(h, w, k).plane + direct::slack()
+    padded::elems(c, geometry(h, w, k).plane, isa)
 }
 
 /// How a convolution reads its input.
@@ -104,39 +96,6 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     direct::pack_weights_for(isa, dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
 }
 
-/// Copy `x` into the padded layout, applying the fused input transform if there is one (the
-/// padding stays zero: PyTorch pads the transformed map); in bf16 as rounded channel pairs.
-fn pad(x: View, g: Geometry, pre: Option<&ScaleShift>, ws: &mut [f32], isa: Isa) {
-    let (h, w, r) = (x.h, x.w, g.r);
-    let depth = isa.depth(x.c);
-    let (planes, tail) = ws[..depth * g.plane + direct::slack()].split_at_mut(depth * g.plane);
-    tail.fill(0.0);
-    if isa.is_bf16() {
-        let layout = bf16::Layout { top: r, left: r, row: g.row, plane: g.plane };
-        return bf16::pair_planes(planes, x, layout, pre);
-    }
-    planes.par_chunks_mut(g.plane).enumerate().for_each(|(c, dst)| {
-        dst[..r * g.row].fill(0.0);
-        dst[(h + r) * g.row..].fill(0.0);
-        let src = x.plane(c);
-        for y in 0..h {
-            let d = &mut dst[(y + r) * g.row..(y + r + 1) * g.row];
-            d[..r].fill(0.0);
-            let (d, s) = (&mut d[r..], &src[y * w..(y + 1) * w]);
-            match pre {
-                None => d.copy_from_slice(s),
-                Some(ss) => {
-                    let (sc, b) = (ss.scale[c], ss.shift[c]);
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        let t = v * sc + b;
-                        *o = if ss.relu { t.max(0.0) } else { t };
-                    }
-                }
-            }
-        }
-    });
-}
-
 pub fn conv2d(x: &Tensor, c: &Conv2d) -> Tensor {
     conv2d_isa(x, c, Isa::detect())
 }
@@ -190,8 +149,7 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
         Path::Padded => {}
     }
     let g = geometry(h, w, k);
-    let ws_pad = &mut ws[..padded_elems(x.c, h, w, k, isa)];
-    pad(x, g, c.pre.as_ref(), ws_pad, isa);
+    let ws_pad = padded::fill(ws, x, g, c.pre.as_ref(), isa);
     let taps = k * k;
     let offsets: Vec<usize> = (0..taps).map(|t| (t / k) * g.row + t % k).collect();
     let spec = Taps {

@@ -11,7 +11,7 @@
 //! zero padding row or column instead (`w·0`), for every tile alike.
 
 use super::direct::{self, Isa, Taps};
-use super::{DisjointOut, bf16};
+use super::{DisjointOut, padded};
 use crate::graph::ConvTranspose2d;
 use crate::tensor::{Tensor, View};
 
@@ -64,8 +64,8 @@ pub fn pack(c: &ConvTranspose2d, dst: &mut [f32], isa: Isa) {
 pub fn workspace_elems(c: &ConvTranspose2d, h: usize, w: usize, isa: Isa) -> usize {
     match (c.k, isa.is_bf16()) {
         (2, false) => direct::unpadded_tail_elems(c.cin),
-        (2, true) => isa.depth(c.cin) * h * w + direct::slack(),
-        _ => isa.depth(c.cin) * (h + 1) * (w + 1) + direct::slack(),
+        (2, true) => padded::elems(c.cin, h * w, isa),
+        _ => padded::elems(c.cin, (h + 1) * (w + 1), isa),
     }
 }
 
@@ -126,16 +126,12 @@ fn k2(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
     if !isa.is_bf16() {
         return direct::run_unpadded(x.data, h * w, c.cin, packed, &bias4, 4 * c.cout, isa, ws, store);
     }
-    // bf16: the planes rounded to pairs, with the slack the engine's last block reads.
+    // bf16: the planes rounded to pairs.
     let n = h * w;
-    let depth = isa.depth(c.cin);
-    let (planes, tail) = ws[..depth * n + direct::slack()].split_at_mut(depth * n);
-    tail.fill(0.0);
-    bf16::pair_planes(planes, x, bf16::Layout { top: 0, left: 0, row: w, plane: n }, None);
     let spec = Taps {
-        data: &ws[..depth * n + direct::slack()],
+        data: padded::fill(ws, x, padded::Layout { top: 0, left: 0, row: w, plane: n }, None, isa),
         plane: n,
-        cin: depth,
+        cin: isa.depth(c.cin),
         offsets: &[0],
         weights: packed,
         bias: &bias4,
@@ -152,24 +148,7 @@ fn k3(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
     let (oh, ow) = (2 * h, 2 * w);
     let (row, plane) = (w + 1, (h + 1) * (w + 1));
     let depth = isa.depth(c.cin);
-    let ws_in = &mut ws[..depth * plane + direct::slack()];
-    {
-        use rayon::prelude::*;
-        let (planes, tail) = ws_in.split_at_mut(depth * plane);
-        tail.fill(0.0);
-        if isa.is_bf16() {
-            bf16::pair_planes(planes, x, bf16::Layout { top: 1, left: 1, row, plane }, None);
-        } else {
-            planes.par_chunks_mut(plane).enumerate().for_each(|(ci, dst)| {
-                dst[..row].fill(0.0);
-                for y in 0..h {
-                    let d = &mut dst[(y + 1) * row..(y + 2) * row];
-                    d[0] = 0.0;
-                    d[1..].copy_from_slice(&x.plane(ci)[y * w..(y + 1) * w]);
-                }
-            });
-        }
-    }
+    let ws_in = padded::fill(ws, x, padded::Layout { top: 1, left: 1, row, plane }, None, isa);
     let ptr = DisjointOut::new(out);
     let mut woff = 0;
     for (py, px) in CLASSES {

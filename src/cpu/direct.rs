@@ -101,11 +101,6 @@ impl Isa {
         Isa::available_for(if self.is_bf16() { Precision::Bf16 } else { Precision::F32 }).contains(&self)
     }
 
-    /// Whether this is a bf16 implementation on bf16 hardware (not the portable emulation).
-    pub fn is_bf16_hardware(self) -> bool {
-        self.is_bf16() && self != Isa::Bf16Portable
-    }
-
     /// Whether this implementation computes in bf16 (its inputs and weights are channel pairs).
     pub fn is_bf16(self) -> bool {
         matches!(self, Isa::Bf16Portable | Isa::Avx512Bf16)
@@ -289,11 +284,23 @@ pub(crate) fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], bl
     }
 }
 
-/// The arithmetic every implementation performs, written plainly.
+/// The arithmetic every f32 implementation performs, written plainly.
 fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
+    block_plain(t, cb, q0, blk, Isa::Portable, |acc, x, w| w.mul_add(x, acc))
+}
+
+/// The bf16 arithmetic ([`bf16::madd`] per pair), written plainly: `t` holds channel pairs.
+fn block_bf16_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
+    block_plain(t, cb, q0, blk, Isa::Bf16Portable, bf16::madd)
+}
+
+/// One block, one `step(acc, input, weight)` per term in the engine's order, 16 positions at a
+/// time (`isa` says which arithmetic, for the bias).
+#[inline(always)]
+fn block_plain(t: &Taps, cb: usize, q0: usize, blk: &mut Block, isa: Isa, step: impl Fn(f32, f32, f32) -> f32) {
     const N: usize = 16;
     let ntaps = t.offsets.len();
-    let bias = bias_of(t.bias, t.cout, cb, Isa::Portable);
+    let bias = bias_of(t.bias, t.cout, cb, isa);
     let mut acc = [[0.0f32; N]; MR];
     for (a, b) in acc.iter_mut().zip(bias) {
         *a = [b; N];
@@ -306,34 +313,7 @@ fn block_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
             let wt = &w[(ci * ntaps + ti) * MR..][..MR];
             for (a, &wv) in acc.iter_mut().zip(wt) {
                 for (o, &v) in a.iter_mut().zip(src) {
-                    *o = wv.mul_add(v, *o);
-                }
-            }
-        }
-    }
-    for (o, a) in blk.iter_mut().zip(&acc) {
-        o[..N].copy_from_slice(a);
-    }
-}
-
-/// The bf16 arithmetic ([`bf16::madd`] per pair), written plainly: `t` holds channel pairs.
-fn block_bf16_portable(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
-    const N: usize = 16;
-    let ntaps = t.offsets.len();
-    let bias = bias_of(t.bias, t.cout, cb, Isa::Bf16Portable);
-    let mut acc = [[0.0f32; N]; MR];
-    for (a, b) in acc.iter_mut().zip(bias) {
-        *a = [b; N];
-    }
-    let w = &t.weights[cb * t.cin * ntaps * MR..(cb + 1) * t.cin * ntaps * MR];
-    for p in 0..t.cin {
-        for (ti, &off) in t.offsets.iter().enumerate() {
-            let s = p * t.plane + q0 + off;
-            let src = &t.data[s..s + N];
-            let wt = &w[(p * ntaps + ti) * MR..][..MR];
-            for (a, &wv) in acc.iter_mut().zip(wt) {
-                for (o, &v) in a.iter_mut().zip(src) {
-                    *o = bf16::madd(*o, v, wv);
+                    *o = step(*o, v, wv);
                 }
             }
         }

@@ -10,6 +10,7 @@ pub mod conv_transpose;
 pub mod direct;
 pub mod elementwise;
 pub mod packed;
+pub mod padded;
 pub mod peak;
 pub mod pool;
 pub mod softmax;
@@ -178,11 +179,6 @@ impl Buffers {
     /// Empty buffers for convolutions on `isa` (one of [`Isa::available_for`] some precision).
     pub fn new(isa: Isa) -> Buffers {
         Buffers { arena: Vec::new(), workspace: Vec::new(), packed: packed::Packed::default(), isa }
-    }
-
-    /// The engine the convolutions run on.
-    pub fn isa(&self) -> Isa {
-        self.isa
     }
 
     /// Pack `graph`'s weights unless they are packed already; true when it packed (a model
