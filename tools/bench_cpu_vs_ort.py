@@ -332,7 +332,7 @@ def bench_model(preset: str, args, engines: list[str], precisions: list[str], wo
                 request = compiled.create_infer_request()
                 request.infer({"image": x})  # warm-up
                 cell.forward = lambda request=request: (timed(lambda: request.infer({"image": x})), {})
-    if cfg["in_channels"] not in bench_cpu_window.COLOUR_TYPES:
+    if cfg["in_channels"] not in bench_cpu_window.PNG_CHANNELS:
         for cell in cells.values():
             if cell.whole.ok:
                 cell.whole.fail("unavailable", f"{cfg['in_channels']} input channels do not fit a PNG")

@@ -12,73 +12,39 @@ timed process, as a user's script would.
     python tools/bench_cpu_window.py --engine ort|openvino --onnx MODEL.onnx --input IN.png
         --output OUT.png [--threads 2] [--precision f32|bf16]
 
-It prints one JSON line: the time of each phase and the precision the engine ran. The PNG
-reader takes only what write_png writes (8-bit, not interlaced, filter type 0 on every row).
-Needs numpy and the engine's package (tools/requirements-bench.txt).
+It prints one JSON line: the time of each phase and the precision the engine ran. PNGs are read
+and written with Pillow. Needs numpy, Pillow and the engine's package
+(tools/requirements-bench.txt).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 import time
-import zlib
 
 T_START = time.perf_counter()
 
 import numpy as np  # noqa: E402  (after T_START: numpy's import is part of the run)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COLOUR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type (grey, RGB)
+from PIL import Image  # noqa: E402  (the same: a user's script decodes with a library too)
+
+# Channels a PNG of this tool holds: grey or RGB.
+PNG_CHANNELS = (1, 3)
 
 
 def write_png(path, image: np.ndarray) -> None:
-    """An (H, W) or (H, W, 3) uint8 array as an 8-bit PNG, every row with filter type 0."""
-    a = np.ascontiguousarray(image, dtype=np.uint8)
-    h, w = a.shape[:2]
-    channels = 1 if a.ndim == 2 else a.shape[2]
-    rows = np.zeros((h, 1 + w * channels), dtype=np.uint8)  # column 0: the filter byte (0, none)
-    rows[:, 1:] = a.reshape(h, w * channels)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, COLOUR_TYPES[channels], 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-                + chunk(b"IEND", b""))
+    """An (H, W) or (H, W, 3) uint8 array as an 8-bit PNG."""
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path, format="PNG")
 
 
 def read_png(path) -> np.ndarray:
-    """What write_png writes, back as (H, W) or (H, W, 3) uint8."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:8] != PNG_SIGNATURE:
-        raise ValueError(f"{path}: not a PNG")
-    pos, idat, header = 8, [], None
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        pos += 12 + n
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-    if header is None:
-        raise ValueError(f"{path}: no IHDR chunk")
-    w, h, depth, colour, _, _, interlace = header
-    channels = {v: k for k, v in COLOUR_TYPES.items()}.get(colour)
-    if depth != 8 or channels is None or interlace:
-        raise ValueError(f"{path}: only 8-bit grey or RGB, not interlaced (as write_png writes)")
-    rows = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(h, 1 + w * channels)
-    if rows[:, 0].any():
-        raise ValueError(f"{path}: a row uses a PNG filter other than 0 (write_png writes none)")
-    image = rows[:, 1:].reshape(h, w, channels)
-    return image[:, :, 0] if channels == 1 else image
+    """An 8-bit grey or RGB PNG as (H, W) or (H, W, 3) uint8."""
+    with Image.open(path) as im:
+        if im.mode not in ("L", "RGB"):
+            raise ValueError(f"{path}: mode {im.mode}; this tool reads 8-bit grey or RGB PNGs")
+        return np.asarray(im)
 
 
 def zscore_nchw(image: np.ndarray) -> np.ndarray:
@@ -95,7 +61,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True, choices=["ort", "openvino"])
     p.add_argument("--onnx", required=True, help="the ONNX file (input 'image', output 'probabilities')")
-    p.add_argument("--input", required=True, help="8-bit PNG written by write_png")
+    p.add_argument("--input", required=True, help="8-bit grey or RGB PNG")
     p.add_argument("--output", required=True, help="labels PNG to write")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
