@@ -170,10 +170,17 @@ impl Graph {
         let int = |h: &mut blake3::Hasher, v: usize| {
             h.update(&(v as u64).to_le_bytes());
         };
+        // The values' little-endian bytes in blocks: the digest of one update per value (what
+        // journals of earlier runs hold), at the hasher's full speed instead of one call per
+        // value (a quarter of a second for U-Net-64's 31 M weights, before the first window).
         let floats = |h: &mut blake3::Hasher, v: &[f32]| {
             h.update(&(v.len() as u64).to_le_bytes());
-            for x in v {
-                h.update(&x.to_bits().to_le_bytes());
+            let mut block = [0u8; 16 << 10];
+            for values in v.chunks(block.len() / 4) {
+                for (b, x) in block.chunks_exact_mut(4).zip(values) {
+                    b.copy_from_slice(&x.to_bits().to_le_bytes());
+                }
+                h.update(&block[..values.len() * 4]);
             }
         };
         int(&mut h, self.nodes.len());

@@ -220,3 +220,17 @@ fn folded_graph_computes_the_same_network() {
         assert!(d < 1e-5, "max difference {d}");
     }
 }
+
+/// A model's fingerprint is what `--resume` and `--shard` compare: it must not change between
+/// versions for the same weights, or a run resumed by a newer binary would be refused. These are
+/// the digests of the first implementation (one hash update per value).
+#[test]
+fn graph_fingerprints_stay_what_earlier_versions_wrote() {
+    for (preset, seed, want) in [
+        ("unet-8-d2", 1, "7742ea8b699313930a4994dd9f8d23451023c62491794a1980f0248d423ac2ad"),
+        ("fcdensenet-56", 2, "e3059ee3bf604b91dc9d21cecadf0346df6450b648e45fe98065d910e96b17b3"),
+    ] {
+        let model = seamless::Model::random(seamless::model::ModelConfig::preset(preset).unwrap(), seed).unwrap();
+        assert_eq!(model.graph.fingerprint(), want, "{preset} seed {seed}");
+    }
+}

@@ -58,6 +58,11 @@ struct Report {
     precision: &'static str,
     size: usize,
     flop_per_pixel: f64,
+    /// Opening the model file (parse, decode, checks), seconds.
+    load_seconds: f64,
+    /// The first (warm-up) pass, seconds: with what a process pays once (on the CPU packing the
+    /// weights and first touching its buffers; on CUDA uploading them). None without warm-up.
+    first_run_seconds: Option<f64>,
     /// Wall time per window through `run`, one window at a time (on CUDA with the host conversion
     /// and the transfers, which the streaming runner overlaps between windows).
     run_seconds: Vec<f64>,
@@ -160,7 +165,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 {
         return Err(Error::Usage("--runs must be at least 1".into()));
     }
+    let t_load = std::time::Instant::now();
     let m = Model::open(&a.model)?;
+    let load_seconds = t_load.elapsed().as_secs_f64();
     let n = a.size;
     if n == 0 || !n.is_multiple_of(m.align()) {
         return Err(Error::Usage(format!(
@@ -182,8 +189,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let input =
         Tensor::from_vec(m.in_channels(), n, n, (0..m.in_channels() * n * n).map(|_| rng.normal() as f32).collect());
     // CUDA: at least one, which also uploads the weights (the kernels are loaded already).
+    let mut first_run_seconds = None;
     for _ in 0..a.warmup.max(cuda.is_some() as usize) {
+        let t0 = std::time::Instant::now();
         backend.run(g, &input)?;
+        first_run_seconds.get_or_insert(t0.elapsed().as_secs_f64());
     }
     let (mut run_seconds, mut compute_run_seconds, mut run_cpu_seconds) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.runs {
@@ -260,6 +270,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         precision: a.precision.name(),
         size: n,
         flop_per_pixel,
+        load_seconds,
+        first_run_seconds,
         median_seconds: med,
         run_seconds,
         median_compute_seconds: med_compute,
@@ -346,6 +358,9 @@ fn print_text(a: &BenchArgs, r: &Report) {
     } else {
         println!("median       {:.4} s per window", r.median_seconds);
         println!("cpu time     {:.4} s per window (all threads)", r.median_cpu_seconds);
+    }
+    if let Some(first) = r.first_run_seconds {
+        println!("start        {:.3} s to load the model, {first:.3} s for the first (warm-up) pass", r.load_seconds);
     }
     println!("throughput   {:.4} Mpx/s ({:.2} s per gigapixel)", r.mpx_per_s, r.seconds_per_gigapixel);
     println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", r.gflop_per_s, r.flop_per_pixel / 1e6);
