@@ -12,15 +12,10 @@ use seamless::backend::Backend;
 use seamless::cpu::{self, CpuBackend, bf16, direct::Isa};
 use seamless::graph::{Conv2d, ConvAlgo, ConvTranspose2d, ScaleShift};
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{PadMode, Tiling, infer_on};
 use seamless::planner::Precision;
 
 fn randv(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * scale).collect()
-}
-
-fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
-    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
 }
 
 fn bf16_engines() -> Vec<Isa> {
@@ -196,23 +191,10 @@ fn bf16_exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
     for case in 0..cases {
         let model = family_model(family, &mut rng);
         let model = if case % 2 == 1 { winograd_everywhere(model) } else { model };
-        let a = model.align();
-        let halo0 = model.exact_halo();
-        let h = pick(&mut rng, 1, 3 * a + halo0 + 20);
-        let w = pick(&mut rng, 1, 3 * a + halo0 + 20);
-        let tile = (a * pick(&mut rng, 1, 4), a * pick(&mut rng, 1, 4));
-        let halo = halo0 + a * pick(&mut rng, 0, 1);
-        let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
-        let img = random_image(&mut rng, model.in_channels(), h, w);
-        let run = |tiling| infer_on(&backend, &model, &img, pad, tiling, &mut |_| {}, None).unwrap();
-        let whole = run(Tiling::Whole);
-        let tiled = run(Tiling::Tiles { tile, halo });
-        assert_eq!(
-            first_difference(&whole, &tiled),
-            None,
-            "{family} case {case}: {} A={a} image {h}x{w} tile {tile:?} halo {halo} (exact {halo0}) {pad:?}",
-            model.config.config_json()
-        );
+        let t = TilingCase::random(&mut rng, &model, 20);
+        let img = random_image(&mut rng, model.in_channels(), t.h, t.w);
+        let (whole, tiled) = t.run(&backend, &model, &img).unwrap();
+        assert_eq!(first_difference(&whole, &tiled), None, "{family} case {case}: {}", t.describe(&model));
     }
 }
 

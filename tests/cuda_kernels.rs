@@ -17,7 +17,7 @@ use seamless::cuda::conv_variants;
 use seamless::cuda::{CudaBackend, Precision, TuneMode};
 use seamless::graph::{BatchNorm, Conv2d, ConvTranspose2d, Op, ScaleShift, UpsampleMode};
 use seamless::model::weights::SplitMix64;
-use seamless::pipeline::{PadMode, Tiling, infer_on};
+use seamless::pipeline::{Tiling, infer_on};
 use seamless::{Model, Tensor};
 
 fn device() -> usize {
@@ -47,10 +47,6 @@ fn gpu(precision: Precision) -> CudaBackend {
 
 fn device_kind() -> &'static str {
     if emulator::emulated() { "emulated device" } else { "GPU" }
-}
-
-fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
-    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
 }
 
 /// Normal values scaled by `scale`.
@@ -353,27 +349,13 @@ fn tiled_equals_whole_on_gpu(family: &str, precision: Precision, cases: usize, s
     let mut rng = SplitMix64(seed);
     for case in 0..cases {
         let model = family_model(family, &mut rng);
-        let a = model.align();
-        let halo0 = model.exact_halo();
-        let h = pick(&mut rng, 1, 3 * a + halo0 + 40);
-        let w = pick(&mut rng, 1, 3 * a + halo0 + 40);
-        let (tile_h, tile_w) = (a * pick(&mut rng, 1, 4), a * pick(&mut rng, 1, 4));
-        let halo = halo0 + a * pick(&mut rng, 0, 1);
-        let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
-        let img = random_image(&mut rng, model.in_channels(), h, w);
-        let what = format!(
-            "{family} {} case {case}: {} image {h}x{w} tile {tile_h}x{tile_w} halo {halo} (exact {halo0}) {pad:?}",
-            precision.name(),
-            model.config.config_json()
-        );
-        let whole = infer_on(&gpu, &model, &img, pad, Tiling::Whole, &mut |_| {}, None)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let tiled =
-            infer_on(&gpu, &model, &img, pad, Tiling::Tiles { tile: (tile_h, tile_w), halo }, &mut |_| {}, None)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let t = TilingCase::random(&mut rng, &model, 40);
+        let img = random_image(&mut rng, model.in_channels(), t.h, t.w);
+        let what = format!("{family} {} case {case}: {}", precision.name(), t.describe(&model));
+        let (whole, tiled) = t.run(&gpu, &model, &img).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(first_difference(&whole, &tiled), None, "{what}");
         // Across backends only a tolerance holds (and f32 is nearly exact: only exp differs).
-        let cpu = infer_on(&CpuBackend::default(), &model, &img, pad, Tiling::Whole, &mut |_| {}, None).unwrap();
+        let cpu = infer_on(&CpuBackend::default(), &model, &img, t.pad, Tiling::Whole, &mut |_| {}, None).unwrap();
         let diff = max_abs_diff(&whole, &cpu);
         println!("{what}: tiled == whole; max |gpu - cpu| = {diff:.2e}");
         if precision == Precision::F32 {

@@ -6,13 +6,10 @@ mod common;
 
 use common::*;
 use seamless::Model;
+use seamless::cpu::CpuBackend;
 use seamless::model::weights::SplitMix64;
 use seamless::pipeline::{PadMode, Tiling, infer};
 use seamless::tile_grid::{TileGrid, round_up};
-
-fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
-    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
-}
 
 /// A small model of the family, its architecture varied by the seed.
 fn family_model(family: &str, rng: &mut SplitMix64) -> Model {
@@ -36,24 +33,10 @@ fn exact_over_random_geometries(family: &str, cases: usize, seed: u64, winograd:
     for case in 0..cases {
         let model = family_model(family, &mut rng);
         let model = if winograd { winograd_everywhere(model) } else { model };
-        let a = model.align();
-        let halo0 = model.exact_halo();
-        // Odd and even sizes, from below one tile to several tiles plus halos.
-        let h = pick(&mut rng, 1, 3 * a + halo0 + 20);
-        let w = pick(&mut rng, 1, 3 * a + halo0 + 20);
-        let tile_h = a * pick(&mut rng, 1, 4);
-        let tile_w = a * pick(&mut rng, 1, 4);
-        let halo = halo0 + a * pick(&mut rng, 0, 1);
-        let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
-        let img = random_image(&mut rng, model.in_channels(), h, w);
-        let whole = infer(&model, &img, pad, Tiling::Whole).unwrap();
-        let tiled = infer(&model, &img, pad, Tiling::Tiles { tile: (tile_h, tile_w), halo }).unwrap();
-        assert_eq!(
-            first_difference(&whole, &tiled),
-            None,
-            "{family} case {case}: {} A={a} image {h}x{w} tile {tile_h}x{tile_w} halo {halo} (exact {halo0}) {pad:?}",
-            model.config.config_json()
-        );
+        let t = TilingCase::random(&mut rng, &model, 20);
+        let img = random_image(&mut rng, model.in_channels(), t.h, t.w);
+        let (whole, tiled) = t.run(&CpuBackend::default(), &model, &img).unwrap();
+        assert_eq!(first_difference(&whole, &tiled), None, "{family} case {case}: {}", t.describe(&model));
     }
 }
 

@@ -16,10 +16,6 @@ fn randv(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * scale).collect()
 }
 
-fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
-    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
-}
-
 fn layer(rng: &mut SplitMix64, cin: usize, cout: usize, case: usize) -> Conv2d {
     Conv2d {
         cin,

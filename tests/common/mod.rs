@@ -1,9 +1,63 @@
 //! Shared helpers for the integration tests: seeded random models and images.
 #![allow(dead_code)]
 
+use seamless::backend::Backend;
 use seamless::model::weights::SplitMix64;
 use seamless::model::{FcDenseNetConfig, ModelConfig, UnetConfig};
+use seamless::pipeline::{PadMode, Tiling, infer_on};
 use seamless::{Model, Tensor};
+
+/// Uniform in `lo..=hi`.
+pub fn pick(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+}
+
+/// One random tiling of one image for the exactness tests: odd and even sizes, from below one
+/// tile to several tiles plus halos (`slack` more), tiles of 1-4 A, the exact halo or one A more,
+/// zero padding mostly.
+pub struct TilingCase {
+    pub h: usize,
+    pub w: usize,
+    pub tile: (usize, usize),
+    pub halo: usize,
+    pub pad: PadMode,
+}
+
+impl TilingCase {
+    pub fn random(rng: &mut SplitMix64, model: &Model, slack: usize) -> TilingCase {
+        let (a, halo0) = (model.align(), model.exact_halo());
+        let h = pick(rng, 1, 3 * a + halo0 + slack);
+        let w = pick(rng, 1, 3 * a + halo0 + slack);
+        let tile = (a * pick(rng, 1, 4), a * pick(rng, 1, 4));
+        let halo = halo0 + a * pick(rng, 0, 1);
+        let pad = if rng.uniform() < 0.8 { PadMode::Zero } else { PadMode::Reflect };
+        TilingCase { h, w, tile, halo, pad }
+    }
+
+    /// The case in words, for assertion messages.
+    pub fn describe(&self, model: &Model) -> String {
+        format!(
+            "{} A={} image {}x{} tile {}x{} halo {} (exact {}) {:?}",
+            model.config.config_json(),
+            model.align(),
+            self.h,
+            self.w,
+            self.tile.0,
+            self.tile.1,
+            self.halo,
+            model.exact_halo(),
+            self.pad
+        )
+    }
+
+    /// `img` whole and tiled as this case says, on `backend`.
+    pub fn run(&self, backend: &dyn Backend, model: &Model, img: &Tensor) -> seamless::error::Result<(Tensor, Tensor)> {
+        let whole = infer_on(backend, model, img, self.pad, Tiling::Whole, &mut |_| {}, None)?;
+        let tiling = Tiling::Tiles { tile: self.tile, halo: self.halo };
+        let tiled = infer_on(backend, model, img, self.pad, tiling, &mut |_| {}, None)?;
+        Ok((whole, tiled))
+    }
+}
 
 pub fn unet(in_channels: usize, classes: usize, base: usize, depth: usize, bn: bool, up: &str) -> ModelConfig {
     ModelConfig::Unet(UnetConfig {
