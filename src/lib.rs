@@ -19,6 +19,7 @@ pub mod embed;
 pub mod erf;
 pub mod error;
 pub mod graph;
+pub mod huge_pages;
 pub mod image_io;
 pub mod model;
 pub mod normalize;

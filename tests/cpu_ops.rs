@@ -304,3 +304,21 @@ fn masked_unpadded_conv_matches_the_reference_bit_for_bit() {
         assert_eq!(first_difference(&got, &want), None, "unpadded engine, k {k} {}->{cout} {h}x{w}", c.cin);
     }
 }
+
+#[test]
+fn row_packing_places_every_weight_as_the_element_gather_does() {
+    // `pack_rows` (what convolutions use) against the element-by-element definition, for channel
+    // counts around the block size and every kernel size: the same packed bits, zeros included.
+    let mut rng = SplitMix64(41);
+    for _ in 0..60 {
+        let (cout, cin, k) = (pick(&mut rng, 1, 40), pick(&mut rng, 1, 20), [1, 3, 5][pick(&mut rng, 0, 2)]);
+        let taps = k * k;
+        let w = randv(&mut rng, cout * cin * taps);
+        let n = cpu::direct::packed_weight_elems(cout, cin, taps);
+        let (mut rows, mut gathered) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        cpu::direct::pack_rows(&mut rows, cout, cin, taps, &w);
+        cpu::direct::pack_weights(&mut gathered, cout, cin, taps, |co, ci, t| w[(co * cin + ci) * taps + t]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&rows), bits(&gathered), "cout {cout} cin {cin} k {k}");
+    }
+}

@@ -10,7 +10,7 @@ use seamless::Tensor;
 use seamless::cpu::{self, direct::Isa, winograd};
 use seamless::graph::{Conv2d, ConvAlgo, Op, ScaleShift};
 use seamless::model::ModelConfig;
-use seamless::model::weights::SplitMix64;
+use seamless::model::weights::{RandomSource, SplitMix64};
 
 fn randv(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * scale).collect()
@@ -145,8 +145,10 @@ fn models_use_winograd_only_where_windows_start_on_the_block_grid() {
     assert_eq!(unet.len(), 11, "{unet:?}");
     assert!(unet.iter().all(|&(l, ci, co)| (1..=3).contains(&l) && ci.min(co) >= winograd::MIN_CHANNELS), "{unet:?}");
     // A model's own graph is the one every executor runs; ops built by hand are direct.
-    let m = seamless::Model::random(ModelConfig::preset("unet-64").unwrap(), 0).unwrap();
-    let mut g = m.source_graph.optimized();
+    let cfg = ModelConfig::preset("unet-64").unwrap();
+    let m = seamless::Model::random(cfg.clone(), 0).unwrap();
+    let source = seamless::model::source_graph(&cfg, &mut RandomSource::new(0), "random").unwrap().0;
+    let mut g = source.optimized();
     assert!(g.nodes.iter().all(|n| !matches!(&n.op, Op::Conv2d(c) if c.algo != ConvAlgo::Direct)));
     // With no channel minimum, the level-4 convs still stay direct.
     g.assign_conv_algos(m.align(), 1);

@@ -60,8 +60,11 @@ struct Report {
     flop_per_pixel: f64,
     /// Opening the model file (parse, decode, checks), seconds.
     load_seconds: f64,
-    /// The first (warm-up) pass, seconds: with what a process pays once (on the CPU packing the
-    /// weights and first touching its buffers; on CUDA uploading them). None without warm-up.
+    /// CPU: packing the weights for the engine, seconds (once per process and model, before the
+    /// first window). None on CUDA, whose first pass uploads them.
+    pack_seconds: Option<f64>,
+    /// The first (warm-up) pass, seconds: with what a process pays once (on the CPU first touching
+    /// its buffers; on CUDA uploading the weights). None without warm-up.
     first_run_seconds: Option<f64>,
     /// Wall time per window through `run`, one window at a time (on CUDA with the host conversion
     /// and the transfers, which the streaming runner overlaps between windows).
@@ -183,6 +186,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let used_before = cuda.as_ref().map(|c| c.mem_get_info()).transpose()?;
     let g = &m.graph;
+    let pack_seconds = if cuda.is_none() {
+        let t = std::time::Instant::now();
+        cpu.prepare(g)?;
+        Some(t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     let px = (n * n) as f64;
     let flop_per_pixel = g.flops_per_pixel(n)?;
     let mut rng = SplitMix64(1);
@@ -271,6 +281,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         size: n,
         flop_per_pixel,
         load_seconds,
+        pack_seconds,
         first_run_seconds,
         median_seconds: med,
         run_seconds,
@@ -360,7 +371,11 @@ fn print_text(a: &BenchArgs, r: &Report) {
         println!("cpu time     {:.4} s per window (all threads)", r.median_cpu_seconds);
     }
     if let Some(first) = r.first_run_seconds {
-        println!("start        {:.3} s to load the model, {first:.3} s for the first (warm-up) pass", r.load_seconds);
+        let pack = r.pack_seconds.map(|p| format!("{p:.3} s to pack its weights, ")).unwrap_or_default();
+        println!(
+            "start        {:.3} s to load the model, {pack}{first:.3} s for the first (warm-up) pass",
+            r.load_seconds
+        );
     }
     println!("throughput   {:.4} Mpx/s ({:.2} s per gigapixel)", r.mpx_per_s, r.seconds_per_gigapixel);
     println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", r.gflop_per_s, r.flop_per_pixel / 1e6);

@@ -2,7 +2,6 @@
 
 use seamless::Model;
 use seamless::error::Result;
-use seamless::graph::Op;
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
@@ -46,13 +45,10 @@ struct Layer {
 pub fn run(a: InfoArgs) -> Result<()> {
     let m = Model::open(&a.model)?;
     let probe = m.align() * 4;
-    let shapes = m.source_graph.shapes(probe, probe)?;
     let layers: Vec<Layer> = m
-        .source_graph
-        .nodes
+        .source_layers
         .iter()
-        .zip(&shapes)
-        .map(|(n, s)| Layer { name: n.name.clone(), op: n.op.kind(), out_channels: s.c, params: n.op.params() })
+        .map(|l| Layer { name: l.name.clone(), op: l.op, out_channels: l.out_channels, params: l.params })
         .collect();
     let s = Summary {
         origin: &m.origin,
@@ -60,12 +56,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         config: serde_json::from_str(&m.config.config_json()).expect("valid json"),
         description: m.description.as_deref(),
         parameters: m.params(),
-        conv_layers: m
-            .source_graph
-            .nodes
-            .iter()
-            .filter(|n| matches!(n.op, Op::Conv2d(_) | Op::ConvTranspose2d(_)))
-            .count(),
+        conv_layers: m.source_layers.iter().filter(|l| matches!(l.op, "conv2d" | "conv_transpose2d")).count(),
         flop_per_pixel: m.graph.flops_per_pixel(probe)?,
         receptive_field: m.rf.receptive_field,
         reach_before: m.rf.reach_before,

@@ -134,12 +134,27 @@ impl CpuBackend {
         }
     }
 
-    fn run_here(&self, graph: &Graph, input: &Tensor, per_node: Option<&mut [f64]>) -> Result<Tensor> {
-        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+    /// Pack `graph`'s weights for this backend's engine now (on its workers), not in the first
+    /// window: what a process pays once per model, timed on its own by `seamless bench`.
+    pub fn prepare(&self, graph: &Graph) -> Result<()> {
+        let prepare = || self.prepare_locked(&mut self.buffers.lock().unwrap_or_else(|e| e.into_inner()), graph);
+        match &self.pool {
+            Some(pool) => pool.install(prepare),
+            None => prepare(),
+        }
+    }
+
+    fn prepare_locked(&self, bufs: &mut Buffers, graph: &Graph) -> Result<()> {
         if bufs.prepare(graph)? {
             // Another model: the plans cached by window size were made for the last one.
             self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
+        Ok(())
+    }
+
+    fn run_here(&self, graph: &Graph, input: &Tensor, per_node: Option<&mut [f64]>) -> Result<Tensor> {
+        let mut bufs = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        self.prepare_locked(&mut bufs, graph)?;
         let plan = self.plan(graph, input.h, input.w)?;
         let need = (plan.arena_elems + super::workspace_elems(graph, &plan, self.isa())) * 4;
         if let Some(limit) = self.limit_bytes

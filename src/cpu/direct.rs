@@ -169,6 +169,26 @@ pub fn pack_weights(
     });
 }
 
+/// [`pack_weights`] of weights stored `[cout][cin][tap]`, as a convolution holds them: each block
+/// interleaves MR rows, read in order (a quarter of the time of element-by-element gathers, on
+/// the 31 M weights packed before a model's first window).
+pub fn pack_rows(dst: &mut [f32], cout: usize, cin: usize, taps: usize, weights: &[f32]) {
+    let len = cin * taps;
+    assert_eq!(weights.len(), cout * len, "weights of {cout} rows of {len}");
+    let dst = &mut dst[..packed_weight_elems(cout, cin, taps)];
+    if len == 0 {
+        return;
+    }
+    dst.par_chunks_mut(len * MR).zip(weights.par_chunks(len * MR)).for_each(|(blk, rows)| {
+        let n = rows.len() / len;
+        for (k, out) in blk.chunks_exact_mut(MR).enumerate() {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = if j < n { rows[j * len + k] } else { 0.0 };
+            }
+        }
+    });
+}
+
 /// [`pack_weights`] for a bf16 implementation: the `cin` input channels as [`bf16::depth`] pairs.
 pub fn pack_weights_for(
     isa: Isa,

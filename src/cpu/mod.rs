@@ -150,29 +150,11 @@ pub(crate) fn zeroed(elems: usize, what: &str) -> Result<Vec<f32>> {
     if ptr.is_null() {
         return Err(oom());
     }
-    advise_huge_pages(ptr, elems * 4);
     // SAFETY: allocated by the global allocator with exactly this layout (`elems` f32s, so length
     // and capacity `elems`), and all-zero bits are a valid f32 (0.0) for every element.
-    Ok(unsafe { Vec::from_raw_parts(ptr, elems, elems) })
-}
-
-/// Ask Linux to back a large buffer with transparent huge pages (where THP is in `madvise` mode):
-/// the convolutions walk many channel planes at once, and 4 KiB pages then cost a TLB miss per
-/// plane. Only a hint; nothing changes where it is refused.
-fn advise_huge_pages(ptr: *mut f32, bytes: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (ptr as usize).next_multiple_of(HUGE);
-        let end = (ptr as usize + bytes) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: [start, end) lies inside the allocation `ptr` points to; MADV_HUGEPAGE changes
-            // only how the kernel backs those pages, never their contents or validity.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (ptr, bytes);
+    let mut v = unsafe { Vec::from_raw_parts(ptr, elems, elems) };
+    crate::huge_pages::advise(&mut v);
+    Ok(v)
 }
 
 impl Buffers {

@@ -3,6 +3,8 @@
 //! pass. They are model-level memory (counted with the weights, see [`elems`]), kept in the
 //! executor's [`super::Buffers`] next to the arena.
 
+use rayon::prelude::*;
+
 use super::direct::Isa;
 use super::{conv, conv_transpose};
 use crate::error::Result;
@@ -75,17 +77,24 @@ impl Packed {
         self.start.clear();
         self.start.reserve_exact(graph.nodes.len() + 1);
         let mut off = 0;
+        let mut jobs = Vec::new();
+        let mut rest = &mut self.data[..];
         for n in &graph.nodes {
             self.start.push(off);
             let len = node_elems(&n.op, isa);
-            let dst = &mut self.data[off..off + len];
-            match &n.op {
-                Op::Conv2d(c) => conv::pack(c, dst, isa),
-                Op::ConvTranspose2d(c) => conv_transpose::pack(c, dst, isa),
-                _ => {}
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            if len > 0 {
+                jobs.push((&n.op, dst));
             }
             off += len;
         }
+        // On every worker: packing is a pass over all the weights, before the first window.
+        jobs.into_par_iter().for_each(|(op, dst)| match op {
+            Op::Conv2d(c) => conv::pack(c, dst, isa),
+            Op::ConvTranspose2d(c) => conv_transpose::pack(c, dst, isa),
+            _ => {}
+        });
         self.start.push(off);
         self.key = Some(key);
         Ok(true)

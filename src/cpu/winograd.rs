@@ -104,17 +104,14 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     // In place, channel block by channel block: a transformed copy of a large model's weights
     // would briefly double its weight memory.
     (0..c.cout.div_ceil(MR)).into_par_iter().for_each(|cb| {
-        // This block's part of every transform element's pack, zeroed first: channels past cout
-        // keep zero weights.
-        for t in 0..T {
-            // SAFETY: the block's span of pack t is written by this task alone.
-            unsafe { out.slice(t * per + cb * depth * MR, depth * MR) }.fill(0.0);
-        }
         let u = |co: usize, ci: usize| {
-            if ci < c.cin { transform_kernel(&c.weight[(co * c.cin + ci) * 9..][..9]) } else { [0.0; T] }
+            if co < c.cout && ci < c.cin { transform_kernel(&c.weight[(co * c.cin + ci) * 9..][..9]) } else { [0.0; T] }
         };
-        for co in cb * MR..(cb * MR + MR).min(c.cout) {
-            for d in 0..depth {
+        // Input channel outermost: each transform element's pack is then written in order (16
+        // streams), not scattered MR elements apart; channels past cout get zero weights.
+        for d in 0..depth {
+            for j in 0..MR {
+                let co = cb * MR + j;
                 let v: [f32; T] = if isa.is_bf16() {
                     let (lo, hi) = (u(co, 2 * d), u(co, 2 * d + 1));
                     std::array::from_fn(|t| bf16::pair(lo[t], hi[t]))
@@ -123,7 +120,7 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
                 };
                 for (t, &v) in v.iter().enumerate() {
                     // SAFETY: element (t, co, d) lies in channel block cb, written by this task alone.
-                    unsafe { out.write(t * per + (cb * depth + d) * MR + co % MR, v) };
+                    unsafe { out.write(t * per + (cb * depth + d) * MR + j, v) };
                 }
             }
         }

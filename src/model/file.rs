@@ -30,7 +30,10 @@ pub fn load(path: &Path) -> Result<Model> {
     let file = File::open(path).map_err(|e| Error::io(Side::Model, path, "cannot open", e))?;
     // SAFETY: the map is read-only and lives only for this function; a file truncated by another
     // process while we read it could fault, which is the documented risk of any mmap reader.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(Side::Model, path, "cannot map", e))?;
+    // Populated: the kernel maps every page in one call, instead of a fault per few pages as the
+    // weights are decoded (each is read once, all of them, right away).
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| Error::io(Side::Model, path, "cannot map", e))?;
     load_bytes(&map, &shown)
 }
 
