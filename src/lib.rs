@@ -28,6 +28,7 @@ pub mod output;
 pub mod pipeline;
 pub mod planner;
 pub mod plot;
+pub mod profile;
 pub mod receptive_field;
 pub mod slide;
 pub mod sweep;

@@ -475,3 +475,31 @@ fn bench_reports_whole_network_and_per_layer_throughput() {
     let f16_cpu = seamless(&["bench", "unet-8-d2", "--size", "32", "--precision", "f16"]);
     assert_eq!(f16_cpu.status.code(), Some(2), "{}", String::from_utf8_lossy(&f16_cpu.stderr));
 }
+
+#[test]
+fn profile_reports_the_start_up_steps_and_each_window() {
+    // SEAMLESS_PROFILE=1: each start-up step with its time and when it ended, then the windows.
+    let f = Fixture::new();
+    let (m, img, out) = (f.path("unet.safetensors"), f.path("img.npy"), f.path("out.npy"));
+    let o = Command::new(env!("CARGO_BIN_EXE_seamless"))
+        .args(["infer", "--model", s(&m), "--input", s(&img), "--output", s(&out), "--tile", "64"])
+        .env("SEAMLESS_PROFILE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let first = |what: &str| err.lines().position(|l| l.starts_with(&format!("profile: {what}")));
+    let order = ["loading the model", "the model's fingerprint", "packing the weights", "a 88x88 window begins"]
+        .map(|w| first(w).unwrap_or_else(|| panic!("no '{w}' line in:\n{err}")));
+    // 150 x 97 in 64-px tiles with their halos: six windows.
+    assert_eq!(err.lines().filter(|l| l.ends_with(" s after start") && l.contains(" window begins ")).count(), 6);
+    assert!(order.is_sorted(), "{order:?} in:\n{err}");
+    let step = err.lines().find(|l| l.starts_with("profile: loading the model")).unwrap();
+    assert!(step.ends_with(" s after start)") && step.contains(" s (ends "), "{step}");
+    // Packed once per process, not once per window.
+    assert_eq!(err.lines().filter(|l| l.starts_with("profile: packing")).count(), 1, "{err}");
+    // Without it, none of this.
+    let quiet =
+        seamless(&["infer", "--model", s(&m), "--input", s(&img), "--output", s(&out), "--tile", "64", "--overwrite"]);
+    assert!(quiet.status.success() && !String::from_utf8_lossy(&quiet.stderr).contains("profile:"));
+}

@@ -386,7 +386,9 @@ pub fn run(a: InferArgs) -> Result<()> {
         let all = [inputs[0], inputs[1], ("--output", a.output.as_path())];
         check_destination(summary, false, existing, &all)?;
     }
+    let t_load = Instant::now();
     let model = Model::open(&a.model)?;
+    seamless::profile::step("loading the model", t_load);
     let channels = Channels::parse(&a.channels)?;
     let src = slide::open_source_at(&a.input, a.input_format, slide::ImageIndex { level: a.level, page: a.page })?;
     let src = channels.apply(src).map_err(|msg| Error::Input { path: PathBuf::from(&a.input), msg })?;

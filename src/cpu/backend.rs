@@ -145,7 +145,9 @@ impl CpuBackend {
     }
 
     fn prepare_locked(&self, bufs: &mut Buffers, graph: &Graph) -> Result<()> {
+        let t = std::time::Instant::now();
         if bufs.prepare(graph)? {
+            crate::profile::step("packing the weights", t);
             // Another model: the plans cached by window size were made for the last one.
             self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }

@@ -208,7 +208,8 @@ pub fn run_planned_timed(
     if poison {
         arena.fill(f32::NAN);
     }
-    let profile = std::env::var_os("SEAMLESS_PROFILE").is_some();
+    let profile = crate::profile::enabled();
+    crate::profile::begins(&format!("a {}x{} window", input.w, input.h));
     for step in Steps::new(graph, plan)? {
         let step = step?;
         let t0 = std::time::Instant::now();

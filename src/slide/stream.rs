@@ -362,9 +362,12 @@ pub fn run(
     let t_stats = Instant::now();
     let stats = statistics(src.as_mut(), &opts.norm, progress, note, cancel)?;
     let statistics_seconds = t_stats.elapsed().as_secs_f64();
+    let t_fingerprint = Instant::now();
+    let fingerprint = model.graph.fingerprint();
+    crate::profile::step("the model's fingerprint", t_fingerprint);
     let header = JournalHeader {
         version: 3,
-        model: format!("{} {}", model.config.config_json(), model.graph.fingerprint()),
+        model: format!("{} {fingerprint}", model.config.config_json()),
         input: if opts.selection.is_empty() {
             opts.input_id.clone()
         } else {
