@@ -322,3 +322,27 @@ fn row_packing_places_every_weight_as_the_element_gather_does() {
         assert_eq!(bits(&rows), bits(&gathered), "cout {cout} cin {cin} k {k}");
     }
 }
+
+#[test]
+fn softmax_matches_the_per_pixel_definition_bit_for_bit() {
+    // Per pixel: the maximum, exp(x - max) summed in channel order, each exp divided by the sum.
+    let mut rng = SplitMix64(43);
+    for _ in 0..20 {
+        let (c, h, w) = (pick(&mut rng, 1, 13), pick(&mut rng, 1, 40), pick(&mut rng, 1, 70));
+        let mut x = random_image(&mut rng, c, h, w);
+        x.data.iter_mut().for_each(|v| *v *= 30.0);
+        let got = cpu::softmax::softmax(&x);
+        let hw = h * w;
+        for p in 0..hw {
+            let m = (0..c).map(|k| x.data[k * hw + p]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for k in 0..c {
+                sum += (x.data[k * hw + p] - m).exp();
+            }
+            for k in 0..c {
+                let want = (x.data[k * hw + p] - m).exp() / sum;
+                assert_eq!(got.data[k * hw + p].to_bits(), want.to_bits(), "{c}x{h}x{w} pixel {p} channel {k}");
+            }
+        }
+    }
+}

@@ -16,22 +16,33 @@ pub fn softmax_into(x: View, out: &mut [f32]) {
     assert_eq!(out.len(), x.c * hw, "softmax output size");
     let ptr = DisjointOut::new(out);
     let chunk = 1024;
+    // A band of pixels at a time, each step over whole channel rows so that it vectorises (the
+    // exponential aside); per pixel the same operations in the same order as one pixel at a time:
+    // the maximum, the sum of exp(x - max) in channel order, each exp divided by the sum.
     (0..hw.div_ceil(chunk)).into_par_iter().for_each(|b| {
-        for p in b * chunk..((b + 1) * chunk).min(hw) {
-            let mut m = f32::NEG_INFINITY;
-            for c in 0..x.c {
-                m = m.max(x.data[c * hw + p]);
+        let (p0, n) = (b * chunk, chunk.min(hw - b * chunk));
+        let row = |c: usize| &x.data[c * hw + p0..][..n];
+        let mut m = [f32::NEG_INFINITY; 1024];
+        let mut sum = [0.0f32; 1024];
+        let (m, sum) = (&mut m[..n], &mut sum[..n]);
+        for c in 0..x.c {
+            for (m, &v) in m.iter_mut().zip(row(c)) {
+                *m = m.max(v);
             }
-            let mut sum = 0.0f32;
-            for c in 0..x.c {
-                let e = (x.data[c * hw + p] - m).exp();
-                // SAFETY: pixel p (all its channels) is written by this task alone.
-                unsafe { ptr.slice(c * hw + p, 1)[0] = e };
-                sum += e;
+        }
+        for c in 0..x.c {
+            // SAFETY: pixels p0..p0 + n (all their channels) are written by this task alone.
+            let o = unsafe { ptr.slice(c * hw + p0, n) };
+            for ((o, &v), (&m, s)) in o.iter_mut().zip(row(c)).zip(m.iter().zip(sum.iter_mut())) {
+                *o = (v - m).exp();
+                *s += *o;
             }
-            for c in 0..x.c {
-                // SAFETY: as above.
-                unsafe { ptr.slice(c * hw + p, 1)[0] /= sum };
+        }
+        for c in 0..x.c {
+            // SAFETY: as above.
+            let o = unsafe { ptr.slice(c * hw + p0, n) };
+            for (o, &s) in o.iter_mut().zip(sum.iter()) {
+                *o /= s;
             }
         }
     });
