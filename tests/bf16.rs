@@ -60,6 +60,36 @@ fn direct_convolution_equals_the_bf16_reference_bit_for_bit() {
     }
 }
 
+/// 1 x 1 convolutions, with and without a fused input transform, in f32 and bf16: those whose
+/// input rows fit a task's buffer transform them a position block at a time, wider ones (up to
+/// 1,370 channels and more here) a whole padded copy; both give the references' bits, on every engine.
+#[test]
+fn pointwise_convolutions_equal_their_references_on_both_paths() {
+    let mut rng = SplitMix64(0x1B1);
+    for case in 0..24 {
+        let cin = if case % 8 == 7 { pick(&mut rng, 1370, 1400) } else { pick(&mut rng, 1, 60) };
+        // The wide ones take the padded copy in both arithmetics, the others the row buffer.
+        let wide =
+            Isa::available().into_iter().chain(bf16_engines()).any(|i| !cpu::direct::converted_fits(i.depth(cin), i));
+        assert_eq!(wide, case % 8 == 7, "case {case}: {cin} channels");
+        let (cout, h, w) = (pick(&mut rng, 1, 19), pick(&mut rng, 1, 9), pick(&mut rng, 1, 110));
+        // conv_layer's `case`: odd cases 3 or 6 (a fused BN in front, with or without its ReLU),
+        // even ones 1 or 2 (none); the conv's own ReLU on 2 and 6.
+        let kind = if case % 2 == 1 { 3 * (1 + case / 2 % 2) } else { 1 + case / 2 % 2 };
+        let c = conv_layer(&mut rng, cin, cout, 1, kind, ConvAlgo::Direct);
+        let x = random_image(&mut rng, cin, h, w);
+        let what = format!("case {case}: {cin}->{cout} {h}x{w} pre {}", c.pre.is_some());
+        let want = cpu::conv::conv2d_reference(&x, &c);
+        for isa in Isa::available() {
+            assert_eq!(first_difference(&cpu::conv::conv2d_isa(&x, &c, isa), &want), None, "{isa:?} {what}");
+        }
+        let want = cpu::conv::conv2d_reference_bf16(&x, &c);
+        for isa in bf16_engines() {
+            assert_eq!(first_difference(&cpu::conv::conv2d_isa(&x, &c, isa), &want), None, "{isa:?} {what}");
+        }
+    }
+}
+
 #[test]
 fn winograd_equals_the_bf16_reference_bit_for_bit() {
     let mut rng = SplitMix64(0xB16);

@@ -41,6 +41,10 @@ fn padded_elems(c: usize, h: usize, w: usize, k: usize, isa: Isa) -> usize {
 enum Path {
     /// 1 x 1: whole blocks in place, a copy of the last partial one.
     Pointwise,
+    /// 1 x 1 with a fused input transform, or in bf16: each position block's input transformed
+    /// (and rounded to channel pairs) into a task's cache-sized buffer, read there by every
+    /// channel block ([`direct::run_converted`]): no whole copy of the input goes through memory.
+    Converted,
     /// AVX-512: in place, padding lanes masked to zero ([`unpadded`]).
     Masked,
     /// A zero-padded copy, with the fused input transform applied on the way (and in bf16 the
@@ -56,6 +60,9 @@ const MASKED_MIN_CIN: usize = 16;
 
 fn path(c: &Conv2d, w: usize, isa: Isa) -> Path {
     match (c.k, &c.pre) {
+        (1, pre) if (pre.is_some() || isa.is_bf16()) && direct::converted_fits(isa.depth(c.cin), isa) => {
+            Path::Converted
+        }
         _ if isa.is_bf16() => Path::Padded,
         (1, None) => Path::Pointwise,
         (k, None) if isa == Isa::Avx512 && k <= unpadded::MAX_K && w >= MASKED_MIN_WIDTH && c.cin >= MASKED_MIN_CIN => {
@@ -73,7 +80,7 @@ pub fn workspace_elems(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
     }
     match path(c, w, isa) {
         Path::Pointwise => direct::unpadded_tail_elems(c.cin),
-        Path::Masked => 0,
+        Path::Masked | Path::Converted => 0,
         Path::Padded => padded_elems(c.cin, h, w, c.k, isa),
     }
 }
@@ -144,6 +151,10 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
     match path(c, w, isa) {
         Path::Pointwise => {
             return direct::run_unpadded(x.data, h * w, c.cin, packed, &c.bias, c.cout, isa, ws, store_flat);
+        }
+        Path::Converted => {
+            let rows = |q0, len, rows: &mut [f32]| padded::rows(rows, x, q0, len, c.pre.as_ref(), isa);
+            return direct::run_converted(h * w, isa.depth(c.cin), packed, &c.bias, c.cout, isa, rows, store_flat);
         }
         Path::Masked => {
             let p = unpadded::Plain { data: x.data, h, w, cin: c.cin, k, weights: packed, bias: &c.bias, cout: c.cout };

@@ -20,6 +20,8 @@
 //! `f32::mul_add` (correctly rounded, so it gives the same bits as the hardware FMA). Tests compare
 //! all of them bit for bit with the element-by-element reference.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::bf16;
@@ -249,6 +251,18 @@ pub(crate) fn check(t: &Taps, nr: usize) {
 /// across a run of position blocks whose inputs stay cached across the group; enough tasks for
 /// every thread.
 pub(crate) fn schedule(nqb: usize, ncb: usize, k: usize, f: impl Fn(usize, usize, &mut Block) + Sync) {
+    schedule_tasks(nqb, ncb, k, |cbs, qbs| {
+        let mut blk = [[0.0f32; NR_MAX]; MR];
+        for qb in qbs {
+            for cb in cbs.clone() {
+                f(cb, qb, &mut blk);
+            }
+        }
+    });
+}
+
+/// [`schedule`]'s tasks: `task(channel blocks, position blocks)`, in parallel.
+fn schedule_tasks(nqb: usize, ncb: usize, k: usize, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
     if nqb == 0 || ncb == 0 {
         return;
     }
@@ -258,14 +272,9 @@ pub(crate) fn schedule(nqb: usize, ncb: usize, k: usize, f: impl Fn(usize, usize
     let want = 12 * rayon::current_num_threads();
     let qchunk = nqb.div_ceil(want.div_ceil(ngroups).clamp(1, nqb));
     let ntasks = ngroups * nqb.div_ceil(qchunk);
-    (0..ntasks).into_par_iter().for_each(|task| {
-        let (g, qc) = (task % ngroups, task / ngroups);
-        let mut blk = [[0.0f32; NR_MAX]; MR];
-        for qb in qc * qchunk..((qc + 1) * qchunk).min(nqb) {
-            for cb in g * group..((g + 1) * group).min(ncb) {
-                f(cb, qb, &mut blk);
-            }
-        }
+    (0..ntasks).into_par_iter().for_each(|t| {
+        let (g, qc) = (t % ngroups, t / ngroups);
+        task(g * group..((g + 1) * group).min(ncb), qc * qchunk..((qc + 1) * qchunk).min(nqb));
     });
 }
 
@@ -518,6 +527,59 @@ unsafe fn block_avx2(t: &Taps, cb: usize, q0: usize, blk: &mut Block) {
 /// Workspace [`run_unpadded`] needs for `cin` planes: a copy of the planes' last partial block.
 pub const fn unpadded_tail_elems(cin: usize) -> usize {
     cin * NR_MAX + slack()
+}
+
+/// Elements of the block buffer [`run_converted`] keeps on each task's stack: its `depth` rows of
+/// `nr` positions and the slack must fit (128 KiB; a worker thread has 2 MiB of stack).
+pub const CONVERTED_MAX: usize = 32 << 10;
+
+/// Whether [`run_converted`] takes `depth` input rows on `isa`'s engine.
+pub fn converted_fits(depth: usize, isa: Isa) -> bool {
+    depth.saturating_mul(isa.nr()).saturating_add(slack()) <= CONVERTED_MAX
+}
+
+/// A one-tap convolution over `n` positions whose input is made one position block at a time:
+/// `convert(q0, len, rows)` writes positions `q0..q0 + len` of each of the `depth` input rows
+/// (`rows` holds `depth` rows of equal length, zero past `len`), a few position blocks at a time
+/// and once per channel group, into a buffer of the task's own that every channel block then
+/// reads from cache. What a 1 x 1 convolution with
+/// a fused input transform, or in bf16, does instead of a whole transformed copy of its input,
+/// which would go through memory twice more. The same arithmetic per output as [`run`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_converted(
+    n: usize,
+    depth: usize,
+    weights: &[f32],
+    bias: &[f32],
+    cout: usize,
+    isa: Isa,
+    convert: impl Fn(usize, usize, &mut [f32]) + Sync,
+    store: impl Fn(usize, usize, usize, &Block) + Sync,
+) {
+    let nr = isa.nr();
+    assert!(converted_fits(depth, isa), "run_converted: {depth} input rows do not fit its buffer");
+    // Up to 8 position blocks converted at once, as many as fit: short rows cost more per element.
+    let span = ((CONVERTED_MAX - slack()) / depth / nr).clamp(1, 8) * nr;
+    let len = depth * span + slack();
+    schedule_tasks(n.div_ceil(nr), cout.div_ceil(MR), depth, |cbs, qbs| {
+        let mut buf = [0.0f32; CONVERTED_MAX];
+        let buf = &mut buf[..len];
+        let mut blk = [[0.0f32; NR_MAX]; MR];
+        for first in qbs.clone().step_by(span / nr) {
+            let q0 = first * nr;
+            let m = span.min(n - q0);
+            convert(q0, m, &mut buf[..depth * span]);
+            let t = Taps { data: buf, plane: span, cin: depth, offsets: &[0], weights, bias, cout, n_q: span };
+            check(&t, nr);
+            for qb in first..(first + span / nr).min(qbs.end) {
+                let (local, m) = ((qb - first) * nr, nr.min(n - qb * nr));
+                for cb in cbs.clone() {
+                    block(&t, isa, cb, local, &[0], &mut blk);
+                    store(cb * MR, qb * nr, m, &blk);
+                }
+            }
+        }
+    });
 }
 
 /// A one-tap convolution (offset 0) run straight on `cin` contiguous planes of `n` elements, with

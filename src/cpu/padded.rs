@@ -54,6 +54,48 @@ unsafe fn plane_avx512(out: &mut [f32], x: View, layout: Layout, pre: Option<&Sc
     plane_of(out, x, layout, pre, isa, p)
 }
 
+/// Positions `q0..q0 + len` of `x`'s planes after `pre`, as [`fill`] writes a plane's pixels (f32
+/// channels, or rounded bf16 channel pairs), as `isa.depth(x.c)` rows of `dst.len() / depth`
+/// elements, zero past `len`: a 1 x 1 convolution's input, one position block at a time (see
+/// [`direct::run_converted`]), where nothing needs padding.
+pub fn rows(dst: &mut [f32], x: View, q0: usize, len: usize, pre: Option<&ScaleShift>, isa: Isa) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected just above.
+        return unsafe { rows_avx512(dst, x, q0, len, pre, isa) };
+    }
+    rows_of(dst, x, q0, len, pre, isa)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn rows_avx512(dst: &mut [f32], x: View, q0: usize, len: usize, pre: Option<&ScaleShift>, isa: Isa) {
+    rows_of(dst, x, q0, len, pre, isa)
+}
+
+#[inline(always)]
+fn rows_of(dst: &mut [f32], x: View, q0: usize, len: usize, pre: Option<&ScaleShift>, isa: Isa) {
+    let nr = dst.len() / isa.depth(x.c);
+    let src = |ci: usize| &x.plane(ci)[q0..q0 + len];
+    for (p, row) in dst.chunks_exact_mut(nr).enumerate() {
+        let (out, rest) = row.split_at_mut(len);
+        if !isa.is_bf16() {
+            match pre {
+                None => out.copy_from_slice(src(p)),
+                Some(ss) => transform_row(out, src(p), affine(ss, p)),
+            }
+        } else {
+            let (lo, hi) = (2 * p, 2 * p + 1);
+            let other = (hi < x.c).then(|| src(hi));
+            match pre {
+                None => pair_row(out, src(lo), other, |v| v, |v| v),
+                Some(ss) => pair_row(out, src(lo), other, affine(ss, lo), affine(ss, hi.min(x.c - 1))),
+            }
+        }
+        rest.fill(0.0);
+    }
+}
+
 /// Plane `p` of [`fill`]: channel `p`, or in bf16 channels `2p` and `2p + 1`, each pixel row
 /// written once and only the padding zeroed. Always inlined, so that it compiles with its caller's vector width (plain
 /// loops here: behind closures the row loops measured 7% slower).
