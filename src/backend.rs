@@ -29,6 +29,13 @@ pub trait Backend: Send + Sync {
     fn lowered<'g>(&self, graph: &'g Graph) -> Cow<'g, Graph> {
         self.memory().lower(graph)
     }
+    /// Get ready to run `graph` (the CPU packs its weights for its engine), so that the first
+    /// window does not wait for it: callers may do this on another thread while they open their
+    /// input. Optional: [`Backend::run`] does whatever is still needed.
+    fn prepare(&self, graph: &Graph) -> Result<()> {
+        let _ = graph;
+        Ok(())
+    }
     /// Run the whole graph on one input window (CHW, f32) and return the graph's output.
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor>;
     /// [`Backend::run`], timed; with `per_node`, each node of the lowered graph too (which may

@@ -159,3 +159,28 @@ fn models_use_winograd_only_where_windows_start_on_the_block_grid() {
         }
     }
 }
+
+#[test]
+fn kernels_transformed_together_equal_one_at_a_time() {
+    // The vectorised transform the packing uses against the one-kernel definition, bit for bit:
+    // random kernels with signed zeros, tiny and huge values among them.
+    let mut rng = SplitMix64(77);
+    for _ in 0..2000 {
+        let g: [[f32; 9]; cpu::direct::MR] = std::array::from_fn(|_| {
+            std::array::from_fn(|_| match rng.next_u64() % 6 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => rng.normal() as f32 * 1e-30,
+                3 => rng.normal() as f32 * 1e30,
+                _ => rng.normal() as f32,
+            })
+        });
+        let together = winograd::transform_kernels(&g);
+        for (j, k) in g.iter().enumerate() {
+            let one = winograd::transform_kernel(k);
+            for t in 0..16 {
+                assert_eq!(together[t][j].to_bits(), one[t].to_bits(), "kernel {k:?} element {t}");
+            }
+        }
+    }
+}

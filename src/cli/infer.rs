@@ -457,48 +457,55 @@ pub fn run(a: InferArgs) -> Result<()> {
     // When the current phase (a statistics pass, the tiles) began: rates count from there.
     let mut phase = Instant::now();
     let mut written: Option<(usize, usize)> = None;
-    let result = stream::run(
-        src,
-        &model,
-        backend.as_ref(),
-        &a.output,
-        &opts,
-        &mut |p| match p {
-            stream::Progress::Statistics { pass, rows_done, rows } => {
-                if stats_meter.as_ref().is_none_or(|(p, _)| *p != pass) {
-                    let label = format!("statistics, pass {pass}");
-                    stats_meter = Some((pass, Meter::new(&label, "rows", rows, (rows * iw) as f64, phase, quiet)));
+    // The weights are packed (on the backend's workers) while the input's statistics and the
+    // model's fingerprint are computed here; the first window waits for the packing if it must.
+    // A failure there is left to the first window, which repeats the step and reports it.
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| backend.prepare(&model.graph));
+        stream::run(
+            src,
+            &model,
+            backend.as_ref(),
+            &a.output,
+            &opts,
+            &mut |p| match p {
+                stream::Progress::Statistics { pass, rows_done, rows } => {
+                    if stats_meter.as_ref().is_none_or(|(p, _)| *p != pass) {
+                        let label = format!("statistics, pass {pass}");
+                        stats_meter = Some((pass, Meter::new(&label, "rows", rows, (rows * iw) as f64, phase, quiet)));
+                    }
+                    let (_, m) = stats_meter.as_mut().expect("set above");
+                    m.update(rows_done, (rows_done * iw) as f64);
+                    if rows_done == rows {
+                        stats_meter.take().expect("set above").1.finish();
+                        phase = Instant::now();
+                    }
                 }
-                let (_, m) = stats_meter.as_mut().expect("set above");
-                m.update(rows_done, (rows_done * iw) as f64);
-                if rows_done == rows {
-                    stats_meter.take().expect("set above").1.finish();
-                    phase = Instant::now();
+                stream::Progress::Tiles { done, total, megapixels, megapixels_total } => {
+                    if let Some((_, m)) = stats_meter.take() {
+                        m.finish();
+                        phase = Instant::now();
+                    }
+                    let m = tiles_meter.get_or_insert_with(|| {
+                        Meter::new("tiles", "tiles", total, megapixels_total * 1e6, phase, quiet)
+                    });
+                    m.update(done, megapixels * 1e6);
+                    written = Some((done, total));
                 }
-            }
-            stream::Progress::Tiles { done, total, megapixels, megapixels_total } => {
-                if let Some((_, m)) = stats_meter.take() {
-                    m.finish();
-                    phase = Instant::now();
-                }
-                let m = tiles_meter
-                    .get_or_insert_with(|| Meter::new("tiles", "tiles", total, megapixels_total * 1e6, phase, quiet));
-                m.update(done, megapixels * 1e6);
-                written = Some((done, total));
-            }
-            stream::Progress::Retry(note) if !quiet => match &tiles_meter {
-                Some(m) => m.println(&note),
-                None => eprintln!("{note}"),
+                stream::Progress::Retry(note) if !quiet => match &tiles_meter {
+                    Some(m) => m.println(&note),
+                    None => eprintln!("{note}"),
+                },
+                stream::Progress::Retry(_) => {}
             },
-            stream::Progress::Retry(_) => {}
-        },
-        &mut |note| {
-            if !quiet {
-                eprintln!("{note}");
-            }
-        },
-        Some(&INTERRUPT),
-    );
+            &mut |note| {
+                if !quiet {
+                    eprintln!("{note}");
+                }
+            },
+            Some(&INTERRUPT),
+        )
+    });
     let summary = match result {
         Ok(summary) => summary,
         Err(e) => {

@@ -134,16 +134,6 @@ impl CpuBackend {
         }
     }
 
-    /// Pack `graph`'s weights for this backend's engine now (on its workers), not in the first
-    /// window: what a process pays once per model, timed on its own by `seamless bench`.
-    pub fn prepare(&self, graph: &Graph) -> Result<()> {
-        let prepare = || self.prepare_locked(&mut self.buffers.lock().unwrap_or_else(|e| e.into_inner()), graph);
-        match &self.pool {
-            Some(pool) => pool.install(prepare),
-            None => prepare(),
-        }
-    }
-
     fn prepare_locked(&self, bufs: &mut Buffers, graph: &Graph) -> Result<()> {
         let t = std::time::Instant::now();
         if bufs.prepare(graph)? {
@@ -180,6 +170,16 @@ impl Backend for CpuBackend {
 
     fn memory(&self) -> &dyn MemoryModel {
         self.mem()
+    }
+
+    /// Packs `graph`'s weights for this backend's engine now (on its workers): what a process
+    /// pays once per model, timed on its own by `seamless bench`.
+    fn prepare(&self, graph: &Graph) -> Result<()> {
+        let prepare = || self.prepare_locked(&mut self.buffers.lock().unwrap_or_else(|e| e.into_inner()), graph);
+        match &self.pool {
+            Some(pool) => pool.install(prepare),
+            None => prepare(),
+        }
     }
 
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {
