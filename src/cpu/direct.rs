@@ -172,8 +172,8 @@ pub fn pack_weights(
 }
 
 /// [`pack_weights`] of weights stored `[cout][cin][tap]`, as a convolution holds them: each block
-/// interleaves MR rows, read in order (a quarter of the time of element-by-element gathers, on
-/// the 31 M weights packed before a model's first window).
+/// interleaves MR rows, read in order, without the per-element index arithmetic of a gather
+/// (part of what a process pays before its first window).
 pub fn pack_rows(dst: &mut [f32], cout: usize, cin: usize, taps: usize, weights: &[f32]) {
     let len = cin * taps;
     assert_eq!(weights.len(), cout * len, "weights of {cout} rows of {len}");
@@ -542,9 +542,9 @@ pub fn converted_fits(depth: usize, isa: Isa) -> bool {
 /// `convert(q0, len, rows)` writes positions `q0..q0 + len` of each of the `depth` input rows
 /// (`rows` holds `depth` rows of equal length, zero past `len`), a few position blocks at a time
 /// and once per channel group, into a buffer of the task's own that every channel block then
-/// reads from cache. What a 1 x 1 convolution with
-/// a fused input transform, or in bf16, does instead of a whole transformed copy of its input,
-/// which would go through memory twice more. The same arithmetic per output as [`run`].
+/// reads from cache. What a 1 x 1 convolution with a fused input transform, or in bf16, does
+/// instead of a whole transformed copy of its input, which would go through memory twice more.
+/// The same arithmetic per output as [`run`].
 #[allow(clippy::too_many_arguments)]
 pub fn run_converted(
     n: usize,
