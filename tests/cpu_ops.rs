@@ -308,18 +308,20 @@ fn masked_unpadded_conv_matches_the_reference_bit_for_bit() {
 #[test]
 fn row_packing_places_every_weight_as_the_element_gather_does() {
     // `pack_rows` (what convolutions use) against the element-by-element definition, for channel
-    // counts around the block size and every kernel size: the same packed bits, zeros included.
+    // counts around the block size (odd ones too: bf16 pairs the last with zero) and every kernel
+    // size, in f32 and bf16: the same packed bits, zeros included.
     let mut rng = SplitMix64(41);
-    for _ in 0..60 {
+    for case in 0..80 {
         let (cout, cin, k) = (pick(&mut rng, 1, 40), pick(&mut rng, 1, 20), [1, 3, 5][pick(&mut rng, 0, 2)]);
+        let isa = if case % 2 == 0 { cpu::direct::Isa::Portable } else { cpu::direct::Isa::Bf16Portable };
         let taps = k * k;
         let w = randv(&mut rng, cout * cin * taps);
-        let n = cpu::direct::packed_weight_elems(cout, cin, taps);
+        let n = cpu::direct::packed_weight_elems(cout, isa.depth(cin), taps);
         let (mut rows, mut gathered) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-        cpu::direct::pack_rows(&mut rows, cout, cin, taps, &w);
-        cpu::direct::pack_weights(&mut gathered, cout, cin, taps, |co, ci, t| w[(co * cin + ci) * taps + t]);
+        cpu::direct::pack_rows(&mut rows, cout, cin, taps, &w, isa);
+        cpu::direct::pack_weights_for(isa, &mut gathered, cout, cin, taps, |co, ci, t| w[(co * cin + ci) * taps + t]);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&rows), bits(&gathered), "cout {cout} cin {cin} k {k}");
+        assert_eq!(bits(&rows), bits(&gathered), "{isa:?} cout {cout} cin {cin} k {k}");
     }
 }
 

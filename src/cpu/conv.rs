@@ -100,10 +100,7 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     }
     let taps = c.k * c.k;
     assert_eq!(c.weight.len(), c.cout * c.cin * taps, "conv2d weights");
-    if !isa.is_bf16() {
-        return direct::pack_rows(dst, c.cout, c.cin, taps, &c.weight);
-    }
-    direct::pack_weights_for(isa, dst, c.cout, c.cin, taps, |co, ci, t| c.weight[(co * c.cin + ci) * taps + t]);
+    direct::pack_rows(dst, c.cout, c.cin, taps, &c.weight, isa);
 }
 
 pub fn conv2d(x: &Tensor, c: &Conv2d) -> Tensor {

@@ -171,21 +171,37 @@ pub fn pack_weights(
     });
 }
 
-/// [`pack_weights`] of weights stored `[cout][cin][tap]`, as a convolution holds them: each block
-/// interleaves MR rows, read in order, without the per-element index arithmetic of a gather
-/// (part of what a process pays before its first window).
-pub fn pack_rows(dst: &mut [f32], cout: usize, cin: usize, taps: usize, weights: &[f32]) {
-    let len = cin * taps;
+/// [`pack_weights_for`] `isa` of weights stored `[cout][cin][tap]`, as a convolution holds them:
+/// each block interleaves MR rows (in bf16, pairs of their input channels), read in order,
+/// without the per-element index arithmetic of a gather (part of what a process pays before its
+/// first window).
+pub fn pack_rows(dst: &mut [f32], cout: usize, cin: usize, taps: usize, weights: &[f32], isa: Isa) {
+    let (len, depth) = (cin * taps, isa.depth(cin));
     assert_eq!(weights.len(), cout * len, "weights of {cout} rows of {len}");
-    let dst = &mut dst[..packed_weight_elems(cout, cin, taps)];
+    let dst = &mut dst[..packed_weight_elems(cout, depth, taps)];
     if len == 0 {
         return;
     }
-    dst.par_chunks_mut(len * MR).zip(weights.par_chunks(len * MR)).for_each(|(blk, rows)| {
+    dst.par_chunks_mut(depth * taps * MR).zip(weights.par_chunks(len * MR)).for_each(|(blk, rows)| {
         let n = rows.len() / len;
+        if !isa.is_bf16() {
+            for (k, out) in blk.chunks_exact_mut(MR).enumerate() {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = if j < n { rows[j * len + k] } else { 0.0 };
+                }
+            }
+            return;
+        }
         for (k, out) in blk.chunks_exact_mut(MR).enumerate() {
+            let (p, t) = (k / taps, k % taps);
+            let (lo, hi) = (2 * p * taps + t, (2 * p + 1) * taps + t);
             for (j, o) in out.iter_mut().enumerate() {
-                *o = if j < n { rows[j * len + k] } else { 0.0 };
+                *o = if j < n {
+                    let row = &rows[j * len..(j + 1) * len];
+                    bf16::pair(row[lo], if 2 * p + 1 < cin { row[hi] } else { 0.0 })
+                } else {
+                    0.0
+                };
             }
         }
     });
