@@ -80,6 +80,20 @@ pub struct ScaleShift {
     pub relu: bool,
 }
 
+impl ScaleShift {
+    /// Channel `ci`'s map as a fused input transform computes it: `v·scale + shift` (a rounded
+    /// multiply, then a rounded add), then the ReLU if it has one. The channel's values are read
+    /// once, so a loop over a plane vectorises.
+    #[inline(always)]
+    pub fn channel(&self, ci: usize) -> impl Fn(f32) -> f32 + Copy {
+        let (sc, sh, relu) = (self.scale[ci], self.shift[ci], self.relu);
+        move |v: f32| {
+            let t = v * sc + sh;
+            if relu { t.max(0.0) } else { t }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpsampleMode {
     Nearest,

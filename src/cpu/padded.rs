@@ -82,14 +82,14 @@ fn rows_of(dst: &mut [f32], x: View, q0: usize, len: usize, pre: Option<&ScaleSh
         if !isa.is_bf16() {
             match pre {
                 None => out.copy_from_slice(src(p)),
-                Some(ss) => transform_row(out, src(p), affine(ss, p)),
+                Some(ss) => transform_row(out, src(p), ss.channel(p)),
             }
         } else {
             let (lo, hi) = (2 * p, 2 * p + 1);
             let other = (hi < x.c).then(|| src(hi));
             match pre {
                 None => pair_row(out, src(lo), other, |v| v, |v| v),
-                Some(ss) => pair_row(out, src(lo), other, affine(ss, lo), affine(ss, hi.min(x.c - 1))),
+                Some(ss) => pair_row(out, src(lo), other, ss.channel(lo), ss.channel(hi.min(x.c - 1))),
             }
         }
         rest.fill(0.0);
@@ -110,7 +110,7 @@ fn plane_of(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, 
             let d = row_at(out, &mut next, dst(y), x.w);
             match pre {
                 None => d.copy_from_slice(src(p, y)),
-                Some(ss) => transform_row(d, src(p, y), affine(ss, p)),
+                Some(ss) => transform_row(d, src(p, y), ss.channel(p)),
             }
         }
         return out[next..].fill(0.0);
@@ -125,7 +125,7 @@ fn plane_of(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, 
             }
         }
         Some(ss) => {
-            let (fa, fb) = (affine(ss, lo), affine(ss, hi.min(x.c - 1)));
+            let (fa, fb) = (ss.channel(lo), ss.channel(hi.min(x.c - 1)));
             for y in 0..x.h {
                 pair_row(row_at(out, &mut next, dst(y), x.w), src(lo, y), other(y), fa, fb);
             }
@@ -141,16 +141,6 @@ fn row_at<'a>(out: &'a mut [f32], next: &mut usize, start: usize, w: usize) -> &
     out[*next..start].fill(0.0);
     *next = start + w;
     &mut out[start..start + w]
-}
-
-/// The fused transform of channel `ci`: `v·scale + shift`, then the ReLU if it has one.
-#[inline(always)]
-fn affine(ss: &ScaleShift, ci: usize) -> impl Fn(f32) -> f32 + Copy {
-    let (sc, sh, relu) = (ss.scale[ci], ss.shift[ci], ss.relu);
-    move |v: f32| {
-        let t = v * sc + sh;
-        if relu { t.max(0.0) } else { t }
-    }
 }
 
 #[inline(always)]

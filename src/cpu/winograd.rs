@@ -205,17 +205,12 @@ fn load_row(x: View, c: &Conv2d, ci: usize, y: isize, j0: usize, n: usize, row: 
     }
     let src = &x.plane(ci)[y as usize * x.w..][..x.w];
     let x0 = 2 * j0 as isize - 1;
+    let pre = c.pre.as_ref().map(|ss| ss.channel(ci));
     for (k, d) in row.iter_mut().enumerate() {
         let xx = x0 + k as isize;
         if xx >= 0 && xx < x.w as isize {
             let v = src[xx as usize];
-            *d = match &c.pre {
-                None => v,
-                Some(ss) => {
-                    let t = v * ss.scale[ci] + ss.shift[ci];
-                    if ss.relu { t.max(0.0) } else { t }
-                }
-            };
+            *d = pre.map_or(v, |f| f(v));
         }
     }
 }

@@ -54,7 +54,7 @@ pub fn source_graph(config: &ModelConfig, src: &mut dyn WeightSource, origin: &s
     // A dry run first: an absurd configuration (in a 300-byte file, or a preset name) is
     // refused by its size before anything of that size is allocated.
     let mut count = weights::ShapeCounter::default();
-    match &config {
+    match config {
         ModelConfig::Unet(c) => unet::build(c, &mut count),
         ModelConfig::FcDenseNet(c) => fcdensenet::build(c, &mut count),
     };
@@ -65,7 +65,7 @@ pub fn source_graph(config: &ModelConfig, src: &mut dyn WeightSource, origin: &s
             count.values, count.tensors
         )));
     }
-    let (source_graph, trainable) = match &config {
+    let (source_graph, trainable) = match config {
         ModelConfig::Unet(c) => unet::build(c, src),
         ModelConfig::FcDenseNet(c) => fcdensenet::build(c, src),
     };
