@@ -114,7 +114,7 @@ pub fn choose_backend(
             return Err(Error::Usage("f16 needs the CUDA backend; the CPU computes in f32 or bf16".into()));
         }
         let budget = cpu_memory_budget(budget)?;
-        let limit = budget.saturating_sub(CpuMemory { precision }.weight_bytes(&model.graph));
+        let limit = budget.saturating_sub(CpuMemory::of(precision).weight_bytes(&model.graph));
         let backend = CpuBackend::with_limit(Some(limit)).with_precision(precision)?;
         let backend = match threads {
             Some(n) => backend.with_threads(n)?,

@@ -1,7 +1,8 @@
-//! `--precision bf16` on the CPU: every bf16 engine this CPU has gives the bits of the plain
-//! element-by-element bf16 references (direct, transposed and Winograd convolutions, subnormals
-//! included); tiles equal the whole image bit for bit at bf16 for both model families, on random
-//! geometries; bf16 stays close to f32; the planned memory is what is allocated; and the CLI
+//! `--precision bf16` on the CPU: every bf16 engine this CPU has (and the AMX kernel on emulated
+//! tiles) gives the bits of the plain element-by-element bf16 references in its order (direct,
+//! transposed and Winograd convolutions, subnormals included); tiles equal the whole image bit for
+//! bit at bf16 for both model families, on random geometries, on this CPU's engine and on the
+//! emulated tiles; bf16 stays close to f32; the planned memory is what is allocated; and the CLI
 //! refuses precisions a backend does not have.
 
 mod common;
@@ -46,18 +47,27 @@ fn conv_layer(rng: &mut SplitMix64, cin: usize, cout: usize, k: usize, case: usi
 #[test]
 fn direct_convolution_equals_the_bf16_reference_bit_for_bit() {
     let mut rng = SplitMix64(0xBF16);
+    let mut tiles_order_shows = 0;
     for case in 0..40 {
-        let (cin, cout) = (pick(&mut rng, 1, 21), pick(&mut rng, 1, 19));
+        // Every fifth case has several of the tiles' 16-pair blocks.
+        let cin = if case % 5 == 4 { pick(&mut rng, 33, 70) } else { pick(&mut rng, 1, 21) };
+        let cout = pick(&mut rng, 1, 40);
         let k = [1, 3, 5][case % 3];
         let (h, w) = (pick(&mut rng, 1, 13), pick(&mut rng, 1, 130));
         let c = conv_layer(&mut rng, cin, cout, k, case, ConvAlgo::Direct);
         let x = random_image(&mut rng, cin, h, w);
-        let want = cpu::conv::conv2d_reference_bf16(&x, &c);
         for isa in bf16_engines() {
+            let want = cpu::conv::conv2d_reference_bf16_for(&x, &c, isa);
             let got = cpu::conv::conv2d_isa(&x, &c, isa);
             assert_eq!(first_difference(&got, &want), None, "{isa:?} case {case}: {cin}->{cout} k {k} {h}x{w}");
+            if isa.is_amx() && k > 1 && first_difference(&want, &cpu::conv::conv2d_reference_bf16(&x, &c)).is_some() {
+                tiles_order_shows += 1;
+            }
         }
     }
+    // The tiles' order of the sum (16 pairs per tap) is not the vector engines' (every tap of a
+    // pair): the references tell them apart, so the comparison above checks the order too.
+    assert!(tiles_order_shows > 0);
 }
 
 /// 1 x 1 convolutions, with and without a fused input transform, in f32 and bf16: those whose
@@ -69,8 +79,11 @@ fn pointwise_convolutions_equal_their_references_on_both_paths() {
     for case in 0..24 {
         let cin = if case % 8 == 7 { pick(&mut rng, 1370, 1400) } else { pick(&mut rng, 1, 60) };
         // The wide ones take the padded copy in both arithmetics, the others the row buffer.
-        let wide =
-            Isa::available().into_iter().chain(bf16_engines()).any(|i| !cpu::direct::converted_fits(i.depth(cin), i));
+        let wide = Isa::available()
+            .into_iter()
+            .chain(bf16_engines())
+            .filter(|i| !i.is_amx())
+            .any(|i| !cpu::direct::converted_fits(i.depth(cin), i));
         assert_eq!(wide, case % 8 == 7, "case {case}: {cin} channels");
         let (cout, h, w) = (pick(&mut rng, 1, 19), pick(&mut rng, 1, 9), pick(&mut rng, 1, 110));
         // conv_layer's `case`: odd cases 3 or 6 (a fused BN in front, with or without its ReLU),
@@ -83,8 +96,8 @@ fn pointwise_convolutions_equal_their_references_on_both_paths() {
         for isa in Isa::available() {
             assert_eq!(first_difference(&cpu::conv::conv2d_isa(&x, &c, isa), &want), None, "{isa:?} {what}");
         }
-        let want = cpu::conv::conv2d_reference_bf16(&x, &c);
         for isa in bf16_engines() {
+            let want = cpu::conv::conv2d_reference_bf16_for(&x, &c, isa);
             assert_eq!(first_difference(&cpu::conv::conv2d_isa(&x, &c, isa), &want), None, "{isa:?} {what}");
         }
     }
@@ -106,10 +119,12 @@ fn winograd_equals_the_bf16_reference_bit_for_bit() {
     }
 }
 
-/// The transposed convolution in bf16, one element at a time: bias, then the input channel pairs
-/// ascending, each pair's taps of the output pixel's parity in ascending (ky, kx), one
-/// [`bf16::madd`] each; a tap reaching row or column -1 (k = 3) adds zero products.
-fn conv_transpose_bf16_reference(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
+/// The transposed convolution in bf16 as `isa` sums it, one element at a time: bias, then the
+/// input channel pairs ascending (`isa.depth` of them, zero past the channels) in blocks of
+/// `isa.k_block()`, each block's taps of the output pixel's parity in ascending (ky, kx), within a
+/// tap the block's pairs, one [`bf16::madd`] each; a tap reaching row or column -1 (k = 3) adds
+/// zero products.
+fn conv_transpose_bf16_reference(x: &Tensor, c: &ConvTranspose2d, isa: Isa) -> Tensor {
     let (oh, ow) = (2 * x.h, 2 * x.w);
     let mut out = Tensor::zeros(c.cout, oh, ow);
     let input = |ci: usize, iy: isize, ix: isize| {
@@ -122,13 +137,16 @@ fn conv_transpose_bf16_reference(x: &Tensor, c: &ConvTranspose2d) -> Tensor {
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut acc = bf16::flush(c.bias[co]);
-                for p in 0..bf16::depth(c.cin) {
+                let (depth, kb) = (isa.depth(c.cin), isa.k_block());
+                for p0 in (0..depth).step_by(kb) {
                     for ky in (oy % 2..c.k).step_by(2) {
                         for kx in (ox % 2..c.k).step_by(2) {
-                            let (iy, ix) = ((oy as isize - ky as isize) / 2, (ox as isize - kx as isize) / 2);
-                            let xv = bf16::pair(input(2 * p, iy, ix), input(2 * p + 1, iy, ix));
-                            let wv = bf16::pair(weight(2 * p, co, ky, kx), weight(2 * p + 1, co, ky, kx));
-                            acc = bf16::madd(acc, xv, wv);
+                            for p in p0..(p0 + kb).min(depth) {
+                                let (iy, ix) = ((oy as isize - ky as isize) / 2, (ox as isize - kx as isize) / 2);
+                                let xv = bf16::pair(input(2 * p, iy, ix), input(2 * p + 1, iy, ix));
+                                let wv = bf16::pair(weight(2 * p, co, ky, kx), weight(2 * p + 1, co, ky, kx));
+                                acc = bf16::madd(acc, xv, wv);
+                            }
                         }
                     }
                 }
@@ -154,8 +172,8 @@ fn transposed_convolution_equals_the_bf16_reference_bit_for_bit() {
                 bias: randv(&mut rng, cout, 1.0),
             };
             let x = random_image(&mut rng, cin, h, w);
-            let want = conv_transpose_bf16_reference(&x, &c);
             for isa in bf16_engines() {
+                let want = conv_transpose_bf16_reference(&x, &c, isa);
                 let got = cpu::conv_transpose::conv_transpose2d_isa(&x, &c, isa);
                 assert_eq!(first_difference(&got, &want), None, "{isa:?} k {k} case {case}: {cin}->{cout} {h}x{w}");
             }
@@ -183,9 +201,9 @@ fn subnormals_are_flushed_alike_on_every_engine() {
         for v in &mut x.data {
             *v *= tiny * 4.0;
         }
-        let want = cpu::conv::conv2d_reference_bf16(&x, &c);
         assert!(x.data.iter().any(|v| v.is_subnormal()) && c.bias.iter().any(|b| b.is_subnormal()), "case {case}");
         for isa in bf16_engines() {
+            let want = cpu::conv::conv2d_reference_bf16_for(&x, &c, isa);
             let got = cpu::conv::conv2d_isa(&x, &c, isa);
             assert_eq!(first_difference(&got, &want), None, "{isa:?} case {case}");
         }
@@ -214,9 +232,13 @@ fn family_model(family: &str, rng: &mut SplitMix64) -> seamless::Model {
 }
 
 /// The exactness contract at bf16: tiled == whole, bit for bit, for random models, images, tiles
-/// and halos (odd channel counts included), with and without Winograd.
-fn bf16_exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
-    let backend = bf16_backend();
+/// and halos (odd channel counts included), with and without Winograd, on this CPU's bf16 engine
+/// or on `engine`.
+fn bf16_exact_over_random_geometries(family: &str, cases: usize, seed: u64, engine: Option<Isa>) {
+    let backend = match engine {
+        Some(isa) => CpuBackend::default().with_engine(isa).unwrap(),
+        None => bf16_backend(),
+    };
     let mut rng = SplitMix64(seed);
     for case in 0..cases {
         let model = family_model(family, &mut rng);
@@ -230,12 +252,24 @@ fn bf16_exact_over_random_geometries(family: &str, cases: usize, seed: u64) {
 
 #[test]
 fn unet_bf16_tiled_equals_whole_over_random_geometries() {
-    bf16_exact_over_random_geometries("unet", 40, 0xB1F);
+    bf16_exact_over_random_geometries("unet", 40, 0xB1F, None);
 }
 
 #[test]
 fn fcdensenet_bf16_tiled_equals_whole_over_random_geometries() {
-    bf16_exact_over_random_geometries("fcdensenet", 40, 0xB20);
+    bf16_exact_over_random_geometries("fcdensenet", 40, 0xB20, None);
+}
+
+/// The same on the AMX kernel (emulated tiles: every CPU runs it; the CPU's own tiles, where it
+/// has them, are checked against the emulation before use and by the tests above).
+#[test]
+fn unet_amx_tiled_equals_whole_over_random_geometries() {
+    bf16_exact_over_random_geometries("unet", 16, 0xA31, Some(Isa::AmxEmulated));
+}
+
+#[test]
+fn fcdensenet_amx_tiled_equals_whole_over_random_geometries() {
+    bf16_exact_over_random_geometries("fcdensenet", 16, 0xA32, Some(Isa::AmxEmulated));
 }
 
 /// bf16 keeps 8 bits of mantissa: on random models the class probabilities move by little and
@@ -262,9 +296,11 @@ fn bf16_stays_close_to_f32() {
 #[test]
 fn planned_bf16_bytes_are_the_bytes_allocated() {
     use seamless::planner::ArenaPlan;
-    let isa = Isa::detect_for(Precision::Bf16);
     let mut rng = SplitMix64(0xB22);
-    for family in ["unet", "fcdensenet"] {
+    for (family, isa) in [("unet", Isa::detect_for(Precision::Bf16)), ("fcdensenet", Isa::detect_for(Precision::Bf16))]
+        .into_iter()
+        .chain([("unet", Isa::AmxEmulated), ("fcdensenet", Isa::AmxEmulated)])
+    {
         let model = family_model(family, &mut rng);
         let n = model.align() * 3;
         let img = random_image(&mut rng, model.in_channels(), n, n + model.align());
@@ -273,9 +309,13 @@ fn planned_bf16_bytes_are_the_bytes_allocated() {
             + cpu::packed_weight_bytes(&model.graph, isa);
         let mut bufs = cpu::Buffers::new(isa);
         cpu::run_planned(&model.graph, &plan, &img, &mut bufs, true).unwrap();
-        assert_eq!(bufs.allocated_bytes(), planned, "{family}");
-        // bf16 packs half the weights' f32 elements (pairs), plus the odd channels' zero halves.
-        assert!(cpu::packed_weight_bytes(&model.graph, isa) < cpu::packed_weight_bytes(&model.graph, Isa::detect()));
+        assert_eq!(bufs.allocated_bytes(), planned, "{family} {isa:?}");
+        // bf16 packs half the weights' f32 elements (pairs), plus the odd channels' zero halves
+        // (and on the tiles, zero pairs and channels up to whole tiles).
+        assert!(
+            isa.is_amx()
+                || cpu::packed_weight_bytes(&model.graph, isa) < cpu::packed_weight_bytes(&model.graph, Isa::detect())
+        );
     }
 }
 
@@ -301,6 +341,35 @@ fn precisions_a_backend_lacks_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{backend} {precision}: {err}");
         assert!(err.contains(says), "{backend} {precision}: {err}");
     }
+    // `bench --cpu-engine`: an engine by name, in its own precision, that this CPU has.
+    let bench = |args: &[&str]| {
+        std::process::Command::new(exe)
+            .arg("bench")
+            .arg(&model)
+            .args(["--size", "64", "--runs", "1", "--no-peak"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut refused = vec![
+        (vec!["--cpu-engine", "fast"], "use one of portable"),
+        (vec!["--cpu-engine", "amx-emulated"], "computes in bf16: give --precision bf16"),
+        (vec!["--cpu-engine", "avx2", "--backend", "cuda"], "does not go with --backend cuda"),
+    ];
+    // A bf16 engine this CPU lacks (AMX on most), where there is one.
+    if let Some((_, name)) = Isa::NAMES.iter().find(|(isa, _)| isa.is_bf16() && !isa.is_available()) {
+        refused.push((vec!["--precision", "bf16", "--cpu-engine", name], "this CPU cannot run"));
+    }
+    for (args, says) in refused {
+        let out = bench(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let out = bench(&["--precision", "bf16", "--cpu-engine", "amx-emulated", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["backend"].as_str().unwrap().contains("AmxEmulated"), "{report}");
 }
 
 /// The demo models on a synthetic slide they were trained for, whole at f32 and at bf16: labels

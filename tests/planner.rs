@@ -160,7 +160,7 @@ fn chosen_tile_fits_and_the_next_larger_does_not() {
     let mut rng = SplitMix64(11);
     for model in models() {
         for precision in [Precision::F32, Precision::F16] {
-            let (cpu, device) = (seamless::cpu::CpuMemory { precision }, seamless::cuda::DeviceMemory { precision });
+            let (cpu, device) = (seamless::cpu::CpuMemory::of(precision), seamless::cuda::DeviceMemory { precision });
             for mem in [&cpu as &dyn MemoryModel, &device] {
                 let (h, w) = (200 + rng.next_u64() as usize % 3000, 200 + rng.next_u64() as usize % 3000);
                 let planner = TilePlanner::new(&model, h, w, mem).unwrap();

@@ -72,7 +72,7 @@ fn auto_takes_the_smallest_tile_within_the_slack_of_the_least_compute() {
     assert_eq!(AUTO_COMPUTE_SLACK, 0.05);
     let demo = Model::open(DEMO).unwrap();
     let big = Model::open("unet-64").unwrap();
-    let cpu = seamless::cpu::CpuMemory { precision: Precision::F32 };
+    let cpu = seamless::cpu::CpuMemory::of(Precision::F32);
     let device = seamless::cuda::DeviceMemory { precision: Precision::F16 };
     for (model, mem, budget) in
         [(&demo, &cpu as &dyn MemoryModel, 4usize << 30), (&demo, &cpu, 64 << 30), (&big, &device, 80 << 30)]
@@ -96,7 +96,7 @@ fn auto_takes_the_smallest_tile_within_the_slack_of_the_least_compute() {
 #[test]
 fn a_tight_budget_still_fits_and_a_small_image_is_one_tile() {
     let demo = Model::open(DEMO).unwrap();
-    let cpu = seamless::cpu::CpuMemory { precision: Precision::F32 };
+    let cpu = seamless::cpu::CpuMemory::of(Precision::F32);
     let p = TilePlanner::new(&demo, 8192, 8192, &cpu).unwrap();
     let a = p.step;
     let smallest = p.grid_peak(a, a).unwrap().0.total();

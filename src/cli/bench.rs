@@ -7,6 +7,7 @@
 use seamless::Model;
 use seamless::backend::Backend;
 use seamless::cpu::CpuBackend;
+use seamless::cpu::direct::Isa;
 use seamless::cuda::{CudaBackend, DeviceBytes};
 use seamless::error::{Error, Result};
 use seamless::graph::Op;
@@ -35,6 +36,12 @@ pub struct BenchArgs {
     /// convolutions (AVX512-BF16 where the CPU has it) with f32 accumulation.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
+    /// CPU: run every convolution on this engine instead of the fastest one for the precision
+    /// (which it then sets): portable, avx2, avx512 (f32); bf16-portable, avx512-bf16, amx, or
+    /// amx-emulated (the AMX kernel on tiles emulated in software: slow, for checking) in bf16.
+    /// `seamless doctor` lists what this CPU has.
+    #[arg(long, value_name = "ENGINE")]
+    pub(crate) cpu_engine: Option<String>,
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: usize,
@@ -96,6 +103,9 @@ struct Report {
     /// CPU: the measured bf16 pair rate (VDPBF16PS) over all threads, where the CPU has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_peak_bf16_gflop_per_s: Option<f64>,
+    /// CPU: the measured bf16 tile rate (AMX TDPBF16PS) over all threads, where the tiles are in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_peak_amx_gflop_per_s: Option<f64>,
     /// CUDA: device memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<Memory>,
@@ -158,9 +168,28 @@ pub(crate) fn median(v: &[f64]) -> f64 {
     if n % 2 == 1 { s[n / 2] } else { 0.5 * (s[n / 2 - 1] + s[n / 2]) }
 }
 
+/// The CPU backend on the engine called `name`, which must compute in `precision`.
+fn cpu_engine(name: &str, precision: Precision) -> Result<CpuBackend> {
+    let names = || Isa::NAMES.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ");
+    let isa =
+        Isa::from_name(name).ok_or_else(|| Error::Usage(format!("--cpu-engine '{name}': use one of {}", names())))?;
+    let computes = if isa.is_bf16() { Precision::Bf16 } else { Precision::F32 };
+    if computes != precision {
+        return Err(Error::Usage(format!(
+            "--cpu-engine {name} computes in {}: give --precision {} with it",
+            computes.name(),
+            computes.name()
+        )));
+    }
+    CpuBackend::default().with_engine(isa)
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.backend != "cpu" && a.backend != "cuda" {
         return Err(Error::Usage(format!("--backend '{}': use cpu or cuda", a.backend)));
+    }
+    if a.backend == "cuda" && a.cpu_engine.is_some() {
+        return Err(Error::Usage("--cpu-engine picks a CPU engine: it does not go with --backend cuda".into()));
     }
     if a.backend == "cpu" && a.precision == Precision::F16 {
         return Err(Error::Usage("--precision f16 needs --backend cuda (the CPU computes in f32 or bf16)".into()));
@@ -179,7 +208,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         )));
     }
     let cuda = if a.backend == "cuda" { Some(CudaBackend::new(a.device, a.precision)?) } else { None };
-    let cpu = CpuBackend::default().with_precision(if cuda.is_some() { Precision::F32 } else { a.precision })?;
+    let cpu = match &a.cpu_engine {
+        _ if cuda.is_some() => CpuBackend::default(),
+        None => CpuBackend::default().with_precision(a.precision)?,
+        Some(name) => cpu_engine(name, a.precision)?,
+    };
     let backend: &dyn Backend = match &cuda {
         Some(c) => c,
         None => &cpu,
@@ -221,6 +254,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let cpu_peak = (cuda.is_none() && !a.no_peak).then(seamless::cpu::peak::measure);
     let cpu_peak_of_precision = cpu_peak.and_then(|p| match a.precision {
+        // The tiles' layers against the tiles' peak; AMX-emulated against the vectors' (its own
+        // speed is not the point).
+        Precision::Bf16 if cpu.isa() == Isa::Amx => p.amx_flops,
         Precision::Bf16 => p.bf16_flops,
         _ => Some(p.f32_flops),
     });
@@ -297,6 +333,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         mma_peak_tflops: peak.map(|p| p / 1e12),
         cpu_peak_f32_gflop_per_s: cpu_peak.map(|p| p.f32_flops / 1e9),
         cpu_peak_bf16_gflop_per_s: cpu_peak.and_then(|p| p.bf16_flops).map(|p| p / 1e9),
+        cpu_peak_amx_gflop_per_s: cpu_peak.and_then(|p| p.amx_flops).map(|p| p / 1e9),
         memory,
         layers,
     };
@@ -343,8 +380,9 @@ fn print_text(a: &BenchArgs, r: &Report) {
         }
         if let Some(p) = r.cpu_peak_f32_gflop_per_s {
             let bf16 = r.cpu_peak_bf16_gflop_per_s.map_or("none".into(), |b| format!("{b:.1} GFLOP/s"));
+            let amx = r.cpu_peak_amx_gflop_per_s.map_or(String::new(), |b| format!(", AMX tiles {b:.1} GFLOP/s"));
             println!(
-                "% peak = share of this CPU's measured rate for the precision: f32 FMA {p:.1} GFLOP/s, bf16 {bf16} \
+                "% peak = share of this CPU's measured rate for the engine: f32 FMA {p:.1} GFLOP/s, bf16 {bf16}{amx} \
                  (direct-convolution FLOPs: Winograd layers can pass 100%)"
             );
         }
@@ -381,7 +419,8 @@ fn print_text(a: &BenchArgs, r: &Report) {
     println!("compute      {:.1} GFLOP/s ({:.3} MFLOP per pixel)", r.gflop_per_s, r.flop_per_pixel / 1e6);
     if let Some(p) = r.cpu_peak_f32_gflop_per_s {
         let bf16 = r.cpu_peak_bf16_gflop_per_s.map_or("no AVX512-BF16".into(), |b| format!("bf16 {b:.1} GFLOP/s"));
-        println!("cpu peak     f32 {p:.1} GFLOP/s, {bf16} (measured, all threads)");
+        let amx = r.cpu_peak_amx_gflop_per_s.map_or(String::new(), |b| format!(", AMX tiles {b:.1} GFLOP/s"));
+        println!("cpu peak     f32 {p:.1} GFLOP/s, {bf16}{amx} (measured, all threads)");
     }
     if let Some(p) = r.mma_peak_tflops {
         println!("mma peak     {p:.1} TFLOP/s (mma.sync m16n8k16 f16->f32 on this device)");

@@ -58,6 +58,7 @@ pub fn run(a: DoctorArgs) -> Result<()> {
     // The CPU engines: what --precision bf16 runs on here.
     let bf16 = seamless::cpu::direct::Isa::detect_for(Precision::Bf16);
     println!("cpu             f32 on {:?}, bf16 on {bf16:?}", seamless::cpu::direct::Isa::detect());
+    println!("cpu tiles       {}", seamless::cpu::amx::status());
     match compile::cache_dir() {
         Some(d) => println!("kernel cache    {}", d.display()),
         None => println!("kernel cache    off"),

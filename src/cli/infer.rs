@@ -322,7 +322,7 @@ pub fn select_backend(
         {
             eprintln!(
                 "warning: this CPU has no AVX512-BF16: bf16 runs on the portable path, slower than f32 here \
-                 (same bits as on a CPU that has it)"
+                 (the bits AVX512-BF16 gives; AMX tiles sum in another order)"
             );
         }
     }

@@ -23,7 +23,7 @@ pub enum Memory {
 impl Memory {
     pub fn model(self, precision: Precision) -> Box<dyn MemoryModel> {
         match self {
-            Memory::Cpu => Box::new(seamless::cpu::CpuMemory { precision }),
+            Memory::Cpu => Box::new(seamless::cpu::CpuMemory::of(precision)),
             Memory::Device => Box::new(seamless::cuda::DeviceMemory { precision }),
         }
     }

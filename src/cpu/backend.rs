@@ -22,12 +22,14 @@ use crate::tensor::Tensor;
 #[derive(Clone, Copy, Debug)]
 pub struct CpuMemory {
     pub precision: Precision,
+    /// The engine, where not this CPU's fastest for the precision ([`CpuBackend::with_engine`]).
+    pub engine: Option<Isa>,
 }
 
 /// The CPU backend's memory model at f32.
-pub const CPU_F32: CpuMemory = CpuMemory { precision: Precision::F32 };
+pub const CPU_F32: CpuMemory = CpuMemory::of(Precision::F32);
 /// ... and at bf16.
-pub const CPU_BF16: CpuMemory = CpuMemory { precision: Precision::Bf16 };
+pub const CPU_BF16: CpuMemory = CpuMemory::of(Precision::Bf16);
 
 impl MemoryModel for CpuMemory {
     fn precision(&self) -> Precision {
@@ -50,6 +52,11 @@ impl MemoryModel for CpuMemory {
 }
 
 impl CpuMemory {
+    /// `precision` on this CPU's fastest engine for it.
+    pub const fn of(precision: Precision) -> CpuMemory {
+        CpuMemory { precision, engine: None }
+    }
+
     /// The parameters and their packed copy: what the model costs before any window.
     pub fn weight_bytes(&self, graph: &Graph) -> usize {
         graph.params() * self.activation_bytes() + super::packed_weight_bytes(graph, self.isa())
@@ -57,7 +64,7 @@ impl CpuMemory {
 
     /// The engine that runs this precision here.
     pub fn isa(&self) -> Isa {
-        Isa::detect_for(self.precision)
+        self.engine.unwrap_or_else(|| Isa::detect_for(self.precision))
     }
 
     /// Bytes per activation (and parameter) held: f32 but when planning f16 storage.
@@ -93,8 +100,24 @@ impl CpuBackend {
         if precision == Precision::F16 {
             return Err(Error::Usage("f16 needs the CUDA backend; the CPU computes in f32 or bf16".into()));
         }
-        self.memory = Some(CpuMemory { precision });
+        self.memory = Some(CpuMemory::of(precision));
         *self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()) = Buffers::new(self.isa());
+        Ok(self)
+    }
+
+    /// Computing on one particular engine of this CPU (its precision is the engine's): for tests
+    /// and for comparing engines; [`CpuBackend::with_precision`] picks the fastest.
+    pub fn with_engine(mut self, isa: Isa) -> Result<CpuBackend> {
+        if !isa.is_available() {
+            return Err(Error::Usage(format!(
+                "this CPU cannot run the {} engine (`seamless doctor` lists what it has)",
+                isa.name()
+            )));
+        }
+        let precision = if isa.is_bf16() { Precision::Bf16 } else { Precision::F32 };
+        self.memory = Some(CpuMemory { precision, engine: Some(isa) });
+        *self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()) = Buffers::new(isa);
+        self.plans.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(self)
     }
 

@@ -14,7 +14,7 @@
 //! two bf16 values are exact in f32, so each step is one fused multiply-add. [`madd`] is that
 //! step; the AVX512-BF16 engine gives the same bits (checked by the tests on every CPU that has
 //! it), so tiles and whole images agree on every path, and the portable and vector paths agree
-//! with each other.
+//! with each other. (The AMX tiles take the same steps per pair in another order: `super::amx`.)
 
 /// Elements a `cin`-channel input occupies per position: channel pairs.
 pub const fn depth(cin: usize) -> usize {

@@ -76,7 +76,7 @@ fn path(c: &Conv2d, w: usize, isa: Isa) -> Path {
 /// per model, see [`packed_elems`]).
 pub fn workspace_elems(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::workspace_elems(c, h, w, isa);
+        return winograd::workspace_elems(c, h, w, isa.vector());
     }
     match path(c, w, isa) {
         Path::Pointwise => direct::unpadded_tail_elems(c.cin),
@@ -88,15 +88,15 @@ pub fn workspace_elems(c: &Conv2d, h: usize, w: usize, isa: Isa) -> usize {
 /// Elements of the weights as [`pack`] regroups them for `isa`'s engine.
 pub fn packed_elems(c: &Conv2d, isa: Isa) -> usize {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::packed_elems(c, isa);
+        return winograd::packed_elems(c, isa.vector());
     }
-    direct::packed_weight_elems(c.cout, isa.depth(c.cin), c.k * c.k)
+    direct::packed_elems_for(isa, c.cout, isa.depth(c.cin), c.k * c.k)
 }
 
 /// Regroup the weights for `isa`'s engine into `dst` ([`packed_elems`] long).
 pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::pack(c, dst, isa);
+        return winograd::pack(c, dst, isa.vector());
     }
     let taps = c.k * c.k;
     assert_eq!(c.weight.len(), c.cout * c.cin * taps, "conv2d weights");
@@ -128,7 +128,7 @@ pub fn conv2d_isa(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
 /// `ws` (see [`workspace_elems`]) for the padded input.
 pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mut [f32], isa: Isa) {
     if c.algo == ConvAlgo::Winograd2 {
-        return winograd::conv2d_into(x, c, packed, out, ws, isa);
+        return winograd::conv2d_into(x, c, packed, out, ws, isa.vector());
     }
     assert_eq!(x.c, c.cin, "conv2d input channels");
     let (h, w, k) = (x.h, x.w, c.k);
@@ -197,9 +197,16 @@ pub fn conv2d_into(x: View, c: &Conv2d, packed: &[f32], out: &mut [f32], ws: &mu
 
 /// The bf16 arithmetic of [`bf16`] one element at a time: input (after the fused transform) and
 /// weights rounded to bf16, channel pairs in ascending order, each pair tap by tap, one
-/// [`bf16::madd`] each, from the bias (subnormals flushed). The reference the bf16 engines are
-/// tested against bit for bit.
+/// [`bf16::madd`] each, from the bias (subnormals flushed). The reference the vector bf16 engines
+/// are tested against bit for bit.
 pub fn conv2d_reference_bf16(x: &Tensor, c: &Conv2d) -> Tensor {
+    conv2d_reference_bf16_for(x, c, Isa::Bf16Portable)
+}
+
+/// [`conv2d_reference_bf16`] in `isa`'s order: over its [`Isa::depth`] pairs (zero pairs past the
+/// channels), in blocks of [`Isa::k_block`] pairs, each block tap by tap and within a tap pair by
+/// pair (blocks of one pair: the order above). What the AMX engines are tested against.
+pub fn conv2d_reference_bf16_for(x: &Tensor, c: &Conv2d, isa: Isa) -> Tensor {
     let (h, w, k) = (x.h as isize, x.w as isize, c.k as isize);
     let r = k / 2;
     let input = |ci: usize, iy: isize, ix: isize| -> f32 {
@@ -215,17 +222,20 @@ pub fn conv2d_reference_bf16(x: &Tensor, c: &Conv2d) -> Tensor {
     };
     let weight =
         |co: usize, ci: usize, t: usize| if ci < c.cin { c.weight[(co * c.cin + ci) * c.k * c.k + t] } else { 0.0 };
+    let (depth, kb) = (isa.depth(c.cin), isa.k_block());
     let mut out = Tensor::zeros(c.cout, x.h, x.w);
     for co in 0..c.cout {
         for y in 0..h {
             for xx in 0..w {
                 let mut acc = bf16::flush(c.bias[co]);
-                for p in 0..bf16::depth(c.cin) {
+                for p0 in (0..depth).step_by(kb) {
                     for t in 0..c.k * c.k {
-                        let (iy, ix) = (y + (t / c.k) as isize - r, xx + (t % c.k) as isize - r);
-                        let xv = bf16::pair(input(2 * p, iy, ix), input(2 * p + 1, iy, ix));
-                        let wv = bf16::pair(weight(co, 2 * p, t), weight(co, 2 * p + 1, t));
-                        acc = bf16::madd(acc, xv, wv);
+                        for p in p0..(p0 + kb).min(depth) {
+                            let (iy, ix) = (y + (t / c.k) as isize - r, xx + (t % c.k) as isize - r);
+                            let xv = bf16::pair(input(2 * p, iy, ix), input(2 * p + 1, iy, ix));
+                            let wv = bf16::pair(weight(co, 2 * p, t), weight(co, 2 * p + 1, t));
+                            acc = bf16::madd(acc, xv, wv);
+                        }
                     }
                 }
                 out.data[(co * x.h + y as usize) * x.w + xx as usize] = if c.relu { acc.max(0.0) } else { acc };

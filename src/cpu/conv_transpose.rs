@@ -28,9 +28,12 @@ const CLASSES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
 pub fn packed_elems(c: &ConvTranspose2d, isa: Isa) -> usize {
     let depth = isa.depth(c.cin);
     if c.k == 2 {
-        direct::packed_weight_elems(4 * c.cout, depth, 1)
+        direct::packed_elems_for(isa, 4 * c.cout, depth, 1)
     } else {
-        CLASSES.iter().map(|&(py, px)| direct::packed_weight_elems(c.cout, depth, class_taps(c.k, py, px).len())).sum()
+        CLASSES
+            .iter()
+            .map(|&(py, px)| direct::packed_elems_for(isa, c.cout, depth, class_taps(c.k, py, px).len()))
+            .sum()
     }
 }
 
@@ -49,7 +52,7 @@ pub fn pack(c: &ConvTranspose2d, dst: &mut [f32], isa: Isa) {
     let mut off = 0;
     for (py, px) in CLASSES {
         let taps = class_taps(k, py, px);
-        let len = direct::packed_weight_elems(c.cout, isa.depth(c.cin), taps.len());
+        let len = direct::packed_elems_for(isa, c.cout, isa.depth(c.cin), taps.len());
         direct::pack_weights_for(isa, &mut dst[off..off + len], c.cout, c.cin, taps.len(), |co, ci, t| {
             let (ky, kx) = taps[t];
             c.weight[((ci * c.cout + co) * k + ky) * k + kx]
@@ -156,7 +159,7 @@ fn k3(x: View, c: &ConvTranspose2d, packed: &[f32], out: &mut [f32], ws: &mut [f
         // Tap (ky, kx) reads input (m - ky/2, n - kx/2) for class pixel (m, n): flat offset
         // (1 - ky/2)·row + (1 - kx/2) in the padded copy.
         let offsets: Vec<usize> = taps.iter().map(|&(ky, kx)| (1 - ky / 2) * row + (1 - kx / 2)).collect();
-        let wlen = direct::packed_weight_elems(c.cout, depth, taps.len());
+        let wlen = direct::packed_elems_for(isa, c.cout, depth, taps.len());
         let spec = Taps {
             data: ws_in,
             plane,

@@ -24,7 +24,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::bf16;
+use super::{amx, bf16};
 use crate::planner::Precision;
 
 /// Output channels per register block (and per packed weight block).
@@ -36,8 +36,10 @@ pub const NR_MAX: usize = 48;
 pub type Block = [[f32; NR_MAX]; MR];
 
 /// Which implementation runs the blocks, and so in which arithmetic: three of f32 (all give the
-/// same bits) and two of bf16 (see [`bf16`]: the same bits as each other, other bits than f32).
-/// A model's precision picks the family ([`Isa::detect_for`]) once, for every layer and window.
+/// same bits), two of bf16 on vectors (see [`bf16`]: the same bits as each other, other bits than
+/// f32) and two on AMX tiles (real or emulated: the same bits as each other; the vectors' per pair,
+/// in another order over the taps, see [`amx`]). A model's precision picks the engine
+/// ([`Isa::detect_for`]) once, for every layer and window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Portable,
@@ -47,6 +49,11 @@ pub enum Isa {
     Bf16Portable,
     /// bf16 pairs on `VDPBF16PS`: 8 channels x 48 positions, as [`Isa::Avx512`].
     Avx512Bf16,
+    /// bf16 on AMX tiles ([`amx`]): other bits than the two above on kernels with several taps
+    /// (16 pairs per tile product), the same bits as [`Isa::AmxEmulated`].
+    Amx,
+    /// [`Isa::Amx`]'s kernel on tiles emulated in software: any CPU runs it, for the tests.
+    AmxEmulated,
 }
 
 impl Isa {
@@ -87,15 +94,39 @@ impl Isa {
             "avx512bf16" => {
                 std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
             }
+            "amx" => amx::usable(),
             _ => false,
         };
         #[cfg(not(target_arch = "x86_64"))]
         let has = |_: &str| false;
         let candidates: &[(Isa, &str)] = match precision {
-            Precision::Bf16 => &[(Isa::Bf16Portable, ""), (Isa::Avx512Bf16, "avx512bf16")],
+            Precision::Bf16 => {
+                &[(Isa::AmxEmulated, ""), (Isa::Bf16Portable, ""), (Isa::Avx512Bf16, "avx512bf16"), (Isa::Amx, "amx")]
+            }
             Precision::F32 | Precision::F16 => &[(Isa::Portable, ""), (Isa::Avx2Fma, "avx2"), (Isa::Avx512, "avx512f")],
         };
         candidates.iter().filter(|(_, f)| f.is_empty() || has(f)).map(|&(isa, _)| isa).collect()
+    }
+
+    /// Every implementation, by its name on the command line.
+    pub const NAMES: [(Isa, &'static str); 7] = [
+        (Isa::Portable, "portable"),
+        (Isa::Avx2Fma, "avx2"),
+        (Isa::Avx512, "avx512"),
+        (Isa::Bf16Portable, "bf16-portable"),
+        (Isa::Avx512Bf16, "avx512-bf16"),
+        (Isa::Amx, "amx"),
+        (Isa::AmxEmulated, "amx-emulated"),
+    ];
+
+    /// The implementation called `name` ([`Isa::NAMES`]).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::NAMES.iter().find(|(_, n)| *n == name).map(|&(isa, _)| isa)
+    }
+
+    /// This implementation's name in [`Isa::NAMES`].
+    pub fn name(self) -> &'static str {
+        Isa::NAMES.iter().find(|(isa, _)| *isa == self).map_or("?", |(_, n)| n)
     }
 
     /// Whether this CPU can run this implementation.
@@ -105,19 +136,45 @@ impl Isa {
 
     /// Whether this implementation computes in bf16 (its inputs and weights are channel pairs).
     pub fn is_bf16(self) -> bool {
-        matches!(self, Isa::Bf16Portable | Isa::Avx512Bf16)
+        matches!(self, Isa::Bf16Portable | Isa::Avx512Bf16 | Isa::Amx | Isa::AmxEmulated)
+    }
+
+    /// Whether this implementation runs on (real or emulated) AMX tiles: its own layouts ([`amx`]).
+    pub fn is_amx(self) -> bool {
+        matches!(self, Isa::Amx | Isa::AmxEmulated)
+    }
+
+    /// Input channel pairs one step of the sum takes before the next tap: 1, or a tile's 16.
+    pub fn k_block(self) -> usize {
+        if self.is_amx() { amx::K_BLOCK } else { 1 }
+    }
+
+    /// The vector engine of the same CPU that runs what tiles do not (Winograd layers): the same
+    /// per-pair arithmetic in the other engines' layout.
+    pub fn vector(self) -> Isa {
+        match self {
+            Isa::Amx => Isa::Avx512Bf16,
+            Isa::AmxEmulated => Isa::Bf16Portable,
+            other => other,
+        }
     }
 
     /// Elements per position of a `cin`-channel input in this arithmetic's layout.
     pub fn depth(self, cin: usize) -> usize {
-        if self.is_bf16() { bf16::depth(cin) } else { cin }
+        if self.is_amx() {
+            amx::depth(cin)
+        } else if self.is_bf16() {
+            bf16::depth(cin)
+        } else {
+            cin
+        }
     }
 
-    /// Positions per block.
+    /// Positions per block (the most, for the tiles).
     pub fn nr(self) -> usize {
         match self {
             Isa::Portable | Isa::Avx2Fma | Isa::Bf16Portable => 16,
-            Isa::Avx512 | Isa::Avx512Bf16 => 48,
+            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx | Isa::AmxEmulated => 48,
         }
     }
 }
@@ -146,6 +203,12 @@ pub const fn slack() -> usize {
 
 pub fn packed_weight_elems(cout: usize, cin: usize, taps: usize) -> usize {
     cout.div_ceil(MR) * cin * taps * MR
+}
+
+/// Elements of the weights of `cout` channels of `depth` ([`Isa::depth`]) input elements and
+/// `taps` taps, packed for `isa`'s engine.
+pub fn packed_elems_for(isa: Isa, cout: usize, depth: usize, taps: usize) -> usize {
+    if isa.is_amx() { amx::packed_elems(cout, depth, taps) } else { packed_weight_elems(cout, depth, taps) }
 }
 
 /// Regroup weights as `[cout / MR][cin][tap][MR]` (one tap's MR weights adjacent); channels
@@ -178,6 +241,9 @@ pub fn pack_weights(
 pub fn pack_rows(dst: &mut [f32], cout: usize, cin: usize, taps: usize, weights: &[f32], isa: Isa) {
     let (len, depth) = (cin * taps, isa.depth(cin));
     assert_eq!(weights.len(), cout * len, "weights of {cout} rows of {len}");
+    if isa.is_amx() {
+        return amx::pack(dst, cout, cin, taps, |co, ci, t| weights[co * len + ci * taps + t]);
+    }
     let dst = &mut dst[..packed_weight_elems(cout, depth, taps)];
     if len == 0 {
         return;
@@ -219,6 +285,9 @@ pub fn pack_weights_for(
     if !isa.is_bf16() {
         return pack_weights(dst, cout, cin, taps, w);
     }
+    if isa.is_amx() {
+        return amx::pack(dst, cout, cin, taps, w);
+    }
     let of = |co: usize, ci: usize, t: usize| if ci < cin { w(co, ci, t) } else { 0.0 };
     pack_weights(dst, cout, bf16::depth(cin), taps, |co, p, t| bf16::pair(of(co, 2 * p, t), of(co, 2 * p + 1, t)))
 }
@@ -227,6 +296,9 @@ pub fn pack_weights_for(
 /// below `cout`), positions `q0..q0 + n`. Calls run in parallel on disjoint (channel, position)
 /// blocks.
 pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Sync) {
+    if isa.is_amx() {
+        return amx::run(t, isa == Isa::AmxEmulated, store);
+    }
     let ntaps = t.offsets.len();
     let nr = isa.nr();
     let (nqb, ncb) = (t.n_q.div_ceil(nr), t.cout.div_ceil(MR));
@@ -278,7 +350,7 @@ pub(crate) fn schedule(nqb: usize, ncb: usize, k: usize, f: impl Fn(usize, usize
 }
 
 /// [`schedule`]'s tasks: `task(channel blocks, position blocks)`, in parallel.
-fn schedule_tasks(nqb: usize, ncb: usize, k: usize, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
+pub(crate) fn schedule_tasks(nqb: usize, ncb: usize, k: usize, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
     if nqb == 0 || ncb == 0 {
         return;
     }
@@ -322,6 +394,7 @@ pub(crate) fn block(t: &Taps, isa: Isa, cb: usize, q0: usize, runs: &[usize], bl
         // SAFETY: as above, with AVX512-BF16 (`available_for`).
         Isa::Avx512Bf16 => unsafe { block_avx512_bf16(t, cb, q0, runs, blk) },
         Isa::Bf16Portable => block_bf16_portable(t, cb, q0, blk),
+        Isa::Amx | Isa::AmxEmulated => unreachable!("the tiles compute whole tile blocks (amx::run)"),
         _ => {
             let _ = runs;
             block_portable(t, cb, q0, blk)
@@ -549,9 +622,10 @@ pub const fn unpadded_tail_elems(cin: usize) -> usize {
 /// `nr` positions and the slack must fit (128 KiB; a worker thread has 2 MiB of stack).
 pub const CONVERTED_MAX: usize = 32 << 10;
 
-/// Whether [`run_converted`] takes `depth` input rows on `isa`'s engine.
+/// Whether [`run_converted`] takes `depth` input rows on `isa`'s engine (never on the tiles, which
+/// read a padded copy).
 pub fn converted_fits(depth: usize, isa: Isa) -> bool {
-    depth.saturating_mul(isa.nr()).saturating_add(slack()) <= CONVERTED_MAX
+    !isa.is_amx() && depth.saturating_mul(isa.nr()).saturating_add(slack()) <= CONVERTED_MAX
 }
 
 /// A one-tap convolution over `n` positions whose input is made one position block at a time:

@@ -2,6 +2,7 @@
 //! executor that runs them. f32, multi-threaded over output channels and rows only, so every output
 //! element is accumulated by one thread in one fixed order whatever the tile's extent or position.
 
+pub mod amx;
 mod backend;
 pub mod bf16;
 pub mod concat;

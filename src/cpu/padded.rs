@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::bf16;
 use super::direct::{self, Isa};
+use super::{amx, bf16};
 use crate::graph::ScaleShift;
 use crate::tensor::View;
 
@@ -84,12 +84,14 @@ fn rows_of(dst: &mut [f32], x: View, q0: usize, len: usize, pre: Option<&ScaleSh
                 None => out.copy_from_slice(src(p)),
                 Some(ss) => transform_row(out, src(p), ss.channel(p)),
             }
+        } else if 2 * p >= x.c {
+            out.fill(0.0);
         } else {
-            let (lo, hi) = (2 * p, 2 * p + 1);
+            let (lo, hi, swap) = (2 * p, 2 * p + 1, isa.is_amx());
             let other = (hi < x.c).then(|| src(hi));
             match pre {
-                None => pair_row(out, src(lo), other, |v| v, |v| v),
-                Some(ss) => pair_row(out, src(lo), other, ss.channel(lo), ss.channel(hi.min(x.c - 1))),
+                None => pair_row(out, src(lo), other, |v| v, |v| v, swap),
+                Some(ss) => pair_row(out, src(lo), other, ss.channel(lo), ss.channel(hi.min(x.c - 1)), swap),
             }
         }
         rest.fill(0.0);
@@ -115,19 +117,23 @@ fn plane_of(out: &mut [f32], x: View, layout: Layout, pre: Option<&ScaleShift>, 
         }
         return out[next..].fill(0.0);
     }
-    let (lo, hi) = (2 * p, 2 * p + 1);
+    let (lo, hi, swap) = (2 * p, 2 * p + 1, isa.is_amx());
+    if lo >= x.c {
+        // The tiles' padding to whole blocks of 16 pairs.
+        return out.fill(0.0);
+    }
     let other = |y| (hi < x.c).then(|| src(hi, y));
     // One loop per case, each with its own straight-line body.
     match pre {
         None => {
             for y in 0..x.h {
-                pair_row(row_at(out, &mut next, dst(y), x.w), src(lo, y), other(y), |v| v, |v| v);
+                pair_row(row_at(out, &mut next, dst(y), x.w), src(lo, y), other(y), |v| v, |v| v, swap);
             }
         }
         Some(ss) => {
             let (fa, fb) = (ss.channel(lo), ss.channel(hi.min(x.c - 1)));
             for y in 0..x.h {
-                pair_row(row_at(out, &mut next, dst(y), x.w), src(lo, y), other(y), fa, fb);
+                pair_row(row_at(out, &mut next, dst(y), x.w), src(lo, y), other(y), fa, fb, swap);
             }
         }
     }
@@ -150,17 +156,36 @@ fn transform_row(out: &mut [f32], src: &[f32], f: impl Fn(f32) -> f32) {
     }
 }
 
+/// Channels `a` and `b` (zero if none) after `fa` and `fb` as pairs, `a` in the low half or, with
+/// `swap`, in the high half ([`amx::swapped`]).
 #[inline(always)]
-fn pair_row(out: &mut [f32], a: &[f32], b: Option<&[f32]>, fa: impl Fn(f32) -> f32, fb: impl Fn(f32) -> f32) {
-    match b {
-        Some(b) => {
+fn pair_row(
+    out: &mut [f32],
+    a: &[f32],
+    b: Option<&[f32]>,
+    fa: impl Fn(f32) -> f32,
+    fb: impl Fn(f32) -> f32,
+    swap: bool,
+) {
+    match (b, swap) {
+        (Some(b), false) => {
             for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
                 *o = bf16::pair(fa(a), fb(b));
             }
         }
-        None => {
+        (Some(b), true) => {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = amx::swapped(fa(a), fb(b));
+            }
+        }
+        (None, false) => {
             for (o, &a) in out.iter_mut().zip(a) {
                 *o = bf16::pair(fa(a), 0.0);
+            }
+        }
+        (None, true) => {
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = amx::swapped(fa(a), 0.0);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! This CPU's arithmetic peaks, measured: what `seamless bench` compares each layer's rate with.
 //! Every worker thread runs a loop of independent multiply-adds (enough accumulators to cover
 //! the instruction's latency on every pipe) for a fixed count; the rate is all threads' FLOPs
-//! over the wall time. A fused multiply-add counts 2 FLOPs, a bf16 pair step 4.
+//! over the wall time. A fused multiply-add counts 2 FLOPs, a bf16 pair step 4 (and a tile
+//! product, 16 x 16 outputs of 16 pair steps, 4 per pair step).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -13,6 +14,8 @@ pub struct Peaks {
     pub f32_flops: f64,
     /// bf16 pair steps (`VDPBF16PS`), where the CPU has AVX512-BF16.
     pub bf16_flops: Option<f64>,
+    /// bf16 tile products (`TDPBF16PS`), where the CPU's AMX tiles are in use ([`super::amx`]).
+    pub amx_flops: Option<f64>,
 }
 
 /// Multiply-add steps each thread runs per measurement (about a tenth of a second).
@@ -30,7 +33,8 @@ pub fn measure() -> Peaks {
     });
     #[cfg(not(target_arch = "x86_64"))]
     let bf16_flops = None;
-    Peaks { f32_flops, bf16_flops }
+    let amx_flops = super::amx::usable().then(|| rate(|n| super::amx::peak_loop(n / 16)));
+    Peaks { f32_flops, bf16_flops, amx_flops }
 }
 
 /// FLOP/s of `run` (which returns the FLOPs it did for `n` steps) on every thread at once; the
