@@ -81,7 +81,9 @@ pub fn source_graph(config: &ModelConfig, src: &mut dyn WeightSource, origin: &s
 
 impl Model {
     pub fn build(config: ModelConfig, src: &mut dyn WeightSource, origin: &str) -> Result<Model> {
+        let t = std::time::Instant::now();
         let (source_graph, trainable) = source_graph(&config, src, origin)?;
+        crate::profile::step("  reading the weights", t);
         let probe = config.align() * 4;
         let shapes = source_graph.shapes(probe, probe)?;
         let source_layers = source_graph
@@ -96,7 +98,9 @@ impl Model {
             })
             .collect();
         // Folding moves the weights instead of copying them: one copy of U-Net-64's 124 MB, not two.
+        let t = std::time::Instant::now();
         let mut graph = source_graph.optimized();
+        crate::profile::step("  folding batch norm", t);
         graph.assign_conv_algos(config.align(), crate::graph::WINOGRAD_MIN_CHANNELS);
         let rf = ReceptiveField::analyze(&graph, config.align())?;
         Ok(Model { config, source_layers, graph, rf, trainable, origin: origin.to_string(), description: None })
