@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     pub(crate) backend: String,
     /// Arithmetic: f32; on CUDA f16 storage with tensor-core convolutions; on the CPU bf16
-    /// convolutions (AVX512-BF16 where the CPU has it) with f32 accumulation.
+    /// convolutions (AMX tiles or AVX512-BF16 where the CPU has them) with f32 accumulation.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
     /// CPU: run every convolution on this engine instead of the fastest one for the precision

@@ -102,8 +102,8 @@ pub struct InferArgs {
     #[serde(serialize_with = "cli_name")]
     pub backend: Backend,
     /// Arithmetic: f32 (exact f32, no TF32; the default); on the GPU f16 (f16 storage, f32
-    /// accumulation, tensor cores); on the CPU bf16 (convolutions on AVX512-BF16 where the CPU has
-    /// it, f32 accumulation; 1.4-1.8x faster than f32 there, labels within 0.01% of f32 on the
+    /// accumulation, tensor cores); on the CPU bf16 (convolutions on AMX tiles or AVX512-BF16
+    /// where the CPU has them, f32 accumulation; 1.4-1.8x faster than f32 there, labels within 0.01% of f32 on the
     /// demo models: docs/perf.md). Tiles equal the whole image bit for bit in every precision.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     #[serde(serialize_with = "cli_name")]

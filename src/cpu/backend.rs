@@ -94,8 +94,8 @@ impl CpuBackend {
         CpuBackend { limit_bytes, ..CpuBackend::default() }
     }
 
-    /// Computing in `precision`: f32, or bf16 on this CPU's fastest bf16 engine (AVX512-BF16, else
-    /// the portable one). f16 is a CUDA precision and is refused.
+    /// Computing in `precision`: f32, or bf16 on this CPU's fastest bf16 engine (AMX tiles,
+    /// AVX512-BF16, else the portable one). f16 is a CUDA precision and is refused.
     pub fn with_precision(mut self, precision: Precision) -> Result<CpuBackend> {
         if precision == Precision::F16 {
             return Err(Error::Usage("f16 needs the CUDA backend; the CPU computes in f32 or bf16".into()));
