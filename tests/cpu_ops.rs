@@ -348,3 +348,54 @@ fn softmax_matches_the_per_pixel_definition_bit_for_bit() {
         }
     }
 }
+
+/// An embedding program may give rayon's workers small stacks: every engine's convolutions (the
+/// 1 x 1 ones that transform their input a few blocks at a time, Winograd, the emulated tiles
+/// included), and whole networks, run on workers with 64 KiB of stack, with the same bits.
+#[test]
+fn convolutions_run_on_workers_with_small_stacks() {
+    use seamless::cpu::direct::Isa;
+    use seamless::graph::{ConvAlgo, ScaleShift};
+    use seamless::planner::Precision;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).stack_size(64 << 10).build().unwrap();
+    let mut rng = SplitMix64(0x57AC);
+    for (k, cin, algo) in
+        [(1, 40, ConvAlgo::Direct), (1, 7, ConvAlgo::Direct), (3, 20, ConvAlgo::Direct), (3, 20, ConvAlgo::Winograd2)]
+    {
+        let (cout, h, w) = (9, 5, 70);
+        let c = Conv2d {
+            cin,
+            cout,
+            k,
+            weight: randv(&mut rng, cout * cin * k * k),
+            bias: randv(&mut rng, cout),
+            relu: true,
+            pre: Some(ScaleShift { scale: randv(&mut rng, cin), shift: randv(&mut rng, cin), relu: true }),
+            algo,
+        };
+        let x = random_image(&mut rng, cin, h, w);
+        let engines = Isa::available().into_iter().chain(Isa::available_for(Precision::Bf16));
+        for isa in engines {
+            let want = match (algo, isa.is_bf16()) {
+                (ConvAlgo::Winograd2, false) => cpu::winograd::conv2d_reference(&x, &c),
+                (ConvAlgo::Winograd2, true) => cpu::winograd::conv2d_reference_bf16(&x, &c),
+                (_, false) => cpu::conv::conv2d_reference(&x, &c),
+                (_, true) => cpu::conv::conv2d_reference_bf16_for(&x, &c, isa),
+            };
+            let got = pool.install(|| cpu::conv::conv2d_isa(&x, &c, isa));
+            assert_eq!(first_difference(&got, &want), None, "{isa:?} k {k} cin {cin} {algo:?}");
+        }
+    }
+    // Whole networks too, every op, in both precisions.
+    use seamless::backend::Backend;
+    for preset in ["unet-8-d2", "fcdensenet-56"] {
+        let model = seamless::Model::random(seamless::model::ModelConfig::preset(preset).unwrap(), 4).unwrap();
+        let img = random_image(&mut rng, model.in_channels(), 64, 64);
+        for precision in [Precision::F32, Precision::Bf16] {
+            let backend = || cpu::CpuBackend::default().with_precision(precision).unwrap();
+            let want = backend().run(&model.graph, &img).unwrap();
+            let got = pool.install(|| backend().run(&model.graph, &img)).unwrap();
+            assert_eq!(first_difference(&got, &want), None, "{preset} {precision:?}");
+        }
+    }
+}

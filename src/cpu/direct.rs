@@ -618,9 +618,16 @@ pub const fn unpadded_tail_elems(cin: usize) -> usize {
     cin * NR_MAX + slack()
 }
 
-/// Elements of the block buffer [`run_converted`] keeps on each task's stack: its `depth` rows of
-/// `nr` positions and the slack must fit (128 KiB; a worker thread has 2 MiB of stack).
+/// Elements of the block buffer [`run_converted`] gives each worker thread: its `depth` rows of
+/// `nr` positions and the slack must fit (128 KiB, small enough to stay in the core's cache).
 pub const CONVERTED_MAX: usize = 32 << 10;
+
+thread_local! {
+    /// Each worker's [`run_converted`] buffer, made on its first use and kept for the thread's
+    /// life. On the heap, not the task's stack: a program embedding seamless may give rayon's
+    /// workers stacks smaller than the buffer.
+    static CONVERTED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Whether [`run_converted`] takes `depth` input rows on `isa`'s engine (never on the tiles, which
 /// read a padded copy).
@@ -651,9 +658,7 @@ pub fn run_converted(
     // Up to 8 position blocks converted at once, as many as fit: short rows cost more per element.
     let span = ((CONVERTED_MAX - slack()) / depth / nr).clamp(1, 8) * nr;
     let len = depth * span + slack();
-    schedule_tasks(n.div_ceil(nr), cout.div_ceil(MR), depth, |cbs, qbs| {
-        let mut buf = [0.0f32; CONVERTED_MAX];
-        let buf = &mut buf[..len];
+    let task = |buf: &mut [f32], cbs: Range<usize>, qbs: Range<usize>| {
         let mut blk = [[0.0f32; NR_MAX]; MR];
         for first in qbs.clone().step_by(span / nr) {
             let q0 = first * nr;
@@ -669,6 +674,18 @@ pub fn run_converted(
                 }
             }
         }
+    };
+    schedule_tasks(n.div_ceil(nr), cout.div_ceil(MR), depth, |cbs, qbs| {
+        CONVERTED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < CONVERTED_MAX {
+                    buf.resize(CONVERTED_MAX, 0.0);
+                }
+                task(&mut buf[..len], cbs, qbs)
+            }
+            // Only if a task ever ran inside another on one thread: a buffer of its own.
+            Err(_) => task(&mut vec![0.0; len], cbs, qbs),
+        })
     });
 }
 
