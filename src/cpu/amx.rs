@@ -283,6 +283,30 @@ fn bias_tile(bias: &[f32], cout: usize, c16: usize) -> [[f32; N]; M] {
 /// `check` passed for `t`; `tiles` are usable.
 #[inline(always)]
 unsafe fn block<T: Tiles>(tiles: &mut T, t: &Taps, shape: Shape, cs: usize, q0: usize, out: &mut [Block; 4]) {
+    // Each shape compiled on its own: its loops unrolled, every tile register a constant.
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match (shape.m, shape.n) {
+            (1, 3) => block_of::<T, 1, 3>(tiles, t, cs, q0, out),
+            (2, 2) => block_of::<T, 2, 2>(tiles, t, cs, q0, out),
+            (m, n) => unreachable!("no {m} x {n} tile shape"),
+        }
+    }
+}
+
+/// [`block`] for the shape of `MT` weight tiles by `NT` input tiles.
+///
+/// # Safety
+/// As for [`block`].
+#[inline(always)]
+unsafe fn block_of<T: Tiles, const MT: usize, const NT: usize>(
+    tiles: &mut T,
+    t: &Taps,
+    cs: usize,
+    q0: usize,
+    out: &mut [Block; 4],
+) {
+    let shape = Shape { m: MT, n: NT };
     let ntaps = t.offsets.len();
     let nkb = t.cin / K_BLOCK;
     let per_block = nkb * ntaps * M * K_BLOCK;
