@@ -147,6 +147,8 @@ fn without_cuda_auto_falls_back_and_explicit_cuda_fails() {
     let doctor = seamless_with(false, &["doctor"], &[]);
     let text = stdout(&doctor);
     assert!(text.contains("driver") && text.contains("nvrtc"), "{text}");
+    // The CPU's side too: its engines, and what became of its AMX tiles.
+    assert!(text.contains(&format!("cpu tiles       {}", seamless::cpu::amx::status())), "{text}");
     assert_eq!(doctor.status.code(), Some(6), "{text}\n{}", stderr(&doctor));
     assert!(stderr(&doctor).contains("no usable GPU"), "{}", stderr(&doctor));
 }
