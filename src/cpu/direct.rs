@@ -618,15 +618,19 @@ pub const fn unpadded_tail_elems(cin: usize) -> usize {
     cin * NR_MAX + slack()
 }
 
-/// Elements of the block buffer [`run_converted`] gives each worker thread: its `depth` rows of
-/// `nr` positions and the slack must fit (128 KiB, small enough to stay in the core's cache).
+/// Elements of the block buffer each [`run_converted`] task keeps on its stack: its `depth` rows
+/// of `nr` positions and the slack must fit (128 KiB, small enough to stay in the core's cache).
 pub const CONVERTED_MAX: usize = 32 << 10;
 
-thread_local! {
-    /// Each worker's [`run_converted`] buffer, made on its first use and kept for the thread's
-    /// life. On the heap, not the task's stack: a program embedding seamless may give rayon's
-    /// workers stacks smaller than the buffer.
-    static CONVERTED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Stack a [`run_converted`] task needs: its buffer and the frames below it.
+const CONVERTED_STACK: usize = CONVERTED_MAX * 4 + (64 << 10);
+
+/// `f` on a zeroed block buffer in a frame of its own (never inlined: the buffer must not be
+/// reserved in a caller's frame, before [`stacker::maybe_grow`] has checked the stack).
+#[inline(never)]
+fn on_block_buffer<R>(f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = [0.0f32; CONVERTED_MAX];
+    f(&mut buf)
 }
 
 /// Whether [`run_converted`] takes `depth` input rows on `isa`'s engine (never on the tiles, which
@@ -676,15 +680,11 @@ pub fn run_converted(
         }
     };
     schedule_tasks(n.div_ceil(nr), cout.div_ceil(MR), depth, |cbs, qbs| {
-        CONVERTED.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                if buf.len() < CONVERTED_MAX {
-                    buf.resize(CONVERTED_MAX, 0.0);
-                }
-                task(&mut buf[..len], cbs, qbs)
-            }
-            // Only if a task ever ran inside another on one thread: a buffer of its own.
-            Err(_) => task(&mut vec![0.0; len], cbs, qbs),
+        // On the worker's stack: no allocation, so the planned memory is all there is. A program
+        // embedding seamless may give rayon's workers less stack than this: the task then runs on
+        // a larger stack of its own (mapped for it, outside the heap).
+        stacker::maybe_grow(CONVERTED_STACK, 2 * CONVERTED_STACK, || {
+            on_block_buffer(|buf| task(&mut buf[..len], cbs, qbs))
         })
     });
 }
