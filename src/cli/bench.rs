@@ -173,7 +173,7 @@ fn cpu_engine(name: &str, precision: Precision) -> Result<CpuBackend> {
     let names = || Isa::NAMES.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ");
     let isa =
         Isa::from_name(name).ok_or_else(|| Error::Usage(format!("--cpu-engine '{name}': use one of {}", names())))?;
-    let computes = if isa.is_bf16() { Precision::Bf16 } else { Precision::F32 };
+    let computes = isa.precision();
     if computes != precision {
         return Err(Error::Usage(format!(
             "--cpu-engine {name} computes in {}: give --precision {} with it",

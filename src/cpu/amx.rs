@@ -345,13 +345,11 @@ unsafe fn block_of<T: Tiles, const MT: usize, const NT: usize>(
     }
 }
 
-/// Assert that every load of every block of `t` stays inside its buffers.
+/// Assert that every load of every block of `t` stays inside its buffers: whole 16-pair blocks,
+/// and the direct engine's bounds for these blocks and this packing.
 fn check(t: &Taps, shape: Shape) {
-    let max_off = t.offsets.iter().copied().max().unwrap_or(0);
-    assert!(t.cin >= K_BLOCK && t.cin.is_multiple_of(K_BLOCK) && !t.offsets.is_empty(), "amx: depth {}", t.cin);
-    let nqs = t.n_q.div_ceil(shape.positions());
-    assert!((t.cin - 1) * t.plane + nqs * shape.positions() + max_off <= t.data.len(), "amx: input buffer too short");
-    assert!(t.weights.len() >= packed_elems(t.cout, t.cin, t.offsets.len()) && t.bias.len() >= t.cout);
+    assert!(t.cin >= K_BLOCK && t.cin.is_multiple_of(K_BLOCK), "amx: depth {}", t.cin);
+    super::direct::check_blocks(t, shape.positions(), packed_elems(t.cout, t.cin, t.offsets.len()));
 }
 
 /// [`super::direct::run`] on tiles: every block of `t` (weights packed by [`pack`], `t.cin` its

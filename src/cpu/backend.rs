@@ -114,10 +114,8 @@ impl CpuBackend {
                 isa.name()
             )));
         }
-        let precision = if isa.is_bf16() { Precision::Bf16 } else { Precision::F32 };
-        self.memory = Some(CpuMemory { precision, engine: Some(isa) });
+        self.memory = Some(CpuMemory { precision: isa.precision(), engine: Some(isa) });
         *self.buffers.get_mut().unwrap_or_else(|e| e.into_inner()) = Buffers::new(isa);
-        self.plans.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
         Ok(self)
     }
 

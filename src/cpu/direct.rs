@@ -131,7 +131,12 @@ impl Isa {
 
     /// Whether this CPU can run this implementation.
     pub fn is_available(self) -> bool {
-        Isa::available_for(if self.is_bf16() { Precision::Bf16 } else { Precision::F32 }).contains(&self)
+        Isa::available_for(self.precision()).contains(&self)
+    }
+
+    /// The arithmetic this implementation computes in.
+    pub fn precision(self) -> Precision {
+        if self.is_bf16() { Precision::Bf16 } else { Precision::F32 }
     }
 
     /// Whether this implementation computes in bf16 (its inputs and weights are channel pairs).
@@ -326,12 +331,17 @@ pub fn run(t: &Taps, isa: Isa, store: impl Fn(usize, usize, usize, &Block) + Syn
 /// Assert that every load of every block of `t` stays inside its buffers (the kernels rely on
 /// this).
 pub(crate) fn check(t: &Taps, nr: usize) {
-    let ntaps = t.offsets.len();
+    check_blocks(t, nr, packed_weight_elems(t.cout, t.cin, t.offsets.len()));
+}
+
+/// [`check`] for blocks of `nr` positions on weights packed into `packed` elements (the tiles'
+/// blocks and packing are their own).
+pub(crate) fn check_blocks(t: &Taps, nr: usize, packed: usize) {
     let max_off = t.offsets.iter().copied().max().unwrap_or(0);
-    assert!(t.cin >= 1 && ntaps >= 1);
+    assert!(t.cin >= 1 && !t.offsets.is_empty());
     let nqb = t.n_q.div_ceil(nr);
     assert!((t.cin - 1) * t.plane + nqb * nr + max_off <= t.data.len(), "direct conv: input buffer too short");
-    assert!(t.weights.len() >= packed_weight_elems(t.cout, t.cin, ntaps) && t.bias.len() >= t.cout);
+    assert!(t.weights.len() >= packed && t.bias.len() >= t.cout);
 }
 
 /// Run `f(channel block, position block, scratch)` for every block of `ncb x nqb`, in parallel. A
