@@ -33,6 +33,34 @@ fn round_trip_reproduces_the_random_model_bit_for_bit() {
     }
 }
 
+/// A file is read with `pread` into the weights' buffers, a model embedded in the binary is
+/// copied out of memory: both give every bit, wherever the data starts in the file (the header
+/// may be padded to any length) and however many blocks a tensor spans.
+#[test]
+fn a_file_and_its_bytes_in_memory_load_the_same_weights_at_every_alignment() {
+    let dir = tempfile::tempdir().unwrap();
+    // U-Net-32's level-3 convolutions hold 590,000 values: three read blocks of 1 MiB.
+    for (cfg, seed) in [(unet(3, 2, 32, 3, true, "transpose"), 6), (densenet(2, 3, 8, 4, &[2, 3], 2), 7)] {
+        let path = dir.path().join("m.safetensors");
+        save_random(&cfg, seed, false, &path, "test").unwrap();
+        let want = Model::random(cfg.clone(), seed).unwrap().graph.fingerprint();
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        for pad in 0..4 {
+            // The header padded with spaces, as the format allows: the data moves by `pad` bytes.
+            let mut moved = ((n + pad) as u64).to_le_bytes().to_vec();
+            moved.extend_from_slice(&bytes[8..8 + n]);
+            moved.extend(std::iter::repeat_n(b' ', pad));
+            moved.extend_from_slice(&bytes[8 + n..]);
+            let padded = dir.path().join(format!("pad{pad}.safetensors"));
+            std::fs::write(&padded, &moved).unwrap();
+            assert_eq!(load(&padded).unwrap().graph.fingerprint(), want, "{cfg:?}: read, data at +{pad}");
+            let mem = seamless::model::file::load_bytes(&moved, "in memory").unwrap();
+            assert_eq!(mem.graph.fingerprint(), want, "{cfg:?}: in memory, data at +{pad}");
+        }
+    }
+}
+
 #[test]
 fn f16_weights_load_and_agree_with_f32_closely() {
     let dir = tempfile::tempdir().unwrap();

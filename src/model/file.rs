@@ -30,15 +30,21 @@ pub fn load(path: &Path) -> Result<Model> {
     let file = File::open(path).map_err(|e| Error::io(Side::Model, path, "cannot open", e))?;
     // SAFETY: the map is read-only and lives only for this function; a file truncated by another
     // process while we read it could fault, which is the documented risk of any mmap reader.
-    // Populated: the kernel maps every page in one call, instead of a fault per few pages as the
-    // weights are decoded (each is read once, all of them, right away).
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(|e| Error::io(Side::Model, path, "cannot map", e))?;
-    load_bytes(&map, &shown)
+    // Not populated: only the header is read through the map. The values are read with `pread`
+    // straight into their buffers (see `SafetensorsSource`), which spares mapping 30,000 pages
+    // (10 ms for U-Net-64's 124 MB) before a single value is copied.
+    let map =
+        unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(Side::Model, path, "cannot map", e))?;
+    load_from(&map, Some(&file), &shown)
 }
 
 /// A model from the bytes of a model file (memory-mapped, or embedded in the binary).
 pub fn load_bytes(map: &[u8], shown: &str) -> Result<Model> {
+    load_from(map, None, shown)
+}
+
+/// `map` is the whole file; where `file` is given, it is that file, and the values are read from it.
+fn load_from(map: &[u8], file: Option<&File>, shown: &str) -> Result<Model> {
     let err = |msg: String| Error::Model { path: shown.to_string(), msg };
     let invalid = |e: safetensors::SafeTensorError| {
         Error::codec(Side::Model, shown, "not a valid safetensors file (truncated or corrupt?)", e)
@@ -69,6 +75,9 @@ pub fn load_bytes(map: &[u8], shown: &str) -> Result<Model> {
         other => other,
     })?;
     let mut src = SafetensorsSource::new(st);
+    if let Some(file) = file {
+        src = src.reading(file, map);
+    }
     let mut model = Model::build(config, &mut src, shown)?;
     model.description = md.get("description").cloned();
     Ok(model)

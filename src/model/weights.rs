@@ -59,22 +59,30 @@ impl WeightSource for ShapeCounter {
 /// Tensors of a safetensors file, checked against what the builder asks for.
 pub struct SafetensorsSource<'a> {
     st: SafeTensors<'a>,
+    /// The file the tensors are read from, and where its map begins (see [`Self::reading`]).
+    file: Option<(&'a std::fs::File, usize)>,
     used: BTreeSet<String>,
     problems: Vec<String>,
 }
 
 impl<'a> SafetensorsSource<'a> {
     pub fn new(st: SafeTensors<'a>) -> Self {
-        SafetensorsSource { st, used: BTreeSet::new(), problems: Vec::new() }
+        SafetensorsSource { st, file: None, used: BTreeSet::new(), problems: Vec::new() }
+    }
+
+    /// Read the f32 values from `file`, whose memory map `map` the tensors were found in, instead
+    /// of copying them out of the map: the map is then only touched for the header.
+    pub fn reading(self, file: &'a std::fs::File, map: &'a [u8]) -> Self {
+        SafetensorsSource { file: Some((file, map.as_ptr() as usize)), ..self }
     }
 }
 
 impl WeightSource for SafetensorsSource<'_> {
     fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Vec<f32> {
-        let values = self.decode(name, shape);
+        let (values, finite) = self.decode(name, shape);
         // Such values load fine and compute NaN (or a NaN square root) for every pixel. The
         // branch-free scan first: it vectorises, and a model has no such value.
-        let finite = values.par_chunks(BLOCK).all(|b| b.iter().fold(true, |ok, v| ok & v.is_finite()));
+        let finite = finite.unwrap_or_else(|| values.par_chunks(BLOCK).all(all_finite));
         let bad = if finite { None } else { values.iter().position(|v| !v.is_finite()) };
         if let Some(i) = bad {
             self.problems.push(format!("tensor '{name}' holds NaN or infinity (element {i}: {})", values[i]));
@@ -95,41 +103,66 @@ impl WeightSource for SafetensorsSource<'_> {
     }
 }
 
+/// Branch-free, so that it vectorises: a model has no such value.
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().fold(true, |ok, v| ok & v.is_finite())
+}
+
 impl SafetensorsSource<'_> {
-    /// The tensor's values as f32, or zeros with a problem noted.
-    fn decode(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
+    /// The tensor's values as f32 (or none, with a problem noted), and whether they are all finite
+    /// where that was seen while decoding them.
+    fn decode(&mut self, name: &str, shape: &[usize]) -> (Vec<f32>, Option<bool>) {
         self.used.insert(name.to_string());
         let view = match self.st.tensor(name) {
             Ok(v) => v,
             Err(_) => {
                 self.problems.push(format!("missing tensor '{name}' (expected shape {shape:?})"));
-                return Vec::new(); // the load fails; nothing of the configuration's size is allocated
+                return (Vec::new(), None); // the load fails; nothing of the configuration's size is allocated
             }
         };
         if view.shape() != shape {
             self.problems.push(format!("tensor '{name}' has shape {:?}, expected {shape:?}", view.shape()));
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let bytes = view.data();
         match view.dtype() {
-            // Little-endian on disk per the safetensors spec, at any alignment inside the memory
-            // map: copied as bytes (a memcpy where the machine is little-endian too).
+            // Little-endian on disk per the safetensors spec, at any alignment in the file: read
+            // (or copied from memory) as bytes into aligned values.
             Dtype::F32 => {
                 let mut v = vec![0f32; bytes.len() / 4];
                 crate::huge_pages::advise(&mut v);
-                // In blocks on every worker: the copy faults in fresh pages as it goes.
-                v.par_chunks_mut(BLOCK).zip(bytes.par_chunks(BLOCK * 4)).for_each(|(dst, src)| {
-                    bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(src);
-                    if cfg!(target_endian = "big") {
-                        dst.iter_mut().for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+                let file = self.file.map(|(f, base)| (f, bytes.as_ptr() as usize - base));
+                // In blocks on every worker: the copy faults in fresh pages as it goes, and each
+                // block is checked while it is in cache (not in a second pass over all of them).
+                let read =
+                    v.par_chunks_mut(BLOCK).zip(bytes.par_chunks(BLOCK * 4)).enumerate().map(|(i, (dst, src))| {
+                        let bytes = bytemuck::cast_slice_mut::<f32, u8>(dst);
+                        match file {
+                            #[cfg(unix)]
+                            Some((f, at)) => {
+                                std::os::unix::fs::FileExt::read_exact_at(f, bytes, (at + i * BLOCK * 4) as u64)?
+                            }
+                            _ => bytes.copy_from_slice(src),
+                        }
+                        if cfg!(target_endian = "big") {
+                            dst.iter_mut().for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+                        }
+                        std::io::Result::Ok(all_finite(dst))
+                    });
+                match read.try_reduce(|| true, |a, b| Ok(a & b)) {
+                    Ok(finite) => (v, Some(finite)),
+                    Err(e) => {
+                        self.problems.push(format!("tensor '{name}' could not be read: {e}"));
+                        (Vec::new(), None)
                     }
-                });
-                v
+                }
             }
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F16 => {
+                (bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(), None)
+            }
             other => {
                 self.problems.push(format!("tensor '{name}' has dtype {other:?}; only F32 and F16 are supported"));
-                Vec::new()
+                (Vec::new(), None)
             }
         }
     }
