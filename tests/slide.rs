@@ -173,12 +173,20 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
         }
     }
     // A PNG is encoded whole at the end: a resumed PNG run recomputes every tile (it once wrote the
-    // tiles of the interrupted run as zeros).
+    // tiles of the interrupted run as zeros). It keeps no journal: there is nothing to resume.
     assert!(c.infer("full.png", &[], &[]).status.success());
     let o = c.infer("r.png", &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "7")]);
     assert!(!o.status.success() && !c.p("r.png").exists());
-    let o = c.infer("r.png", &["--resume"], &[]);
+    let left: Vec<_> = std::fs::read_dir(c.p(".")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        !left.iter().any(|n| n.to_string_lossy().starts_with("r.png.partial.journal")),
+        "a PNG run journaled: {left:?}"
+    );
+    let (m, r) = (c.p("m.safetensors"), c.p("r.png"));
+    let args = ["infer", "--model", s(&m), "--input", "synth:300x233:4", "--output", s(&r), "--tile", "64", "--resume"];
+    let o = seamless(&args, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing of an earlier run can be reused"), "{}", stderr(&o));
     assert_eq!(std::fs::read(c.p("r.png")).unwrap(), std::fs::read(c.p("full.png")).unwrap(), "resumed PNG");
     // A resume with other settings is refused rather than mixed.
     let _ = c.infer("x.npy", &[], &[("SEAMLESS_TEST_ABORT_AFTER_TILES", "2")]);

@@ -517,7 +517,7 @@ pub fn run(a: InferArgs) -> Result<()> {
                 m.clear();
             }
             if matches!(e, Error::Cancelled) {
-                eprintln!("{}", interrupted(&a.output, written));
+                eprintln!("{}", interrupted(&a.output, format, written));
             }
             return Err(e);
         }
@@ -573,7 +573,10 @@ fn catch_interrupt() {
 }
 
 /// What an interrupted run kept, and how to go on.
-fn interrupted(output: &std::path::Path, written: Option<(usize, usize)>) -> String {
+fn interrupted(output: &std::path::Path, format: Format, written: Option<(usize, usize)>) -> String {
+    if format == Format::Png {
+        return "interrupted: a PNG output is written whole at the end, so nothing of this run is kept".into();
+    }
     let mut partial = output.as_os_str().to_owned();
     partial.push(".partial");
     let kept = std::path::Path::new(&partial).exists();
@@ -697,4 +700,24 @@ fn parse_percentiles(s: &str) -> Result<(f64, f64)> {
     let bad = || Error::Usage(format!("--percentiles '{s}': expected LOW,HIGH, e.g. 1,99"));
     let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
     Ok((lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_png_run_says_nothing_is_kept_and_others_say_how_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PNG is encoded at the end: even after tiles were computed, nothing is there to resume.
+        let png = dir.path().join("o.png");
+        let m = interrupted(&png, Format::Png, Some((7, 20)));
+        assert!(m.contains("nothing of this run is kept") && !m.contains("--resume"), "{m}");
+        let npy = dir.path().join("o.npy");
+        let m = interrupted(&npy, Format::Npy, Some((7, 20)));
+        assert!(m.contains("nothing to resume"), "no partial output was made: {m}");
+        std::fs::write(dir.path().join("o.npy.partial"), b"").unwrap();
+        let m = interrupted(&npy, Format::Npy, Some((7, 20)));
+        assert!(m.contains("7 of 20 tiles are written") && m.contains("--resume"), "{m}");
+    }
 }

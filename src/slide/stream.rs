@@ -1,7 +1,8 @@
 //! The streaming run: statistics pass(es), then tiles flowing reader -> compute -> writer on three
 //! threads joined by bounded queues, so reading/decoding, compute and writing overlap and at most
 //! a few windows are in memory at once. Output goes to `<out>.partial` (a journal beside it lists
-//! finished tiles) and is renamed into place when complete; `--resume` continues from the journal,
+//! finished tiles; a PNG, encoded whole at the end, keeps none) and is renamed into place when
+//! complete; `--resume` continues from the journal,
 //! `--shard i/n` computes every n-th tile into a shared OME-Zarr.
 
 use std::fs::File;
@@ -362,9 +363,18 @@ pub fn run(
     let t_stats = Instant::now();
     let stats = statistics(src.as_mut(), &opts.norm, progress, note, cancel)?;
     let statistics_seconds = t_stats.elapsed().as_secs_f64();
-    let t_fingerprint = Instant::now();
-    let fingerprint = model.graph.fingerprint();
-    crate::profile::step("the model's fingerprint", t_fingerprint);
+    // A PNG is encoded whole at the end from memory: an interrupted run leaves no tiles to reuse,
+    // so it keeps no journal, and needs no fingerprint (every bit of the weights hashed: 0.016 s
+    // of U-Net-64's start on two cores).
+    let journaled = opts.format != Format::Png;
+    let fingerprint = if journaled {
+        let t_fingerprint = Instant::now();
+        let fingerprint = model.graph.fingerprint();
+        crate::profile::step("the model's fingerprint", t_fingerprint);
+        fingerprint
+    } else {
+        String::new()
+    };
     let header = JournalHeader {
         version: 3,
         model: format!("{} {fingerprint}", model.config.config_json()),
@@ -389,14 +399,12 @@ pub fn run(
     check_destination(out, zarr, opts.existing, &[])?;
     let _lock = Lock::acquire(&lock_path(out, opts.shard), out)?;
     let (partial, jpath) = (partial_path(out), journal_path(out, opts.format, opts.shard));
-    // A PNG is encoded whole at the end from memory: an interrupted run leaves no tiles to reuse.
-    let png_resume = opts.resume && opts.format == Format::Png && jpath.exists();
-    if png_resume {
+    if opts.resume && !journaled {
         note(
-            "--resume: a PNG output is written whole at the end, so no tile of the earlier run can be reused; computing every tile",
+            "--resume: a PNG output is written whole at the end, so nothing of an earlier run can be reused; computing every tile",
         );
     }
-    let resume = opts.resume && jpath.exists() && !png_resume;
+    let resume = opts.resume && journaled && jpath.exists();
     if !resume && partial.exists() && opts.shard.is_none() {
         note(&format!("removing an earlier unfinished output {} (use --resume to continue it)", partial.display()));
         remove_any(&partial);
@@ -412,7 +420,7 @@ pub fn run(
     }
     let (done, records) = if resume { journal::read(&jpath, &header, grid.len())? } else { Default::default() };
     let sink = open_sink(opts.format, &partial, spec, (!done.is_empty()).then_some(&records[..]))?;
-    let mut journal = Journal::open(&jpath, header, !done.is_empty())?;
+    let mut journal = if journaled { Some(Journal::open(&jpath, header, !done.is_empty())?) } else { None };
 
     let todo: Vec<(usize, Tile)> = grid
         .tiles()
@@ -437,7 +445,14 @@ pub fn run(
         abort_after: opts.abort_after,
         cancel,
     }
-    .run(src.as_mut(), &todo, sink, &mut |i, record| journal.append(i, record), (resumed, total), progress);
+    .run(
+        src.as_mut(),
+        &todo,
+        sink,
+        &mut |i, record| journal.as_mut().map_or(Ok(()), |j| j.append(i, record)),
+        (resumed, total),
+        progress,
+    );
     let sink = match tiles.sink {
         Ok(sink) => sink,
         Err(e) => {
