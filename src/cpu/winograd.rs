@@ -142,9 +142,17 @@ fn pack_block(c: &Conv2d, cb: usize, depth: usize, per: usize, out: DisjointOut,
     // Input channel outermost: each transform element's pack is then written in order, a
     // run of MR at a time.
     for d in 0..depth {
-        let v: [[f32; MR]; T] = if isa.is_bf16() {
+        let v = if isa.is_bf16() {
             let (lo, hi) = (u(2 * d), u(2 * d + 1));
-            std::array::from_fn(|t| std::array::from_fn(|j| bf16::pair(lo[t][j], hi[t][j])))
+            // Loops, not nested `array::from_fn`: its closures were left out of line here, and
+            // the bf16 packing of U-Net-64 took 0.040 s instead of 0.030 s.
+            let mut v = [[0.0f32; MR]; T];
+            for (v, (lo, hi)) in v.iter_mut().zip(lo.iter().zip(&hi)) {
+                for (v, (&lo, &hi)) in v.iter_mut().zip(lo.iter().zip(hi)) {
+                    *v = bf16::pair(lo, hi);
+                }
+            }
+            v
         } else {
             u(d)
         };
