@@ -61,6 +61,27 @@ fn a_file_and_its_bytes_in_memory_load_the_same_weights_at_every_alignment() {
     }
 }
 
+/// The values are read from the file, not through the map: a file cut short after its header was
+/// parsed (another process truncating it while it loads) gives an error naming a tensor, where a
+/// read through the map would have died of SIGBUS.
+#[test]
+fn a_file_cut_short_while_its_values_are_read_gives_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let cfg = unet(3, 2, 32, 3, true, "transpose");
+    save_random(&cfg, 6, false, &path, "test").unwrap();
+    let whole = std::fs::read(&path).unwrap();
+    // The header as it was when parsed; the file as it is when the values are read.
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let file = std::fs::File::open(&cut).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&whole).unwrap();
+    let mut src = seamless::model::weights::SafetensorsSource::new(st).reading(&file, &whole);
+    let err = Model::build(cfg, &mut src, "cut.safetensors").expect_err("half a file must not load");
+    assert_eq!(err.exit_code(), 3, "{err}");
+    assert!(err.to_string().contains("could not be read"), "{err}");
+}
+
 #[test]
 fn f16_weights_load_and_agree_with_f32_closely() {
     let dir = tempfile::tempdir().unwrap();

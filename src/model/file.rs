@@ -29,10 +29,11 @@ pub fn load(path: &Path) -> Result<Model> {
     }
     let file = File::open(path).map_err(|e| Error::io(Side::Model, path, "cannot open", e))?;
     // SAFETY: the map is read-only and lives only for this function; a file truncated by another
-    // process while we read it could fault, which is the documented risk of any mmap reader.
-    // Not populated: only the header is read through the map. The values are read with `pread`
-    // straight into their buffers (see `SafetensorsSource`), which spares mapping 30,000 pages
-    // (10 ms for U-Net-64's 124 MB) before a single value is copied.
+    // process while its header is parsed could fault, which is the documented risk of any mmap
+    // reader (the values are read with `pread`, which returns an error instead).
+    // Not populated: only the header is read through the map. The values are read straight into
+    // their buffers (see `SafetensorsSource`), which spares mapping 30,000 pages (10 ms for
+    // U-Net-64's 124 MB) before a single value is copied, and unmapping them after.
     let map =
         unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(Side::Model, path, "cannot map", e))?;
     load_from(&map, Some(&file), &shown)
