@@ -114,9 +114,9 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
 }
 
 /// [`pack_block`] compiled for AVX2: the transforms' f64 lanes are then two registers of four,
-/// not four of two (the baseline's SSE2). U-Net-64's packing went from 0.032 to 0.027 s on a
-/// 2-core Zen 4; built for AVX-512 it took 0.048 s there. The same operations in the same order
-/// (Rust never fuses a multiply and an add), so the same bits.
+/// not four of two (the baseline's SSE2; `cargo bench --bench pack` measures it, docs/perf.md
+/// has the numbers). Built for AVX-512 it was slower on Zen 4. The same operations in the same
+/// order (Rust never fuses a multiply and an add), so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_block_avx2(c: &Conv2d, cb: usize, depth: usize, per: usize, out: DisjointOut, isa: Isa) {
@@ -145,7 +145,7 @@ fn pack_block(c: &Conv2d, cb: usize, depth: usize, per: usize, out: DisjointOut,
         let v = if isa.is_bf16() {
             let (lo, hi) = (u(2 * d), u(2 * d + 1));
             // Loops, not nested `array::from_fn`: its closures were left out of line here, and
-            // the bf16 packing of U-Net-64 took 0.040 s instead of 0.030 s.
+            // took more of the bf16 packing than the transforms.
             let mut v = [[0.0f32; MR]; T];
             for (v, (lo, hi)) in v.iter_mut().zip(lo.iter().zip(&hi)) {
                 for (v, (&lo, &hi)) in v.iter_mut().zip(lo.iter().zip(hi)) {
