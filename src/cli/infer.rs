@@ -574,7 +574,7 @@ fn catch_interrupt() {
 
 /// What an interrupted run kept, and how to go on.
 fn interrupted(output: &std::path::Path, format: Format, written: Option<(usize, usize)>) -> String {
-    if format == Format::Png {
+    if !format.resumable() {
         return "interrupted: a PNG output is written whole at the end, so nothing of this run is kept".into();
     }
     let mut partial = output.as_os_str().to_owned();

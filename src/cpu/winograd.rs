@@ -101,12 +101,14 @@ pub fn pack(c: &Conv2d, dst: &mut [f32], isa: Isa) {
     let per = direct::packed_weight_elems(c.cout, depth, 1);
     let dst = &mut dst[..T * per];
     let out = DisjointOut::new(dst);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     // In place, channel block by channel block: a transformed copy of a large model's weights
     // would briefly double its weight memory.
     (0..c.cout.div_ceil(MR)).into_par_iter().for_each(|cb| {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked above).
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (detected above).
             return unsafe { pack_block_avx2(c, cb, depth, per, out, isa) };
         }
         pack_block(c, cb, depth, per, out, isa)

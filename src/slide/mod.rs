@@ -124,6 +124,14 @@ pub enum Format {
     Openslide,
 }
 
+impl Format {
+    /// Whether an interrupted run to this output keeps what it wrote, for `--resume`: not a PNG,
+    /// which is encoded whole at the end, from memory.
+    pub fn resumable(self) -> bool {
+        matches!(self, Format::Tiff | Format::Zarr | Format::Npy)
+    }
+}
+
 pub fn format_of(path: &Path) -> Option<Format> {
     let name = path.to_string_lossy().to_ascii_lowercase();
     let name = name.trim_end_matches('/');

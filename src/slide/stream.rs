@@ -363,10 +363,9 @@ pub fn run(
     let t_stats = Instant::now();
     let stats = statistics(src.as_mut(), &opts.norm, progress, note, cancel)?;
     let statistics_seconds = t_stats.elapsed().as_secs_f64();
-    // A PNG is encoded whole at the end from memory: an interrupted run leaves no tiles to reuse,
-    // so it keeps no journal, and needs no fingerprint (every bit of the weights hashed: 0.016 s
-    // of U-Net-64's start on two cores).
-    let journaled = opts.format != Format::Png;
+    // An output that cannot be resumed (a PNG) keeps no journal, and needs no fingerprint (every
+    // bit of the weights hashed: 0.016 s of U-Net-64's start on two cores).
+    let journaled = opts.format.resumable();
     let fingerprint = if journaled {
         let t_fingerprint = Instant::now();
         let fingerprint = model.graph.fingerprint();
