@@ -23,6 +23,7 @@ pub mod huge_pages;
 pub mod image_io;
 pub mod model;
 pub mod normalize;
+pub mod numerics;
 pub mod out_of_memory;
 pub mod output;
 pub mod pipeline;

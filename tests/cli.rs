@@ -148,6 +148,17 @@ fn the_summary_says_what_ran_and_where_the_time_went() {
     assert_eq!(j["seamless"]["version"], env!("CARGO_PKG_VERSION"));
     let commit = j["seamless"]["commit"].as_str().unwrap();
     assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
+    assert_eq!(j["seamless"]["numerics"], seamless::numerics::REVISION);
+    // `--version` says the same, for a user checking that the builds of a cluster agree.
+    let v = seamless(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!(
+            "seamless {} (commit {commit}, numerics revision {})",
+            env!("CARGO_PKG_VERSION"),
+            seamless::numerics::REVISION
+        )
+    );
     assert_eq!(j["model"]["path"], s(&m));
     assert_eq!(j["model"]["blake3"], blake3::hash(&std::fs::read(&m).unwrap()).to_hex().as_str());
     assert_eq!(j["backend"], "cpu");

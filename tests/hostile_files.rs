@@ -292,6 +292,37 @@ proptest! {
     }
 }
 
+/// A journal of a build that computes other bits (another numerics revision, or an earlier build
+/// that did not record one) is refused, saying so: the resumed output would mix bits of two.
+#[test]
+fn a_journal_of_a_build_that_computes_other_bits_is_refused() {
+    let run = interrupted_once();
+    let text = String::from_utf8(run.journal.clone()).unwrap();
+    let (head, tiles) = text.split_once('\n').unwrap();
+    let mut head: serde_json::Value = serde_json::from_str(head).unwrap();
+    assert_eq!(head["numerics"], seamless::numerics::REVISION, "{head}");
+    let other = seamless::numerics::REVISION + 1;
+    for (numerics, says) in
+        [(Some(other), format!("started by a seamless of numerics revision {other}")), (None, "did not record".into())]
+    {
+        match numerics {
+            Some(n) => head["numerics"] = n.into(),
+            None => drop(head.as_object_mut().unwrap().remove("numerics")),
+        }
+        let dir = run.dir.path();
+        std::fs::write(dir.join("other.tif.partial"), &run.partial).unwrap();
+        std::fs::write(dir.join("other.tif.partial.journal"), format!("{head}\n{tiles}")).unwrap();
+        let backend = seamless::cpu::CpuBackend::default();
+        let src = slide::open_source(INPUT, None).unwrap();
+        let out = dir.join("other.tif");
+        let err = slide::stream::run(src, &run.model, &backend, &out, &run.opts, &mut |_| {}, &mut |_| {}, None)
+            .expect_err("resumed a run of other numerics");
+        assert_eq!(err.exit_code(), 5, "{err}");
+        assert!(err.to_string().contains(&says) && err.to_string().contains("rerun without --resume"), "{err}");
+        assert!(!out.exists());
+    }
+}
+
 /// One interrupted run for all cases (the model and the reference are the same every time).
 fn interrupted_once() -> &'static Interrupted {
     static RUN: std::sync::OnceLock<Interrupted> = std::sync::OnceLock::new();

@@ -263,6 +263,32 @@ fn two_shards_fill_one_ome_zarr_like_one_run() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// Shards run by builds that compute other bits (another numerics revision, or an earlier build
+/// that did not record one) are refused before they write anything: one output never mixes them.
+#[test]
+fn shards_of_builds_that_compute_other_bits_are_refused() {
+    let c = Cli::new();
+    let o = c.infer("n.zarr", &["--shard", "1/2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record = c.p("n.zarr.partial/seamless-run.json");
+    let mut run: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(run["numerics"], seamless::numerics::REVISION, "{run}");
+    let other = seamless::numerics::REVISION + 1;
+    for (numerics, says) in
+        [(Some(other), format!("a seamless of numerics revision {other}")), (None, "did not record".to_string())]
+    {
+        match numerics {
+            Some(n) => run["numerics"] = n.into(),
+            None => drop(run.as_object_mut().unwrap().remove("numerics")),
+        }
+        std::fs::write(&record, serde_json::to_string(&run).unwrap()).unwrap();
+        let o = c.infer("n.zarr", &["--shard", "0/2"], &[]);
+        assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&says) && stderr(&o).contains("same numerics revision"), "{}", stderr(&o));
+        assert!(!c.p("n.zarr").exists());
+    }
+}
+
 /// The input of the concurrent shard tests: 600x500 in 64x64 tiles, 80 tiles (20 per shard of 4).
 const CLUSTER_INPUT: &str = "synth:600x500:3";
 

@@ -616,6 +616,8 @@ struct Build {
     version: &'static str,
     /// `git rev-parse --short HEAD` when this binary was built from a git checkout, else "unknown".
     commit: &'static str,
+    /// `seamless::numerics::REVISION`: which bits this build computes.
+    numerics: u32,
 }
 
 #[derive(serde::Serialize)]
@@ -664,7 +666,11 @@ impl<'a> Report<'a> {
         };
         let image = run.image;
         Ok(Report {
-            seamless: Build { version: env!("CARGO_PKG_VERSION"), commit: env!("SEAMLESS_GIT_COMMIT") },
+            seamless: Build {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("SEAMLESS_GIT_COMMIT"),
+                numerics: seamless::numerics::REVISION,
+            },
             model: ModelReport { path: &a.model, blake3, description: &model.origin },
             backend: if cuda { "cuda" } else { "cpu" },
             device,

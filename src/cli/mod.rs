@@ -23,10 +23,21 @@ Exit codes: 0 success; 2 bad arguments or tiling parameters;
 3 bad or untileable model; 4 bad input image; 5 output could not be written; 6 backend unavailable;
 101 internal error (a bug in seamless: please report it).";
 
+/// `seamless --version`: the release, the commit it was built from, and the numerics revision
+/// (which bits its kernels compute: runs of one output must share it, see `seamless::numerics`).
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (commit {}, numerics revision {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SEAMLESS_GIT_COMMIT"),
+        seamless::numerics::REVISION
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "seamless",
-    version,
+    version = VERSION.as_str(),
     about = "Exact tile-based segmentation inference for images larger than device memory",
     long_about = "Runs fully convolutional segmentation networks (U-Net, FC-DenseNet) on images of any \
 size by tiling, with a halo derived from the network's receptive field, so that the stitched output \

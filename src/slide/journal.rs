@@ -23,6 +23,10 @@ pub(crate) struct JournalHeader {
     pub input: String,
     /// The backend and its precision (`Backend::name`): a run never mixes tiles of two.
     pub compute: String,
+    /// [`crate::numerics::REVISION`] of the build that started the run: a run never mixes tiles of
+    /// two builds that compute other bits. 0 in journals of builds that did not record it.
+    #[serde(default)]
+    pub numerics: u32,
     pub image: (usize, usize, usize),
     pub tile: (usize, usize),
     pub halo: usize,
@@ -98,6 +102,10 @@ pub(crate) fn read(
         .ok_or_else(|| bad("the journal is unreadable; rerun without --resume".into()))?;
     let head: JournalHeader = serde_json::from_str(&first)
         .map_err(|e| Error::codec(Side::Output, path, "the journal is unreadable (rerun without --resume)", e))?;
+    if head.numerics != want.numerics {
+        return Err(bad(other_numerics("the unfinished output was started by", head.numerics, want.numerics)
+            + ": rerun without --resume to start over"));
+    }
     if &head != want {
         return Err(bad(
             "the unfinished output was made with other settings (model, image, tile, halo, normalisation or \
@@ -125,6 +133,20 @@ pub(crate) fn read(
     Ok((done, sink))
 }
 
+/// `what` a build of numerics revision `theirs`, said to one of revision `ours` that refuses to
+/// continue its run.
+fn other_numerics(what: &str, theirs: u32, ours: u32) -> String {
+    let build = if theirs == 0 {
+        "an earlier seamless, which did not record the bits its kernels compute".to_string()
+    } else {
+        format!("a seamless of numerics revision {theirs}")
+    };
+    format!(
+        "{what} {build}; this one (numerics revision {ours}, see `seamless --version`) may compute other \
+         bits, and one output never mixes them"
+    )
+}
+
 /// Shards of one output must be one run: the first to start records the run's settings in the
 /// store (`seamless-run.json`, everything of the journal header but the shard number), and every
 /// other shard must match them before it writes anything, metadata included.
@@ -150,8 +172,16 @@ pub(crate) fn same_run_as_other_shards(partial: &Path, header: &JournalHeader) -
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            if serde_json::from_str::<serde_json::Value>(&theirs).ok() == Some(run) {
+            let theirs = serde_json::from_str::<serde_json::Value>(&theirs).ok();
+            let their_numerics = theirs.as_ref().map(|t| t["numerics"].as_u64().unwrap_or(0));
+            if theirs == Some(run) {
                 Ok(())
+            } else if let Some(n) = their_numerics.filter(|&n| n != u64::from(header.numerics)) {
+                Err(bad(other_numerics(
+                    "the other shards of this output run on",
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                    header.numerics,
+                ) + ": every shard must run on builds of the same numerics revision"))
             } else {
                 Err(bad("the other shards of this output run with other settings (model, image, backend, tile, halo, \
                          normalisation or output type differ): every shard must be given the same ones"

@@ -383,6 +383,7 @@ pub fn run(
             format!("{}; {}", opts.input_id, opts.selection)
         },
         compute: backend.name(),
+        numerics: crate::numerics::REVISION,
         image: (ih, iw, ic),
         tile,
         halo,
