@@ -273,18 +273,55 @@ fn folded_graph_computes_the_same_network() {
     }
 }
 
-/// A model's fingerprint is what `--resume` and `--shard` compare: it must not change between
-/// versions for the same weights, or a run resumed by a newer binary would be refused. These are
-/// the digests of the first implementation (one hash update per value). U-Net-32's level-4 tensors
-/// (9 MB) are hashed on several threads, the others' on one.
+/// A model's fingerprint is what `--resume` and `--shard` compare: it must not change while the
+/// numerics revision stays (`seamless::numerics`), or a run resumed by a newer build of the same
+/// revision would be refused. These are the digests of revision 1, the first that journals record
+/// (XXH3-128; journals of earlier builds held BLAKE3 digests, and are refused for their missing
+/// revision anyway). U-Net-32's level-4 tensors (9 MB) are hashed a block at a time on several
+/// threads, the others' whole.
 #[test]
-fn graph_fingerprints_stay_what_earlier_versions_wrote() {
-    for (preset, seed, want) in [
-        ("unet-32", 0, "d75b82663a19678a5ba4ca2ad86c9210fbff6e4be625a86f0f9232c57d600dc0"),
-        ("unet-8-d2", 1, "7742ea8b699313930a4994dd9f8d23451023c62491794a1980f0248d423ac2ad"),
-        ("fcdensenet-56", 2, "e3059ee3bf604b91dc9d21cecadf0346df6450b648e45fe98065d910e96b17b3"),
-    ] {
-        let model = seamless::Model::random(seamless::model::ModelConfig::preset(preset).unwrap(), seed).unwrap();
-        assert_eq!(model.graph.fingerprint(), want, "{preset} seed {seed}");
+fn graph_fingerprints_stay_what_this_numerics_revision_wrote() {
+    assert_eq!(seamless::numerics::REVISION, 1, "a new revision may pin new fingerprints here");
+    let got: Vec<(&str, String)> = [("unet-32", 0), ("unet-8-d2", 1), ("fcdensenet-56", 2)]
+        .into_iter()
+        .map(|(preset, seed)| {
+            let model = seamless::Model::random(seamless::model::ModelConfig::preset(preset).unwrap(), seed).unwrap();
+            (preset, model.graph.fingerprint())
+        })
+        .collect();
+    let want = [
+        ("unet-32", "7e589a1c6105d585c02b491a5a683a94"),
+        ("unet-8-d2", "d7d4e905fb405352a37506f70ce3ea88"),
+        ("fcdensenet-56", "7d276663cd5b351895621e817a47e536"),
+    ];
+    assert!(got.iter().map(|(p, d)| (*p, d.as_str())).eq(want), "{got:?}");
+}
+
+/// Every bit of a large tensor counts, where it is hashed a block at a time: one bit flipped in one
+/// block, or two blocks swapped, is another fingerprint.
+#[test]
+fn a_fingerprint_sees_every_bit_and_the_order_of_a_large_tensors_blocks() {
+    let model = seamless::Model::random(seamless::model::ModelConfig::preset("unet-32").unwrap(), 0).unwrap();
+    let want = model.graph.fingerprint();
+    fn largest(g: &mut seamless::graph::Graph) -> &mut Vec<f32> {
+        g.nodes
+            .iter_mut()
+            .filter_map(|n| match &mut n.op {
+                seamless::graph::Op::Conv2d(c) => Some(&mut c.weight),
+                _ => None,
+            })
+            .max_by_key(|w| w.len())
+            .unwrap()
     }
+    let block = 1 << 18;
+    let mut flipped = model.graph.clone();
+    let w = largest(&mut flipped);
+    assert!(w.len() > 4 * block, "{} values: a tensor of several blocks", w.len());
+    w[3 * block + 17] = f32::from_bits(w[3 * block + 17].to_bits() ^ 1);
+    assert_ne!(flipped.fingerprint(), want, "one bit flipped");
+    let mut swapped = model.graph.clone();
+    let w = largest(&mut swapped);
+    let (a, b) = w.split_at_mut(2 * block);
+    a[..block].swap_with_slice(&mut b[..block]);
+    assert_ne!(swapped.fingerprint(), want, "blocks 0 and 2 swapped");
 }
