@@ -364,7 +364,7 @@ pub fn run(
     let stats = statistics(src.as_mut(), &opts.norm, progress, note, cancel)?;
     let statistics_seconds = t_stats.elapsed().as_secs_f64();
     // An output that cannot be resumed (a PNG) keeps no journal, and needs no fingerprint (every
-    // bit of the weights hashed: about 0.01 s of U-Net-64's start on two cores).
+    // bit of the weights hashed before the first window).
     let journaled = opts.format.resumable();
     let fingerprint = if journaled {
         let t_fingerprint = Instant::now();
