@@ -149,3 +149,16 @@ pub fn model_parts(path: &std::path::Path) -> (Vec<RawTensor>, Vec<(String, Stri
     (tensors, meta)
 }
 pub mod emulator;
+
+/// A journal header or shard record of this build (`record`) as other builds would have written
+/// it: with the next numerics revision, and with none (a build before revisions were recorded),
+/// each with what a refusal to continue it must say.
+pub fn records_of_other_builds(record: &serde_json::Value) -> Vec<(serde_json::Value, String)> {
+    assert_eq!(record["numerics"], seamless::numerics::REVISION, "{record}");
+    let next = seamless::numerics::REVISION + 1;
+    let mut newer = record.clone();
+    newer["numerics"] = next.into();
+    let mut older = record.clone();
+    older.as_object_mut().expect("a JSON object").remove("numerics");
+    vec![(newer, format!("a seamless of numerics revision {next}")), (older, "did not record".into())]
+}
