@@ -1,7 +1,7 @@
 //! Packing a model's convolution weights for the CPU engines: what a process does once per model
 //! before its first window. U-Net-64 (31 M weights, seeded random), its Winograd and its direct
-//! layers apart, for the fastest f32 and bf16 engines this CPU has, into buffers already faulted
-//! in (the page faults of fresh memory are the start-up profile's business, not this bench's).
+//! layers apart, for the fastest f32 and bf16 engines this CPU has and for the AMX tiles' layout,
+//! into buffers already faulted in (the page faults of fresh memory are the start-up profile's business, not this bench's).
 //! `cargo bench --bench pack`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -14,9 +14,15 @@ fn packing(cr: &mut Criterion) {
     let model = Model::random(ModelConfig::preset("unet-64").expect("a preset"), 0).expect("a model");
     let mut g = cr.benchmark_group("pack_unet64");
     g.sample_size(20);
-    for precision in [Precision::F32, Precision::Bf16] {
-        let isa = Isa::detect_for(precision);
-        for (name, winograd) in [("direct", false), ("winograd", true)] {
+    // The fastest engine of each precision, and the AMX tiles' layout (which the AMX engine packs
+    // its direct layers into on any CPU; its Winograd layers are the vector engine's).
+    let engines = [
+        (Isa::detect_for(Precision::F32), &[("direct", false), ("winograd", true)][..]),
+        (Isa::detect_for(Precision::Bf16), &[("direct", false), ("winograd", true)][..]),
+        (Isa::AmxEmulated, &[("direct", false)][..]),
+    ];
+    for (isa, kinds) in engines {
+        for &(name, winograd) in kinds {
             let layers: Vec<_> = model
                 .graph
                 .nodes

@@ -247,7 +247,7 @@ pub fn pack_rows(dst: &mut [f32], cout: usize, cin: usize, taps: usize, weights:
     let (len, depth) = (cin * taps, isa.depth(cin));
     assert_eq!(weights.len(), cout * len, "weights of {cout} rows of {len}");
     if isa.is_amx() {
-        return amx::pack(dst, cout, cin, taps, |co, ci, t| weights[co * len + ci * taps + t]);
+        return amx::pack_rows(dst, cout, cin, taps, weights);
     }
     let dst = &mut dst[..packed_weight_elems(cout, depth, taps)];
     if len == 0 {
