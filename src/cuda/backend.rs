@@ -308,8 +308,19 @@ impl Backend for CudaBackend {
         &self.memory
     }
 
+    /// The device, its architecture, the precision and the NVRTC that compiled the kernels: a
+    /// journal holds this, and a run is continued only where all of it is the same. (NVRTC brings
+    /// the device's `expf`, whose bits another CUDA release may change.)
     fn name(&self) -> String {
-        format!("cuda:{} {} ({}, {})", self.info.ordinal, self.info.name, self.info.arch(), self.precision.name())
+        let nvrtc =
+            super::compile::nvrtc_version().map_or_else(|_| "NVRTC ?".into(), |(a, b)| format!("NVRTC {a}.{b}"));
+        format!(
+            "cuda:{} {} ({}, {}, {nvrtc})",
+            self.info.ordinal,
+            self.info.name,
+            self.info.arch(),
+            self.precision.name()
+        )
     }
 
     fn run(&self, graph: &Graph, input: &Tensor) -> Result<Tensor> {

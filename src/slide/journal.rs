@@ -108,8 +108,8 @@ pub(crate) fn read(
     }
     if &head != want {
         return Err(bad(
-            "the unfinished output was made with other settings (model, image, tile, halo, normalisation or \
-             output type differ); rerun without --resume to start over"
+            "the unfinished output was made with other settings (model, image, backend, tile, halo, normalisation \
+             or output type differ); rerun without --resume to start over"
                 .into(),
         ));
     }
