@@ -1,9 +1,10 @@
 //! Which bits this build computes. Within one build every backend's output is fixed by the model,
 //! the image and the settings (tiles equal the whole image; the CPU's engines agree bit for bit
-//! within each precision and summation order, and the backend's name says which it is). Between builds it is fixed only until a change moves some output bit: a kernel that
-//! sums in another order, a new engine's rounding, another Winograd transform. [`REVISION`] counts
-//! such changes, so that a run continued by another build (`--resume`) or split over several
-//! (`--shard`) is refused when the two would compute other bits: one output never mixes them.
+//! within each precision and summation order, and the backend's name says which it is). Between
+//! builds it is fixed only until a change moves some output bit: a kernel that sums in another
+//! order, a new engine's rounding, another Winograd transform. [`REVISION`] counts such changes,
+//! so that a run continued by another build (`--resume`) or split over several (`--shard`) is
+//! refused when the two would compute other bits: one output never mixes them.
 
 /// The numerics revision of this build, recorded in every journal and shard record.
 ///
